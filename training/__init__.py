@@ -1,0 +1,1 @@
+"""Offline side: data -> PyTorch autoencoder -> calibrated threshold -> ONNX model package."""

@@ -1,0 +1,118 @@
+"""`python -m training fit ...`: the command line over training.pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from training.config import FitConfig
+
+EXIT_BAD_INPUT = 2
+EXIT_EXPORT_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser(
+        "fit",
+        help="train an autoencoder and export it as a model package",
+        description="Train an autoencoder on a data file and write models/<name>/<version>/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = fit.add_argument_group("data")
+    data.add_argument("--data", type=Path, required=True, help="IDX (gz or raw), .npz, .npy, .csv or .parquet")
+    data.add_argument("--label-column", help="CSV/Parquet column holding labels (never a feature)")
+    data.add_argument("--normal-label", help="train only on rows with this label (one-class setting)")
+    data.add_argument("--val-fraction", type=float, default=0.1, help="share of rows held out for validation")
+
+    out = fit.add_argument_group("output")
+    out.add_argument("--name", required=True, help="model name: lower case, digits, . _ -")
+    out.add_argument("--version", type=int, help="package version (default: the next integer)")
+    out.add_argument("--models-dir", type=Path, default=Path("models"), help="the model repository")
+    out.add_argument("--replace", action="store_true", help="overwrite an existing version")
+
+    model = fit.add_argument_group("model (defaults chosen from the data)")
+    model.add_argument("--arch", choices=["dense", "conv", "vae"], help="conv for images, dense otherwise")
+    model.add_argument("--vae-body", choices=["dense", "conv"], help="the layers inside a VAE")
+    model.add_argument("--latent", type=int, help="latent size (32 for images; features/3 for tables)")
+    model.add_argument("--hidden", type=_int_list, help="dense hidden sizes, e.g. 256,128")
+    model.add_argument("--channels", type=_int_list, help="conv channels per stride-2 layer, e.g. 32,64")
+    model.add_argument("--loss", choices=["mse", "bce"], help="bce for images, mse for tables")
+    model.add_argument("--noise", type=float, default=0.0, help="denoising: std of input noise (normalised)")
+    model.add_argument("--beta", type=float, default=1.0, help="VAE: weight of the KL term")
+
+    train = fit.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--patience", type=int, default=5, help="early stopping: epochs without improvement")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--threshold-quantile", type=float, default=0.99, help="of normal validation scores")
+    train.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> FitConfig:
+    return FitConfig(
+        data=args.data,
+        name=args.name,
+        models_dir=args.models_dir,
+        version=args.version,
+        replace=args.replace,
+        label_column=args.label_column,
+        normal_label=args.normal_label,
+        val_fraction=args.val_fraction,
+        arch=args.arch,
+        vae_body=args.vae_body,
+        latent=args.latent,
+        hidden=args.hidden,
+        channels=args.channels,
+        loss=args.loss,
+        noise=args.noise,
+        beta=args.beta,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        threshold_quantile=args.threshold_quantile,
+        progress=not args.quiet,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Imported late so `--help` and argument errors answer without loading torch.
+    from training.data import DataError
+    from training.export import ExportParityError
+    from training.pipeline import fit
+
+    config = config_from_args(args)
+    try:
+        fit(config)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ExportParityError as err:
+        print(f"error: export failed the parity gate, no package written: {err}", file=sys.stderr)
+        return EXIT_EXPORT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted: no package written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0

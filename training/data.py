@@ -1,0 +1,209 @@
+"""Loading training data from IDX, .npz, .npy, .csv and .parquet files into one `Dataset` shape.
+
+Every failure a user can cause (missing file, empty table, text in a feature column, NaN, ragged rows,
+unknown label) is a `DataError` whose message names the file and, where there is one, the column.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+InputKind = Literal["image", "tabular"]
+
+
+class DataError(Exception):
+    """Bad input data; the CLI prints the message and exits with status 2."""
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray  # float32, [rows, *shape]
+    y: np.ndarray | None  # one label per row, or None
+    kind: InputKind
+    source: Path
+    sha256: str
+    feature_names: list[str] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_dataset(path: Path, label_column: str | None = None) -> Dataset:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    loader = _loader_for(path)
+    if label_column is not None and loader not in (_load_csv, _load_parquet):
+        raise DataError(f"{path}: --label-column applies to .csv and .parquet files only")
+    x, y, names = loader(path, label_column)
+    x = _as_features(path, x, names)
+    if y is not None and len(y) != len(x):
+        raise DataError(f"{path}: {len(y)} labels for {len(x)} rows")
+    kind: InputKind = "image" if x.ndim >= 3 else "tabular"
+    return Dataset(x=x, y=y, kind=kind, source=path, sha256=file_sha256(path), feature_names=names)
+
+
+def select_normal(data: Dataset, normal_label: str) -> np.ndarray:
+    """The boolean mask of rows whose label equals `normal_label` (given as text on the command line)."""
+    if data.y is None:
+        raise DataError(f"{data.source}: --normal-label needs labels, and this file has none")
+    wanted = _coerce_label(normal_label, data.y)
+    mask = data.y == wanted
+    if not mask.any():
+        known = ", ".join(str(v) for v in np.unique(data.y)[:20])
+        raise DataError(f"{data.source}: no row has label {normal_label!r} (labels: {known})")
+    return np.asarray(mask)
+
+
+def _coerce_label(text: str, labels: np.ndarray) -> object:
+    if labels.dtype.kind in "iuf":
+        try:
+            return float(text)
+        except ValueError:
+            raise DataError(f"label {text!r} is not a number, but the labels are numeric") from None
+    return text
+
+
+def _loader_for(path: Path) -> Callable[..., tuple[np.ndarray, np.ndarray | None, list[str] | None]]:
+    name = path.name.lower().removesuffix(".gz")
+    for suffix, loader in _LOADERS.items():
+        if name.endswith(suffix):
+            return loader
+    if "idx" in name and "ubyte" in name:
+        return _load_idx
+    raise DataError(f"{path}: unknown format (expected IDX, .npz, .npy, .csv or .parquet)")
+
+
+def _as_features(path: Path, x: np.ndarray, names: list[str] | None) -> np.ndarray:
+    if x.dtype == object:
+        raise DataError(f"{path}: rows have different shapes (ragged array)")
+    if x.ndim < 2 or x.shape[0] == 0 or x.size == 0:
+        raise DataError(f"{path}: no data (shape {tuple(x.shape)}); expected rows x features or images")
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{path}: features must be numeric, got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        column = int(np.argwhere(bad.reshape(len(x), -1)[row])[0][0])
+        where = f"column {names[column]!r}" if names else f"feature {column}"
+        raise DataError(f"{path}: NaN or infinite value at row {row}, {where}")
+    return x
+
+
+def _read_idx_array(path: Path) -> np.ndarray:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path}: IDX header says {dims} but holds {body.size} values")
+    return body.reshape(dims)
+
+
+def _load_idx(path: Path, _label_column: None) -> tuple[np.ndarray, np.ndarray | None, None]:
+    x = _read_idx_array(path)
+    labels_path = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
+    y = _read_idx_array(labels_path) if labels_path != path and labels_path.is_file() else None
+    return x, y, None
+
+
+def _load_npz(path: Path, _label_column: None) -> tuple[np.ndarray, np.ndarray | None, None]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "X" not in archive:
+                raise DataError(f"{path}: no array 'X' (found: {', '.join(archive.files) or 'none'})")
+            y = archive["y"].reshape(-1) if "y" in archive else None
+            return archive["X"], y, None
+    except ValueError as err:
+        raise DataError(f"{path}: cannot load ({err}); ragged or object arrays are not supported") from None
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+
+
+def _load_npy(path: Path, _label_column: None) -> tuple[np.ndarray, None, None]:
+    try:
+        return np.load(path, allow_pickle=False), None, None
+    except ValueError as err:
+        raise DataError(f"{path}: cannot load ({err}); ragged or object arrays are not supported") from None
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npy file ({err})") from None
+
+
+def _load_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    try:
+        table = pacsv.read_csv(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path}: cannot parse CSV: {err}") from None
+    return _split_table(path, table, label_column)
+
+
+def _load_parquet(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path}: cannot read Parquet: {err}") from None
+    return _split_table(path, table, label_column)
+
+
+def _split_table(path: Path, table, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:  # type: ignore[no-untyped-def]
+    import pyarrow.types as pat
+
+    names = list(table.column_names)
+    if label_column is not None and label_column not in names:
+        raise DataError(f"{path}: no column {label_column!r} (columns: {', '.join(names)})")
+    features = [n for n in names if n != label_column]
+    if not features or table.num_rows == 0:
+        raise DataError(f"{path}: no data rows or no feature columns")
+    columns = []
+    for name in features:
+        column = table.column(name)
+        if not (pat.is_integer(column.type) or pat.is_floating(column.type) or pat.is_boolean(column.type)):
+            raise DataError(f"{path}: column {name!r} is not numeric (type {column.type})")
+        if column.null_count:
+            raise DataError(f"{path}: column {name!r} has {column.null_count} empty values")
+        columns.append(column.to_numpy(zero_copy_only=False).astype(np.float32))
+    y = None
+    if label_column is not None:
+        y = table.column(label_column).to_numpy(zero_copy_only=False)
+    return np.stack(columns, axis=1), y, features
+
+
+_LOADERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray | None, list[str] | None]]] = {
+    ".npz": _load_npz,
+    ".npy": _load_npy,
+    ".csv": _load_csv,
+    ".parquet": _load_parquet,
+    "-ubyte": _load_idx,
+    ".idx": _load_idx,
+}

@@ -1,0 +1,252 @@
+"""One training run from data file to model package: load, split, train, export, check, calibrate, write."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from training import report
+from training.config import FitConfig
+from training.data import DataError, Dataset, load_dataset, select_normal
+from training.export import PARITY_ATOL, PARITY_ROWS, PARITY_RTOL, check_parity, export_graphs, graph_specs
+from training.metrics import auroc, calibrate_threshold, latent_moments, pca_scores
+from training.models import Autoencoder, ModelSpec, build_model, save_checkpoint
+from training.package import (
+    FORMAT_VERSION,
+    MANIFEST,
+    check_name,
+    choose_version,
+    file_hashes,
+    staging_folder,
+    write_json,
+)
+from training.recipes import Normalisation, fit_normalisation, model_spec
+from training.trainer import History, Trainer, TrainerConfig, pick_device, set_seed
+
+
+@dataclass
+class Split:
+    """Row indices of each part of the data, and what is known about which rows are anomalies."""
+
+    train: np.ndarray
+    val: np.ndarray
+    val_normal: np.ndarray  # the validation rows the threshold is calibrated on
+    val_is_anomaly: np.ndarray | None  # per validation row, when labels say so
+
+
+def fit(config: FitConfig) -> Path:
+    """Trains one model and writes its package; returns the package folder."""
+    check_name(config.name)
+    data = load_dataset(config.data, config.label_column)
+    version = choose_version(config.models_dir, config.name, config.version, config.replace)
+    split = split_rows(data, config)
+    norm = fit_normalisation(data, data.x[split.train])
+    spec = model_spec(config, data)
+    set_seed(config.seed)
+    model = build_model(spec)
+    device = pick_device(config.device)
+    _say(config, f"training {spec.kind} on {len(split.train)} rows of shape {list(data.shape)} ({device})")
+    trainer = Trainer(model, _trainer_config(config, device))
+    history = trainer.fit(norm.apply(data.x[split.train]), norm.apply(data.x[split.val_normal]))
+    with staging_folder(config.models_dir, config.name, version) as folder:
+        manifest = _write_package(folder, config, version, data, split, norm, model, history)
+    destination = config.models_dir / config.name / str(version)
+    print(summary(manifest, destination), flush=True)
+    return destination
+
+
+def split_rows(data: Dataset, config: FitConfig) -> Split:
+    if not 0.0 < config.val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in (0, 1), got {config.val_fraction}")
+    rows = len(data.x)
+    order = np.random.default_rng(config.seed).permutation(rows)
+    n_val = max(1, round(rows * config.val_fraction))
+    train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
+    normal = _normal_mask(data, config.normal_label)
+    if normal is not None:
+        train = train[normal[train]]
+    if len(train) < 2:
+        raise DataError(f"{data.source}: only {len(train)} training rows after the split; need at least 2")
+    val_normal = val if normal is None else val[normal[val]]
+    if len(val_normal) == 0:
+        raise DataError(f"{data.source}: no normal rows in the validation split; raise --val-fraction")
+    return Split(train, val, val_normal, None if normal is None else ~normal[val])
+
+
+def _normal_mask(data: Dataset, normal_label: str | None) -> np.ndarray | None:
+    """Which rows are normal: the given label, or label 0 when labels are 0/1 anomaly flags; else unknown."""
+    if normal_label is not None:
+        return select_normal(data, normal_label)
+    if data.y is not None and data.y.dtype.kind in "biuf" and set(np.unique(data.y)) <= {0, 1}:
+        return np.asarray(data.y == 0)
+    return None
+
+
+def _trainer_config(config: FitConfig, device: str) -> TrainerConfig:
+    return TrainerConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        patience=config.patience,
+        noise=config.noise,
+        seed=config.seed,
+        device=device,
+        progress=config.progress,
+    )
+
+
+def _write_package(
+    folder: Path,
+    config: FitConfig,
+    version: int,
+    data: Dataset,
+    split: Split,
+    norm: Normalisation,
+    model: Autoencoder,
+    history: History,
+) -> dict[str, Any]:
+    spec = model.spec
+    graphs = graph_specs(model, norm)
+    x_val = data.x[split.val]
+    _say(config, f"exporting encoder, decoder and scorer to ONNX in {folder}")
+    export_graphs(graphs, folder, x_val, spec.latent_dim)
+    parity = check_parity(graphs, folder, x_val, spec.latent_dim)
+    save_checkpoint(model, folder / "checkpoint.pt", norm.to_json())  # type: ignore[arg-type]
+
+    # Calibrate on the exported scorer, so the threshold fits exactly the score the service computes.
+    scores = _run_graph(folder, "scorer.onnx", "score", x_val)
+    is_normal = np.isin(split.val, split.val_normal)
+    threshold = calibrate_threshold(scores[is_normal], config.threshold_quantile)
+    metrics = {
+        "train_loss": history.train_loss[history.best_epoch - 1] if history.best_epoch else None,
+        "val_loss": min(history.val_loss) if history.val_loss else None,
+        "val_mse": float(scores[is_normal].mean()),
+        "pca_val_mse": float(
+            pca_scores(norm.apply(data.x[split.train]), norm.apply(x_val[is_normal]), spec.latent_dim).mean()
+        ),
+        "auroc": None if split.val_is_anomaly is None else auroc(scores, split.val_is_anomaly),
+    }
+    latent_mean, latent_cov = latent_moments(_run_graph(folder, "encoder.onnx", "z", data.x[split.train]))
+
+    report_body = {"history": vars(history), "metrics": metrics, "config": config.to_json()}
+    write_json(folder / "report.json", report_body)
+    _draw_pictures(folder, config.name, data, x_val, spec, history)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": config.name,
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "architecture": {**spec.to_json(), "noise": config.noise},
+        "input": {
+            "kind": data.kind,
+            "shape": list(data.shape),
+            "dtype": "float32",
+            "feature_names": data.feature_names,
+        },
+        "latent": {
+            "dim": spec.latent_dim,
+            "prior": "standard_normal" if spec.variational else "empirical",
+            "mean": latent_mean,
+            "cov": latent_cov,
+        },
+        "preprocessing": norm.to_json(),
+        "loss": spec.loss,
+        "score": {
+            "definition": "mean over features of the squared error in normalised space",
+            **threshold.to_json(config.normal_label),
+        },
+        "graphs": {name: g.to_json() for name, g in graphs.items()},
+        "parity": {"rows": min(PARITY_ROWS, len(x_val)), "atol": PARITY_ATOL, "rtol": PARITY_RTOL, "max_abs_diff": parity},
+        "training": {
+            "data": {
+                "file": data.source.name,
+                "sha256": data.sha256,
+                "rows_total": len(data.x),
+                "rows_train": len(split.train),
+                "rows_val": len(split.val),
+                "normal_label": config.normal_label,
+                "label_column": config.label_column,
+            },
+            "config": config.to_json(),
+            "device": pick_device(config.device),
+            "epochs_run": history.epochs_run,
+            "best_epoch": history.best_epoch,
+            "seconds": round(history.seconds, 2),
+        },
+        "metrics": metrics,
+        "libraries": _library_versions(),
+        "files": file_hashes(folder),
+    }
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def _run_graph(folder: Path, file: str, output: str, x: np.ndarray) -> np.ndarray:
+    """Runs an exported graph as the service will, in chunks so large datasets stay in memory bounds."""
+    session = ort.InferenceSession(str(folder / file), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0].name
+    chunks = np.array_split(x, max(1, len(x) // 1024))
+    return np.concatenate([session.run([output], {feed: chunk})[0] for chunk in chunks])
+
+
+def _draw_pictures(
+    folder: Path, name: str, data: Dataset, x_val: np.ndarray, spec: ModelSpec, history: History
+) -> None:
+    report.plot_losses(history, folder / "loss_curves.png", f"{name}: {spec.kind} autoencoder")
+    if data.kind != "image":
+        return
+    originals = x_val[:10]
+    peak = 255.0 if float(data.x.max()) > 1.0 else 1.0
+    recon = _run_graph(folder, "scorer.onnx", "x_hat", originals)
+    report.plot_image_rows(
+        [originals / peak, recon / peak], ["original", "reconstructed"], folder / "reconstructions.png", name
+    )
+    z = np.random.default_rng(0).standard_normal((10, spec.latent_dim))
+    if not spec.variational:
+        # Sampled from the training codes' own spread, as /generate does for any autoencoder.
+        codes = _run_graph(folder, "encoder.onnx", "z", data.x[:2048])
+        z = z * codes.std(axis=0) + codes.mean(axis=0)
+    samples = _run_graph(folder, "decoder.onnx", "x_hat", z.astype(np.float32))
+    report.plot_image_rows([samples / peak], ["generated"], folder / "samples.png", f"{name}: samples")
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "onnx", "onnxruntime", "numpy", "scikit-learn"):
+        versions[package] = installed_version(package)
+    return versions
+
+
+def summary(manifest: dict[str, Any], destination: Path) -> str:
+    metrics = manifest["metrics"]
+    auroc_text = "n/a" if metrics["auroc"] is None else f"{metrics['auroc']:.4f}"
+    parity = max(manifest["parity"]["max_abs_diff"].values())
+    size = sum(p.stat().st_size for p in destination.iterdir()) / 1e6
+    return "\n".join(
+        [
+            f"model package {destination} ({size:.1f} MB)",
+            f"  architecture   {manifest['architecture']['kind']}, input {manifest['input']['shape']}, "
+            f"latent {manifest['latent']['dim']}, loss {manifest['loss']}",
+            f"  epochs         {manifest['training']['epochs_run']} (best {manifest['training']['best_epoch']}), "
+            f"{manifest['training']['seconds']} s",
+            f"  val MSE        {metrics['val_mse']:.6f}  (PCA, same components: {metrics['pca_val_mse']:.6f})",
+            f"  threshold      {manifest['score']['threshold']:.6f} "
+            f"(quantile {manifest['score']['calibration']['quantile']} of "
+            f"{manifest['score']['calibration']['rows']} normal validation rows)",
+            f"  AUROC          {auroc_text}",
+            f"  parity         max |onnxruntime - torch| = {parity:.2e}",
+        ]
+    )
+
+
+def _say(config: FitConfig, message: str) -> None:
+    if config.progress:
+        print(message, file=sys.stderr, flush=True)
