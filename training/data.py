@@ -9,10 +9,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -133,25 +135,25 @@ def _load_idx(path: Path, _label_column: None) -> tuple[np.ndarray, np.ndarray |
 
 
 def _load_npz(path: Path, _label_column: None) -> tuple[np.ndarray, np.ndarray | None, None]:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "X" not in archive:
-                raise DataError(f"{path}: no array 'X' (found: {', '.join(archive.files) or 'none'})")
-            y = archive["y"].reshape(-1) if "y" in archive else None
-            return archive["X"], y, None
-    except ValueError as err:
-        raise DataError(f"{path}: cannot load ({err}); ragged or object arrays are not supported") from None
-    except (OSError, EOFError) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    with _numpy_errors(path), np.load(path, allow_pickle=False) as archive:
+        if "X" not in archive:
+            raise DataError(f"{path}: no array 'X' (found: {', '.join(archive.files) or 'none'})")
+        y = archive["y"].reshape(-1) if "y" in archive else None
+        return archive["X"], y, None
 
 
 def _load_npy(path: Path, _label_column: None) -> tuple[np.ndarray, None, None]:
-    try:
+    with _numpy_errors(path):
         return np.load(path, allow_pickle=False), None, None
-    except ValueError as err:
-        raise DataError(f"{path}: cannot load ({err}); ragged or object arrays are not supported") from None
-    except (OSError, EOFError) as err:
-        raise DataError(f"{path}: not a readable .npy file ({err})") from None
+
+
+@contextmanager
+def _numpy_errors(path: Path) -> Iterator[None]:
+    # Without pickling, numpy refuses object arrays (what ragged rows become) and non-numpy files alike.
+    try:
+        yield
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a plain numeric numpy array (ragged, object or corrupt file): {err}") from None
 
 
 def _load_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
@@ -176,7 +178,7 @@ def _load_parquet(path: Path, label_column: str | None) -> tuple[np.ndarray, np.
     return _split_table(path, table, label_column)
 
 
-def _split_table(path: Path, table, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:  # type: ignore[no-untyped-def]
+def _split_table(path: Path, table: Any, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     import pyarrow.types as pat
 
     names = list(table.column_names)

@@ -28,6 +28,9 @@ class ExportParityError(Exception):
 
 
 class _Normalised(nn.Module):
+    offset: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, model: Autoencoder, norm: Normalisation) -> None:
         super().__init__()
         self.model = model

@@ -37,7 +37,7 @@ def calibrate_threshold(normal_scores: np.ndarray, quantile: float) -> Threshold
         raise ValueError(f"threshold quantile must be in (0, 1), got {quantile}")
     if len(normal_scores) == 0:
         raise ValueError("no normal validation rows to calibrate the threshold on")
-    return Threshold(float(np.quantile(normal_scores, quantile)), quantile, int(len(normal_scores)))
+    return Threshold(float(np.quantile(normal_scores, quantile)), quantile, len(normal_scores))
 
 
 def auroc(scores: np.ndarray, is_anomaly: np.ndarray) -> float | None:

@@ -6,6 +6,7 @@ Every model answers `encode(x) -> (mean, logvar or None)`, `decode(z) -> x_hat` 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -97,12 +98,12 @@ def _dense(spec: ModelSpec) -> tuple[nn.Module, nn.Module]:
     code = spec.latent_dim * (2 if spec.variational else 1)
     widths = [features, *spec.hidden]
     enc: list[nn.Module] = [nn.Flatten()]
-    for a, b in zip(widths, widths[1:], strict=False):
+    for a, b in itertools.pairwise(widths):
         enc += [nn.Linear(a, b), nn.ReLU()]
     enc.append(nn.Linear(widths[-1], code))
     back = [spec.latent_dim, *reversed(spec.hidden)]
     dec: list[nn.Module] = []
-    for a, b in zip(back, back[1:], strict=False):
+    for a, b in itertools.pairwise(back):
         dec += [nn.Linear(a, b), nn.ReLU()]
     dec += [nn.Linear(back[-1], features), nn.Unflatten(1, tuple(spec.input_shape))]
     return nn.Sequential(*enc), nn.Sequential(*dec)
@@ -136,13 +137,17 @@ def _conv(spec: ModelSpec) -> tuple[nn.Module, nn.Module]:
         sides.append(((h + 1) // 2, (w + 1) // 2))
     chans = [in_channels, *spec.channels]
     enc: list[nn.Module] = [_ChannelsFirst()]
-    for a, b in zip(chans, chans[1:], strict=False):
+    for a, b in itertools.pairwise(chans):
         enc += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.ReLU()]
     flat = chans[-1] * sides[-1][0] * sides[-1][1]
     code = spec.latent_dim * (2 if spec.variational else 1)
     enc += [nn.Flatten(), nn.Linear(flat, code)]
 
-    dec: list[nn.Module] = [nn.Linear(spec.latent_dim, flat), nn.ReLU(), nn.Unflatten(1, (chans[-1], *sides[-1]))]
+    dec: list[nn.Module] = [
+        nn.Linear(spec.latent_dim, flat),
+        nn.ReLU(),
+        nn.Unflatten(1, (chans[-1], *sides[-1])),
+    ]
     for i in range(len(spec.channels), 0, -1):
         (h_in, w_in), (h_out, w_out) = sides[i], sides[i - 1]
         pad = (h_out - (2 * h_in - 1), w_out - (2 * w_in - 1))

@@ -71,9 +71,7 @@ def _move_into_place(staging: Path, destination: Path) -> None:
 
 def file_hashes(folder: Path) -> dict[str, str]:
     return {
-        path.name: file_sha256(path)
-        for path in sorted(folder.iterdir())
-        if path.is_file() and path.name != MANIFEST
+        path.name: file_sha256(path) for path in sorted(folder.iterdir()) if path.is_file() and path.name != MANIFEST
     }
 
 

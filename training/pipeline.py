@@ -164,7 +164,12 @@ def _write_package(
             **threshold.to_json(config.normal_label),
         },
         "graphs": {name: g.to_json() for name, g in graphs.items()},
-        "parity": {"rows": min(PARITY_ROWS, len(x_val)), "atol": PARITY_ATOL, "rtol": PARITY_RTOL, "max_abs_diff": parity},
+        "parity": {
+            "rows": min(PARITY_ROWS, len(x_val)),
+            "atol": PARITY_ATOL,
+            "rtol": PARITY_RTOL,
+            "max_abs_diff": parity,
+        },
         "training": {
             "data": {
                 "file": data.source.name,

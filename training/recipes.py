@@ -42,9 +42,7 @@ def fit_normalisation(data: Dataset, x_train: np.ndarray) -> Normalisation:
     std = x_train.std(axis=0, dtype=np.float64)
     # A constant column carries no information; scale 1 keeps it finite instead of dividing by zero.
     std = np.where(std > 1e-8, std, 1.0)
-    return Normalisation(
-        "standardise", mean.astype(np.float32), std.astype(np.float32), "(x - mean) / std per feature"
-    )
+    return Normalisation("standardise", mean.astype(np.float32), std.astype(np.float32), "(x - mean) / std per feature")
 
 
 def model_spec(config: FitConfig, data: Dataset) -> ModelSpec:
@@ -63,7 +61,7 @@ def model_spec(config: FitConfig, data: Dataset) -> ModelSpec:
     hidden = config.hidden if config.hidden is not None else _default_hidden(features, latent, image)
     channels = config.channels if config.channels is not None else [32, 64]
     return ModelSpec(
-        body=body,  # type: ignore[arg-type]
+        body=body,
         input_shape=list(data.shape),
         latent_dim=latent,
         variational=arch == "vae",

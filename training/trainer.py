@@ -89,7 +89,11 @@ class Trainer:
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         total, seen = 0.0, 0
         bar = tqdm(
-            batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if cfg.progress else True, unit="batch"
+            batches,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            leave=False,
+            disable=None if cfg.progress else True,
+            unit="batch",
         )
         for index in bar:
             target = train[index].to(cfg.device)
@@ -101,7 +105,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += float(loss) * len(index)
+            total += loss.item() * len(index)
             seen += len(index)
             bar.set_postfix(loss=f"{total / seen:.5f}")
         return total / max(seen, 1)

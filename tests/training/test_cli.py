@@ -1,0 +1,149 @@
+"""The fit command end to end on tiny data: packages, manifests against the schema, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from training.cli import main
+from training.data import file_sha256
+from training.models import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((ROOT / "docs" / "manifest.schema.json").read_text())
+QUICK = ["--epochs", "3", "--quiet"]
+
+
+def _fit(*args: str) -> int:
+    return main(["fit", *args, *QUICK])
+
+
+def test_tabular_package_is_complete_and_consistent(tabular_npz: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    assert _fit("--data", str(tabular_npz), "--name", "tab", "--models-dir", str(models), "--normal-label", "0") == 0
+    folder = models / "tab" / "1"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    jsonschema.validate(manifest, SCHEMA)
+    assert manifest["name"] == "tab" and manifest["version"] == 1
+    assert manifest["input"] == {"kind": "tabular", "shape": [6], "dtype": "float32", "feature_names": None}
+    assert manifest["training"]["data"]["sha256"] == file_sha256(tabular_npz)
+    assert manifest["training"]["data"]["rows_train"] < 400  # anomalies and validation rows left out
+    assert set(manifest["files"]) == {p.name for p in folder.iterdir()} - {"manifest.json"}
+    for name, digest in manifest["files"].items():
+        assert file_sha256(folder / name) == digest
+    assert manifest["metrics"]["auroc"] > 0.9  # planted outliers far from the cloud
+    latent = manifest["latent"]
+    assert len(latent["mean"]) == latent["dim"] and np.array(latent["cov"]).shape == (latent["dim"],) * 2
+    assert not [p for p in (models / "tab").iterdir() if p.name.startswith(".")]
+
+
+def test_threshold_is_the_quantile_of_served_scores(tabular_npz: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    _fit("--data", str(tabular_npz), "--name", "tab", "--models-dir", str(models), "--threshold-quantile", "0.9")
+    folder = models / "tab" / "1"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    x = np.load(tabular_npz)["X"].astype(np.float32)
+    y = np.load(tabular_npz)["y"]
+    order = np.random.default_rng(0).permutation(len(x))
+    val = np.sort(order[: round(len(x) * 0.1)])
+    normal_val = val[y[val] == 0]  # 0/1 labels: calibrated on the normal rows
+    scorer = ort.InferenceSession(str(folder / "scorer.onnx"), providers=["CPUExecutionProvider"])
+    scores = scorer.run(["score"], {"x": x[normal_val]})[0]
+    assert manifest["score"]["threshold"] == pytest.approx(float(np.quantile(scores, 0.9)), rel=1e-6)
+    assert manifest["score"]["calibration"]["rows"] == len(normal_val)
+
+
+def test_image_package_matches_its_checkpoint(image_idx: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    assert _fit("--data", str(image_idx), "--name", "img", "--models-dir", str(models), "--latent", "4") == 0
+    folder = models / "img" / "1"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    jsonschema.validate(manifest, SCHEMA)
+    assert manifest["architecture"]["kind"] == "conv" and manifest["loss"] == "bce"
+    assert manifest["preprocessing"]["scale"] == [255.0]
+    assert {"loss_curves.png", "reconstructions.png", "samples.png", "report.json"} <= set(manifest["files"])
+    model, norm = load_checkpoint(folder / "checkpoint.pt")
+    x = np.random.default_rng(0).integers(0, 255, size=(5, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x) / 255.0).numpy() * 255.0
+    got = ort.InferenceSession(str(folder / "scorer.onnx")).run(["x_hat"], {"x": x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    assert norm["scale"] == [255.0]
+
+
+@pytest.mark.parametrize("arch", ["dense", "vae"])
+def test_other_architectures_export(image_idx: Path, tmp_path: Path, arch: str) -> None:
+    models = tmp_path / "models"
+    assert (
+        _fit("--data", str(image_idx), "--name", "m", "--models-dir", str(models), "--arch", arch, "--noise", "0.1")
+        == 0
+    )
+    manifest = json.loads((models / "m" / "1" / "manifest.json").read_text())
+    jsonschema.validate(manifest, SCHEMA)
+    assert manifest["architecture"]["variational"] == (arch == "vae")
+    assert manifest["architecture"]["noise"] == 0.1
+
+
+def test_versions_increase_and_existing_ones_are_protected(tabular_npz: Path, tmp_path: Path) -> None:
+    args = ["--data", str(tabular_npz), "--name", "tab", "--models-dir", str(tmp_path)]
+    assert _fit(*args) == 0 and _fit(*args) == 0
+    assert sorted(p.name for p in (tmp_path / "tab").iterdir()) == ["1", "2"]
+    assert _fit(*args, "--version", "1") == 2
+    assert _fit(*args, "--version", "1", "--replace") == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "nowhere.npz"], "nowhere.npz: no such file"),
+        (["--normal-label", "5"], "no row has label '5'"),
+        (["--arch", "conv"], "--arch conv needs image inputs"),
+        (["--loss", "bce"], "--loss bce needs inputs in [0, 1]"),
+        (["--name", "Bad Name"], "model name 'Bad Name' must match"),
+        (["--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
+    ],
+)
+def test_bad_requests_exit_2_and_write_nothing(
+    tabular_npz: Path, tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = {"--data": str(tabular_npz), "--name": "tab", "--models-dir": str(tmp_path / "models")}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    assert _fit(*[part for pair in base.items() for part in pair]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("manifest.json"))
+
+
+def test_a_failure_after_training_leaves_no_package(
+    tabular_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.pipeline
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.pipeline, "_draw_pictures", interrupted)
+    assert _fit("--data", str(tabular_npz), "--name", "tab", "--models-dir", str(tmp_path)) == 130
+    assert list((tmp_path / "tab").iterdir()) == []
+
+
+def test_cli_process_exit_status_and_help(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,oops\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "training", "fit", "--data", str(bad), "--name", "x", "--models-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert run.returncode == 2
+    assert f"error: {bad}: column 'b' is not numeric" in run.stderr
+    assert "Traceback" not in run.stderr
