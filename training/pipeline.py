@@ -48,6 +48,17 @@ def fit(config: FitConfig) -> Path:
     data = load_dataset(config.data, config.label_column)
     version = choose_version(config.models_dir, config.name, config.version, config.replace)
     split = split_rows(data, config)
+    norm, model, history = train_model(config, data, split)
+    with staging_folder(config.models_dir, config.name, version) as folder:
+        manifest = _write_package(folder, config, version, data, split, norm, model, history)
+    destination = config.models_dir / config.name / str(version)
+    print(summary(manifest, destination), flush=True)
+    return destination
+
+
+def train_model(config: FitConfig, data: Dataset, split: Split) -> tuple[Normalisation, Autoencoder, History]:
+    """The recipe chosen from the data, trained on the split's training rows: what `fit` exports and
+    what `python -m training evaluate` measures."""
     norm = fit_normalisation(data, data.x[split.train])
     spec = model_spec(config, data)
     set_seed(config.seed)
@@ -56,11 +67,7 @@ def fit(config: FitConfig) -> Path:
     _say(config, f"training {spec.kind} on {len(split.train)} rows of shape {list(data.shape)} ({device})")
     trainer = Trainer(model, _trainer_config(config, device))
     history = trainer.fit(norm.apply(data.x[split.train]), norm.apply(data.x[split.val_normal]))
-    with staging_folder(config.models_dir, config.name, version) as folder:
-        manifest = _write_package(folder, config, version, data, split, norm, model, history)
-    destination = config.models_dir / config.name / str(version)
-    print(summary(manifest, destination), flush=True)
-    return destination
+    return norm, model, history
 
 
 def split_rows(data: Dataset, config: FitConfig) -> Split:
@@ -138,7 +145,8 @@ def _write_package(
 
     report_body = {"history": vars(history), "metrics": metrics, "config": config.to_json()}
     write_json(folder / "report.json", report_body)
-    _draw_pictures(folder, config.name, data, x_val, spec, history)
+    latent = {"mean": latent_mean, "cov": latent_cov}
+    _draw_pictures(folder, config.name, data, x_val, spec, history, latent)
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": config.name,
@@ -203,7 +211,7 @@ def _run_graph(folder: Path, file: str, output: str, x: np.ndarray) -> np.ndarra
 
 
 def _draw_pictures(
-    folder: Path, name: str, data: Dataset, x_val: np.ndarray, spec: ModelSpec, history: History
+    folder: Path, name: str, data: Dataset, x_val: np.ndarray, spec: ModelSpec, history: History, latent: dict
 ) -> None:
     report.plot_losses(history, folder / "loss_curves.png", f"{name}: {spec.kind} autoencoder")
     if data.kind != "image":
@@ -214,11 +222,12 @@ def _draw_pictures(
     report.plot_image_rows(
         [originals / peak, recon / peak], ["original", "reconstructed"], folder / "reconstructions.png", name
     )
-    z = np.random.default_rng(0).standard_normal((10, spec.latent_dim))
-    if not spec.variational:
-        # Sampled from the training codes' own spread, as /generate does for any autoencoder.
-        codes = _run_graph(folder, "encoder.onnx", "z", data.x[:2048])
-        z = z * codes.std(axis=0) + codes.mean(axis=0)
+    rng = np.random.default_rng(0)
+    if spec.variational:
+        z = rng.standard_normal((10, spec.latent_dim))
+    else:
+        # From the training codes' mean and covariance, as the service's /generate does.
+        z = rng.multivariate_normal(latent["mean"], latent["cov"], size=10, method="eigh")
     samples = _run_graph(folder, "decoder.onnx", "x_hat", z.astype(np.float32))
     report.plot_image_rows([samples / peak], ["generated"], folder / "samples.png", f"{name}: samples")
 

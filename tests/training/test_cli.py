@@ -147,3 +147,11 @@ def test_cli_process_exit_status_and_help(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert f"error: {bad}: column 'b' is not numeric" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_same_seed_same_model(tabular_npz: Path, tmp_path: Path) -> None:
+    for run in ("a", "b"):
+        assert _fit("--data", str(tabular_npz), "--name", "tab", "--models-dir", str(tmp_path / run)) == 0
+    hashes = [json.loads((tmp_path / run / "tab" / "1" / "manifest.json").read_text())["files"] for run in ("a", "b")]
+    for graph in ("encoder.onnx", "decoder.onnx", "scorer.onnx", "checkpoint.pt"):
+        assert hashes[0][graph] == hashes[1][graph]

@@ -1,0 +1,317 @@
+"""`python -m training evaluate`: the default recipes against PCA and IsolationForest, on fixed protocols.
+
+Every model is trained through `training.pipeline.train_model` (the code path of `fit`) and scored with
+the scorer graph's own module before export (`training.export.ScorerGraph`): the score is the one `fit`
+would serve, per-row mean squared error in normalised space. PCA uses as many components as the model's
+latent size, in the same normalised space.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.config import FitConfig
+from training.data import DataError, Dataset, load_dataset
+from training.export import ScorerGraph
+from training.metrics import auroc, pca_scores
+from training.models import Autoencoder
+from training.pipeline import split_rows, train_model
+from training.recipes import Normalisation
+
+MNIST_TRAIN_ROWS = 8000
+MNIST_TEST_ROWS = 2000
+RECONSTRUCTION_LATENTS = (32, 16)
+SEED = 0
+
+
+@dataclass
+class EvalConfig:
+    out: Path = Path("reports/evaluation")
+    epochs: int | None = None  # None: FitConfig's default, as `fit` without --epochs
+    device: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class Scored:
+    """A model trained by the `fit` recipe and its scores on the test rows."""
+
+    scores: np.ndarray
+    norm: Normalisation
+    latent_dim: int
+    epochs_run: int
+
+
+def fit_and_score(data: Dataset, x_test: np.ndarray, config: EvalConfig, latent: int | None = None) -> Scored:
+    """Trains on every row of `data` (no labels: none are filtered out) as `fit` would, scores `x_test`."""
+    fit_config = FitConfig(data=data.source, name="evaluate", latent=latent, device=config.device, progress=False)
+    if config.epochs is not None:
+        fit_config.epochs = config.epochs
+    unlabelled = replace(data, y=None)
+    norm, model, history = train_model(fit_config, unlabelled, split_rows(unlabelled, fit_config))
+    return Scored(served_scores(model, norm, x_test), norm, model.spec.latent_dim, history.epochs_run)
+
+
+@torch.no_grad()
+def served_scores(model: Autoencoder, norm: Normalisation, x: np.ndarray) -> np.ndarray:
+    """The `score` output of the scorer graph, computed by the module that is exported to ONNX."""
+    scorer = ScorerGraph(model.cpu().eval(), norm).eval()
+    chunks = [scorer(torch.from_numpy(chunk))[1] for chunk in np.array_split(x, max(1, len(x) // 1024))]
+    return torch.cat(chunks).numpy().astype(np.float64)
+
+
+def isolation_forest_scores(x_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    from sklearn.ensemble import IsolationForest
+
+    forest = IsolationForest(random_state=SEED).fit(x_train)
+    return -forest.score_samples(x_test)  # higher = more anomalous
+
+
+def evaluate_mnist(
+    path: Path, config: EvalConfig, train_rows: int = MNIST_TRAIN_ROWS, test_rows: int = MNIST_TEST_ROWS
+) -> dict[str, Any]:
+    """Reconstruction MSE at each of RECONSTRUCTION_LATENTS, and one-class AUROC per digit."""
+    data = load_dataset(_mnist_images(path))
+    if data.y is None:
+        raise DataError(f"{data.source}: the one-class protocol needs the labels file beside the images")
+    if len(data.x) < train_rows + test_rows:
+        raise DataError(f"{data.source}: {len(data.x)} images, the protocol needs {train_rows + test_rows}")
+    train, test = replace(data, x=data.x[:train_rows], y=data.y[:train_rows]), data.x[-test_rows:]
+    test_labels = data.y[-test_rows:]
+    classes = [c.item() for c in np.unique(train.y)] if train.y is not None else []
+    total = len(RECONSTRUCTION_LATENTS) + len(classes)
+    jobs = tqdm(total=total, desc="mnist", unit="model", disable=not config.progress)
+
+    reconstruction = []
+    for latent in RECONSTRUCTION_LATENTS:
+        jobs.set_postfix_str(f"reconstruction, latent {latent}")
+        model = fit_and_score(train, test, config, latent)
+        pca = pca_scores(model.norm.apply(train.x), model.norm.apply(test), latent)
+        reconstruction.append(
+            {"latent": latent, "autoencoder": float(model.scores.mean()), "pca": float(pca.mean()),
+             "epochs_run": model.epochs_run}
+        )  # fmt: skip
+        jobs.update()
+
+    one_class = []
+    for label in classes:
+        jobs.set_postfix_str(f"one-class, digit {label}")
+        assert train.y is not None
+        normal = replace(train, x=train.x[train.y == label])
+        model = fit_and_score(normal, test, config)
+        pca = pca_scores(model.norm.apply(normal.x), model.norm.apply(test), model.latent_dim)
+        is_anomaly = test_labels != label
+        one_class.append(
+            {"class": str(label), "train_rows": len(normal.x), "latent": model.latent_dim,
+             "autoencoder": auroc(model.scores, is_anomaly), "pca": auroc(pca, is_anomaly),
+             "epochs_run": model.epochs_run}
+        )  # fmt: skip
+        jobs.update()
+    jobs.close()
+    return {
+        "protocol": f"first {train_rows} images train, last {test_rows} test, by index",
+        "data": str(data.source),
+        "reconstruction_mse": reconstruction,
+        "one_class_auroc": one_class,
+        "mean_one_class_auroc": _means(one_class, ["autoencoder", "pca"]),
+    }
+
+
+def evaluate_tabular(paths: list[Path], config: EvalConfig) -> dict[str, Any]:
+    """Per file: stratified 70/30 split (seed 0), fit on the 70% without labels, AUROC on the 30%."""
+    from sklearn.model_selection import train_test_split
+
+    files = _tabular_files(paths)
+    rows = []
+    for path in tqdm(files, desc="tabular", unit="set", disable=not config.progress):
+        data = load_dataset(path)
+        if data.y is None:
+            raise DataError(f"{path}: no labels 'y', AUROC needs them")
+        is_anomaly = data.y != 0
+        train_idx, test_idx = train_test_split(
+            np.arange(len(data.x)), test_size=0.3, stratify=data.y, random_state=SEED
+        )
+        train, x_test, y_test = replace(data, x=data.x[train_idx]), data.x[test_idx], is_anomaly[test_idx]
+        started = time.perf_counter()
+        model = fit_and_score(train, x_test, config)
+        seconds = time.perf_counter() - started
+        pca = pca_scores(model.norm.apply(train.x), model.norm.apply(x_test), model.latent_dim)
+        rows.append(
+            {"dataset": path.stem, "rows": len(data.x), "features": int(np.prod(data.shape)),
+             "latent": model.latent_dim, "autoencoder": auroc(model.scores, y_test), "pca": auroc(pca, y_test),
+             "isolation_forest": auroc(isolation_forest_scores(train.x, x_test), y_test),
+             "epochs_run": model.epochs_run, "seconds": round(seconds, 2)}
+        )  # fmt: skip
+    return {
+        "protocol": "stratified 70/30 split, seed 0; fit without labels on the 70%; AUROC on the 30%",
+        "auroc": rows,
+        "mean_auroc": _means(rows, ["autoencoder", "pca", "isolation_forest"]),
+    }
+
+
+def _means(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key in keys:
+        values = [row[key] for row in rows if row[key] is not None]
+        out[key] = float(np.mean(values)) if values else None
+    return out
+
+
+def _mnist_images(path: Path) -> Path:
+    if path.is_dir():
+        found = sorted(path.glob("*images-idx3-ubyte*"))
+        if not found:
+            raise DataError(f"{path}: no *images-idx3-ubyte* file")
+        return found[0]
+    return path
+
+
+def _tabular_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(path.glob("*.npz"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    if not files:
+        raise DataError(f"no .npz files in {', '.join(map(str, paths))}")
+    return files
+
+
+# ---- output: table, JSON, chart -------------------------------------------------------------------------
+
+
+def write_results(name: str, results: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out / f"{name}.json", out / f"{name}.png"
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    _CHARTS[name](results, png_path)
+    return [json_path, png_path]
+
+
+def table(name: str, results: dict[str, Any]) -> str:
+    return _TABLES[name](results)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _mnist_table(results: dict[str, Any]) -> str:
+    lines = [f"MNIST ({results['protocol']})", "", "test reconstruction MSE (normalised space)"]
+    lines.append(f"  {'latent':>6}  {'autoencoder':>11}  {'PCA':>9}  {'AE / PCA':>8}")
+    for row in results["reconstruction_mse"]:
+        ratio = row["autoencoder"] / row["pca"]
+        lines.append(f"  {row['latent']:>6}  {row['autoencoder']:>11.5f}  {row['pca']:>9.5f}  {ratio:>8.3f}")
+    lines += ["", "one-class AUROC (train on one digit, test on all test images)"]
+    lines.append(f"  {'digit':>6}  {'autoencoder':>11}  {'PCA':>9}")
+    for row in results["one_class_auroc"]:
+        lines.append(f"  {row['class']:>6}  {_fmt(row['autoencoder']):>11}  {_fmt(row['pca']):>9}")
+    mean = results["mean_one_class_auroc"]
+    lines.append(f"  {'mean':>6}  {_fmt(mean['autoencoder']):>11}  {_fmt(mean['pca']):>9}")
+    return "\n".join(lines)
+
+
+def _tabular_table(results: dict[str, Any]) -> str:
+    lines = [f"tabular AUROC ({results['protocol']})", ""]
+    header = f"  {'dataset':<16} {'rows':>7} {'feat':>5}  {'autoencoder':>11}  {'PCA':>7}  {'IForest':>7}"
+    lines.append(f"{header}  {'s':>6}")
+    for row in results["auroc"]:
+        lines.append(
+            f"  {row['dataset']:<16} {row['rows']:>7} {row['features']:>5}  {_fmt(row['autoencoder']):>11}  "
+            f"{_fmt(row['pca']):>7}  {_fmt(row['isolation_forest']):>7}  {row['seconds']:>6.1f}"
+        )
+    mean = results["mean_auroc"]
+    lines.append(
+        f"  {'mean':<16} {'':>7} {'':>5}  {_fmt(mean['autoencoder']):>11}  {_fmt(mean['pca']):>7}  "
+        f"{_fmt(mean['isolation_forest']):>7}"
+    )
+    return "\n".join(lines)
+
+
+def _bars(ax: Any, labels: list[str], series: dict[str, list[float | None]], ylabel: str, title: str) -> None:
+    width = 0.8 / len(series)
+    positions = np.arange(len(labels))
+    for i, (name, values) in enumerate(series.items()):
+        heights = [np.nan if v is None else v for v in values]
+        ax.bar(positions + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
+    ax.set_xticks(positions, labels)
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+
+
+def _mnist_chart(results: dict[str, Any], path: Path) -> None:
+    plt = _pyplot()
+    recon, one_class = results["reconstruction_mse"], results["one_class_auroc"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 3]})
+    _bars(
+        left,
+        [f"latent {r['latent']}" for r in recon],
+        {"autoencoder": [r["autoencoder"] for r in recon], "PCA": [r["pca"] for r in recon]},
+        "test MSE",
+        "reconstruction",
+    )
+    _bars(
+        right,
+        [r["class"] for r in one_class],
+        {"autoencoder": [r["autoencoder"] for r in one_class], "PCA": [r["pca"] for r in one_class]},
+        "AUROC",
+        "one-class AUROC per digit",
+    )
+    right.set_ylim(0.5, 1.0)
+    _save(fig, path)
+
+
+def _tabular_chart(results: dict[str, Any], path: Path) -> None:
+    plt = _pyplot()
+    rows = results["auroc"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows) + 2), 4))
+    series = {
+        "autoencoder": [r["autoencoder"] for r in rows],
+        "PCA": [r["pca"] for r in rows],
+        "IsolationForest": [r["isolation_forest"] for r in rows],
+    }
+    _bars(ax, [r["dataset"] for r in rows], series, "AUROC", "test AUROC per dataset")
+    ax.set_ylim(0.0, 1.0)
+    _save(fig, path)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+_TABLES = {"mnist": _mnist_table, "tabular": _tabular_table}
+_CHARTS = {"mnist": _mnist_chart, "tabular": _tabular_chart}
+
+
+def run(protocol: str, paths: list[Path], config: EvalConfig) -> dict[str, Any]:
+    """Runs one protocol, prints its table and writes `<protocol>.json` and `<protocol>.png` under `config.out`."""
+    started = time.perf_counter()
+    results = evaluate_mnist(paths[0], config) if protocol == "mnist" else evaluate_tabular(paths, config)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    written = write_results(protocol, results, config.out)
+    print(table(protocol, results), flush=True)
+    print(f"\n{results['seconds']} s; wrote {', '.join(map(str, written))}", file=sys.stderr, flush=True)
+    return results
