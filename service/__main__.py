@@ -1,0 +1,27 @@
+"""`python -m service`: every setting is a flag (see --help) and an AE_* environment variable; flags win."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import CliApp
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        settings = CliApp.run(Settings, cli_args=argv)
+    except ValidationError as exc:
+        problems = "\n".join(f"  --{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        sys.exit(f"python -m service: invalid settings\n{problems}")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""One error type carrying its HTTP status, and one handler rendering every failure the same way:
+`{"error": {"code": "...", "message": "..."}}`, request validation and unknown routes included."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A failure the client should see: an HTTP status, a stable machine-readable code, a message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(error: ServiceError) -> Response:
+    body = {"error": {"code": error.code, "message": error.message}}
+    return Response(orjson.dumps(body), status_code=error.status, media_type="application/json")
+
+
+# Starlette raises these itself (unknown route, wrong method, a malformed multipart form).
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
+def _as_is(exc: Exception) -> ServiceError:
+    assert isinstance(exc, ServiceError)
+    return exc
+
+
+def _from_http(exc: Exception) -> ServiceError:
+    assert isinstance(exc, HTTPException)
+    return ServiceError(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+def _from_validation(exc: Exception) -> ServiceError:
+    assert isinstance(exc, RequestValidationError)
+    problems = ["{}: {}".format(".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()]
+    return ServiceError(422, "invalid_request", "; ".join(problems))
+
+
+def _unexpected(exc: Exception) -> ServiceError:
+    logger.error("unhandled exception", exc_info=exc)
+    return ServiceError(500, "internal_error", "internal server error")
+
+
+# Most specific first: the first matching class converts.
+_CONVERTERS: dict[type[Exception], Callable[[Exception], ServiceError]] = {
+    ServiceError: _as_is,
+    RequestValidationError: _from_validation,
+    HTTPException: _from_http,
+    ClientDisconnect: lambda exc: ServiceError(400, "client_disconnected", "the client went away mid-request"),
+    Exception: _unexpected,
+}
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    convert = next(convert for kind, convert in _CONVERTERS.items() if isinstance(exc, kind))
+    return error_response(convert(exc))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for kind in _CONVERTERS:
+        app.add_exception_handler(kind, handle_error)

@@ -1,0 +1,78 @@
+"""Images to rows and rows to images: PNG/JPEG uploads in, a PNG grid out.
+
+Pixels map to model inputs through the model's own normalisation: a pixel p in 0..255 is the normalised
+value p / 255, so `x = offset + scale * p / 255` (for the usual `x / 255` models, x = p)."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from service.errors import ServiceError
+
+FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg"}
+# The PIL mode that yields the model's channel count; None is an H x W model (grayscale, no channel axis).
+_MODES = {None: "L", 1: "L", 3: "RGB", 4: "RGBA"}
+_GRID_GAP = 2
+
+
+def decode_image(data: bytes, row_shape: tuple[int, ...], max_pixels: int) -> np.ndarray:
+    """One row of pixel values (0..255, float32) shaped like the model's input, converted and resized."""
+    height, width = row_shape[:2]
+    channels = row_shape[2] if len(row_shape) == 3 else None
+    if channels not in _MODES:
+        raise ServiceError(415, "unsupported_media_type", f"images cannot feed a model with {channels} channels")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise _too_large(max_pixels) from None
+    except (UnidentifiedImageError, OSError):
+        raise ServiceError(422, "invalid_image", "the file is not a readable PNG or JPEG image") from None
+    if opened.format not in FORMATS:
+        raise ServiceError(415, "unsupported_media_type", f"{opened.format} images are not accepted; send PNG or JPEG")
+    if opened.width * opened.height > max_pixels:
+        raise _too_large(max_pixels)
+    try:
+        image = opened.convert(_MODES[channels])
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.float32)
+    except (OSError, ValueError):  # truncated or corrupt data only shows when the pixels are decoded
+        raise ServiceError(422, "invalid_image", "the image data is truncated or corrupt") from None
+    return pixels.reshape(row_shape)
+
+
+def _too_large(max_pixels: int) -> ServiceError:
+    return ServiceError(413, "image_too_large", f"the image has more than {max_pixels} pixels")
+
+
+def from_pixels(pixels: np.ndarray, offset: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return (offset + scale * (pixels / 255.0)).astype(np.float32)
+
+
+def to_pixels(rows: np.ndarray, offset: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    normalised = (rows - offset) / scale
+    return np.round(np.clip(normalised, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def png_grid(images: np.ndarray) -> bytes:
+    """n images [n, H, W] or [n, H, W, C] (uint8) tiled in a near-square grid, as PNG bytes."""
+    n, height, width = images.shape[:3]
+    columns = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    step_y, step_x = height + _GRID_GAP, width + _GRID_GAP
+    canvas = np.zeros((rows * step_y - _GRID_GAP, columns * step_x - _GRID_GAP, *images.shape[3:]), np.uint8)
+    for i, image in enumerate(images):
+        y, x = (i // columns) * step_y, (i % columns) * step_x
+        canvas[y : y + height, x : x + width] = image
+    if canvas.ndim == 3 and canvas.shape[2] == 1:
+        canvas = canvas[..., 0]
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="PNG")
+    return buffer.getvalue()

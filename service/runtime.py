@@ -1,0 +1,170 @@
+"""One ModelRuntime per served model: its onnxruntime sessions, created once and warmed up, behind
+numpy-in, numpy-out methods. Every protocol (JSON now, binary payloads and batching later) calls these."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.manifest import GRAPH_ROLES, Manifest, PackageError
+
+logger = logging.getLogger(__name__)
+
+ONNX_FLOAT = "tensor(float)"
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How every session is built: the providers asked for (in order) and onnxruntime's thread pools."""
+
+    providers: tuple[str, ...]
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+
+
+@dataclass(frozen=True)
+class Scores:
+    x_hat: np.ndarray  # [n, *S], raw scale
+    score: np.ndarray  # [n]
+    sq_err: np.ndarray  # [n, *S], normalised space
+
+
+def _graph_names(manifest: Manifest) -> dict[str, tuple[list[str], list[str]]]:
+    """The inputs and outputs docs/model-package.md requires of each graph."""
+    encoder_outputs = ["z", "z_logvar"] if manifest.architecture.variational else ["z"]
+    return {
+        "encoder": (["x"], encoder_outputs),
+        "decoder": (["z"], ["x_hat"]),
+        "scorer": (["x"], ["x_hat", "score", "sq_err"]),
+    }
+
+
+def _tensor_shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape without the batch axis; the same name means the same shape in every graph."""
+    row, latent = manifest.row_shape, (manifest.latent.dim,)
+    return {"x": row, "z": latent, "z_logvar": latent, "x_hat": row, "score": (), "sq_err": row}
+
+
+class ModelRuntime:
+    """Sessions for one package. `load()` does all the work; the predict methods only run graphs."""
+
+    def __init__(self, manifest: Manifest, folder: Path, config: SessionConfig) -> None:
+        self.manifest = manifest
+        self.folder = folder
+        self.config = config
+        self.ready = False
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._latent_mean = np.zeros(manifest.latent.dim, dtype=np.float32)
+        self._latent_factor = np.eye(manifest.latent.dim, dtype=np.float32)
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers onnxruntime really gave the sessions, best first (empty before load)."""
+        return self._sessions["scorer"].get_providers() if self._sessions else []
+
+    @property
+    def fell_back(self) -> bool:
+        """True when the first provider asked for is not the one running the model."""
+        return bool(self.providers) and self.providers[0] != self.config.providers[0]
+
+    def load(self) -> None:
+        """Creates the sessions, checks them against the manifest, warms them up; then the model is ready."""
+        self._sessions = {role: self._session(role) for role in GRAPH_ROLES}
+        self._check_graphs()
+        if self.manifest.prior == "empirical":
+            self._latent_mean, self._latent_factor = _gaussian_factor(self.manifest)
+        self._warm_up()
+        if self.fell_back:
+            logger.warning(
+                "%s/%s asked for %s but runs on %s",
+                self.manifest.name,
+                self.manifest.version,
+                list(self.config.providers),
+                self.providers,
+            )
+        self.ready = True
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Latent vectors [n, L] (a VAE: the mean) and, for a VAE, the log-variance [n, L]."""
+        outputs = self._sessions["encoder"].run(None, {"x": x})
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        return self._sessions["decoder"].run(None, {"z": z})[0]
+
+    def score(self, x: np.ndarray) -> Scores:
+        x_hat, score, sq_err = self._sessions["scorer"].run(None, {"x": x})
+        return Scores(x_hat=x_hat, score=score, sq_err=sq_err)
+
+    def sample_latents(self, n: int, seed: int | None) -> np.ndarray:
+        """n draws from N(0, I) for a VAE, else from N(latent.mean, latent.cov) of the training rows."""
+        noise = np.random.default_rng(seed).standard_normal((n, self.manifest.latent.dim))
+        return (self._latent_mean + noise @ self._latent_factor.T).astype(np.float32)
+
+    def generate(self, n: int, seed: int | None) -> np.ndarray:
+        return self.decode(self.sample_latents(n, seed))
+
+    def _session(self, role: str) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.config.intra_op_threads
+        options.inter_op_num_threads = self.config.inter_op_threads
+        providers = list(self.config.providers)
+        if "CPUExecutionProvider" not in providers:
+            providers.append("CPUExecutionProvider")
+        path = self.folder / self.manifest.graphs[role].file
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
+            raise PackageError(f"{path.name}: onnxruntime cannot load it: {exc}") from exc
+
+    def _check_graphs(self) -> None:
+        shapes = _tensor_shapes(self.manifest)
+        for role, (inputs, outputs) in _graph_names(self.manifest).items():
+            session = self._sessions[role]
+            graph = self.manifest.graphs[role]
+            where = graph.file
+            found = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+            if found != (inputs, outputs) or (graph.inputs, graph.outputs) != (inputs, outputs):
+                raise PackageError(
+                    f"{where}: inputs/outputs {found[0]}/{found[1]} (manifest: {graph.inputs}/{graph.outputs}), "
+                    f"the format requires {inputs}/{outputs}"
+                )
+            for arg in [*session.get_inputs(), *session.get_outputs()]:
+                _check_tensor(where, arg, shapes[arg.name])
+
+    def _warm_up(self) -> None:
+        # The first run allocates and optimises; doing it here keeps that cost off the first request and
+        # proves the graphs produce what the manifest says on real data.
+        rows = 2
+        x = np.zeros((rows, *self.manifest.row_shape), dtype=np.float32)
+        z = np.zeros((rows, self.manifest.latent.dim), dtype=np.float32)
+        scores = self.score(x)
+        latents, _ = self.encode(x)
+        got = {"x_hat": scores.x_hat, "score": scores.score, "z": latents, "decoded x_hat": self.decode(z)}
+        want = {"x_hat": x.shape, "score": (rows,), "z": z.shape, "decoded x_hat": x.shape}
+        for name, array in got.items():
+            if array.shape != want[name]:
+                raise PackageError(f"warm-up: {name} has shape {list(array.shape)}, expected {list(want[name])}")
+
+
+def _check_tensor(where: str, arg: ort.NodeArg, row_shape: tuple[int, ...]) -> None:
+    if arg.type != ONNX_FLOAT:
+        raise PackageError(f"{where}: {arg.name} is {arg.type}, the format requires {ONNX_FLOAT}")
+    shape = list(arg.shape)
+    # Symbolic axes (strings or None) are accepted; a fixed axis must equal the manifest's.
+    fixed = [(got, want) for got, want in zip(shape[1:], row_shape, strict=False) if isinstance(got, int)]
+    if len(shape) != len(row_shape) + 1 or any(got != want for got, want in fixed) or isinstance(shape[0], int):
+        expected = ["batch", *row_shape]
+        raise PackageError(f"{where}: {arg.name} has shape {shape}; the manifest implies {expected} (batch dynamic)")
+
+
+def _gaussian_factor(manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    """mean and A with A A^T = cov, so mean + A e ~ N(mean, cov); tolerates a singular covariance."""
+    cov = np.asarray(manifest.latent.cov, dtype=np.float64)
+    values, vectors = np.linalg.eigh((cov + cov.T) / 2)
+    factor = vectors * np.sqrt(np.clip(values, 0.0, None))
+    return np.asarray(manifest.latent.mean, dtype=np.float32), factor.astype(np.float32)

@@ -1,0 +1,87 @@
+"""Every knob of the service, from AE_* environment variables or `python -m service` flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import onnxruntime as ort
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class Settings(BaseSettings):
+    """Serve autoencoder model packages (encode, decode, reconstruct, score, generate) over HTTP."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AE_",
+        use_attribute_docstrings=True,
+        cli_prog_name="python -m service",
+        cli_kebab_case=True,
+        cli_show_env_vars=True,
+        cli_hide_none_type=True,
+        cli_implicit_flags=True,
+        extra="ignore",
+    )
+
+    host: str = "127.0.0.1"
+    """Interface uvicorn binds to."""
+    port: int = Field(8000, ge=1, le=65535)
+    """TCP port uvicorn listens on."""
+    log_level: LogLevel = "info"
+    """Log level of the service and of uvicorn."""
+    models_dir: Path = Path("models")
+    """Model repository: one models/<name>/<version>/ package per served model."""
+    default_model: str | None = None
+    """Model served when a request names none; unset means the first name alphabetically."""
+    providers: Annotated[tuple[str, ...], NoDecode] = ()
+    """onnxruntime execution providers, comma-separated, most preferred first; empty means CUDA when
+    onnxruntime can use it, else CPU."""
+    intra_op_threads: int = Field(0, ge=0)
+    """Threads onnxruntime uses inside one operator; 0 lets onnxruntime choose."""
+    inter_op_threads: int = Field(0, ge=0)
+    """Threads onnxruntime uses across independent operators; 0 lets onnxruntime choose."""
+    max_batch_rows: int = Field(1024, ge=1)
+    """Most rows one request may carry (and most samples /generate may make); more is refused with 413."""
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1)
+    """Largest request body in bytes, uploads included; larger is refused with 413."""
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    """Largest uploaded image (width x height) decoded before resizing; larger is refused with 413."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("models_dir")
+    @classmethod
+    def _models_dir_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"models directory {str(value)!r} does not exist")
+        return value
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # A typo should stop the start-up, not silently fall back to CPU.
+        unknown = sorted(set(value) - set(ort.get_all_providers()))
+        if unknown:
+            raise ValueError(f"unknown onnxruntime providers {unknown}; known: {ort.get_all_providers()}")
+        return value
+
+    def execution_providers(self) -> list[str]:
+        """The providers asked of every session: the setting, else CUDA when available, else CPU."""
+        if self.providers:
+            return list(self.providers)
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]

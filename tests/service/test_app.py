@@ -1,0 +1,96 @@
+"""The application as a whole: lifespan and readiness, unexpected errors, providers, the OpenAPI page."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.runtime import ModelRuntime
+from service.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_readiness_waits_for_every_model(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    real_load = ModelRuntime.load
+
+    def held_load(self: ModelRuntime) -> None:
+        release.wait(timeout=30)
+        real_load(self)
+
+    monkeypatch.setattr(ModelRuntime, "load", held_load)
+    app = create_app(Settings(models_dir=models_dir, providers=("CPUExecutionProvider",)))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client,
+    ):
+        not_ready = await client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert not_ready.json()["error"]["code"] == "not_ready"
+        assert (await client.get("/healthz")).status_code == 200
+        loading = await client.post("/models/tab/score", json={"inputs": [0.0] * 5})
+        assert loading.status_code == 503
+        assert loading.json()["error"] == {"code": "model_unavailable", "message": "model tab/2 is still loading"}
+
+        release.set()
+        with anyio.fail_after(30):
+            while (await client.get("/readyz")).status_code != 200:
+                await anyio.sleep(0.05)
+        assert (await client.post("/models/tab/score", json={"inputs": [0.0] * 5})).status_code == 200
+
+
+async def test_unexpected_error_is_a_logged_generic_500(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = app.state.repository.runtime("tab")
+
+    def broken(x: np.ndarray) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(runtime, "score", broken)
+    with caplog.at_level(logging.ERROR, logger="service"):
+        response = await client.post("/models/tab/score", json={"inputs": [0.0] * 5})
+
+    assert response.status_code == 500
+    assert response.json() == {"error": {"code": "internal_error", "message": "internal server error"}}
+    assert "secret internals" not in response.text
+    assert any("secret internals" in str(r.exc_info) for r in caplog.records)
+    monkeypatch.undo()
+    assert (await client.post("/models/tab/score", json={"inputs": [0.0] * 5})).status_code == 200
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA would not fall back")
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")
+async def test_cuda_falling_back_to_cpu_is_reported(make_app: Callable[..., FastAPI]) -> None:
+    app = make_app(providers=("CUDAExecutionProvider",))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
+        described = (await client.get("/models/tab/versions/1")).json()
+    assert described["requested_providers"] == ["CUDAExecutionProvider"]
+    assert described["providers"] == ["CPUExecutionProvider"]
+    assert described["provider_fallback"] is True
+
+
+async def test_openapi_documents_every_route_with_an_example(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    operations = {(method.upper(), path): op for path, ops in spec["paths"].items() for method, op in ops.items()}
+
+    for operation in ("encode", "decode", "reconstruct", "score", "generate"):
+        for prefix in ("", "/models/{model}", "/models/{model}/versions/{version}"):
+            body = operations["POST", f"{prefix}/{operation}"]["requestBody"]["content"]["application/json"]
+            assert body["examples"], operation
+    assert {("GET", p) for p in ("/models", "/models/{model}", "/healthz", "/readyz")} <= set(operations)
+    uploads = operations["POST", "/score"]["requestBody"]["content"]
+    assert "multipart/form-data" in uploads
+    assert "image/png" in operations["POST", "/generate"]["responses"]["200"]["content"]
+    assert (await client.get("/docs")).status_code == 200

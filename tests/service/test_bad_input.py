@@ -1,0 +1,162 @@
+"""Everything a client can get wrong, with the exact status and body it gets back; the app keeps serving."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from PIL import Image
+
+pytestmark = pytest.mark.anyio
+
+# Small limits, so the limit cases need small payloads.
+LIMITS = {"max_batch_rows": 64, "max_body_bytes": 256 * 1024, "max_image_pixels": 512 * 512}
+
+TAB = "/score?model=tab"
+ROW = [1.0, 2.0, 3.0, 4.0, 5.0]
+TAB_SHAPES = "expected one row of shape [5] or a batch of shape [n, 5]"
+JSON_OR_UPLOAD = "send ['application/json', 'multipart/form-data']"
+MAX_ROWS, MAX_BYTES = LIMITS["max_batch_rows"], LIMITS["max_body_bytes"]
+
+
+@pytest.fixture(scope="module")
+def app(make_app: Any) -> FastAPI:
+    return make_app(**LIMITS)
+
+
+def png(size: tuple[int, int] = (8, 8), mode: str = "L", fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+async def chunks(total: int) -> AsyncIterator[bytes]:
+    """A body without Content-Length (chunked), so only counting can catch it."""
+    yield b'{"inputs": ['
+    for _ in range(total // 1024):
+        yield b"1.0, " * 204 + b"1.0,"
+    yield b"1]}"
+
+
+# id, method, path, request keyword arguments, status, code, message (a trailing "..." matches a prefix)
+# fmt: off
+CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
+    ("malformed JSON", "POST", TAB, {"content": b'{"inputs": [1,'}, 400, "malformed_json",
+     "the body is not valid JSON: ..."),
+    ("JSON not an object", "POST", TAB, {"json": [ROW]}, 422, "invalid_request",
+     'the body must be a JSON object, e.g. {"inputs": [...]}'),
+    ("missing inputs", "POST", TAB, {"json": {"rows": [ROW]}}, 422, "invalid_request",
+     "missing field(s) ['inputs']; the fields are ['inputs', 'return_sq_err']"),
+    ("unknown field", "POST", TAB, {"json": {"inputs": [ROW], "return_sqerr": True}}, 422, "invalid_request",
+     "unknown field(s) ['return_sqerr']; the fields are ['inputs', 'return_sq_err']"),
+    ("option of the wrong type", "POST", TAB, {"json": {"inputs": [ROW], "return_sq_err": "yes"}}, 422,
+     "invalid_request", "return_sq_err must be true or false, got 'yes'"),
+    ("wrong row length", "POST", TAB, {"json": {"inputs": [[1, 2, 3]]}}, 422, "invalid_shape",
+     f"inputs has shape [1, 3]; {TAB_SHAPES}"),
+    ("one number", "POST", TAB, {"json": {"inputs": 3.0}}, 422, "invalid_shape",
+     f"inputs has shape []; {TAB_SHAPES}"),
+    ("too many axes", "POST", TAB, {"json": {"inputs": [[ROW]]}}, 422, "invalid_shape",
+     f"inputs has shape [1, 1, 5]; {TAB_SHAPES}"),
+    ("ragged rows", "POST", TAB, {"json": {"inputs": [ROW, [1.0]]}}, 422, "invalid_shape",
+     f"inputs: rows are ragged; {TAB_SHAPES}"),
+    ("strings", "POST", TAB, {"json": {"inputs": [[1, 2, 3, 4, "5"]]}}, 422, "invalid_dtype",
+     "inputs must hold numbers only, found strings"),
+    ("nulls", "POST", TAB, {"json": {"inputs": [[1, 2, 3, 4, None]]}}, 422, "invalid_dtype",
+     "inputs must hold numbers only, found nulls, objects or mixed values"),
+    ("booleans", "POST", TAB, {"json": {"inputs": [[True] * 5]}}, 422, "invalid_dtype",
+     "inputs must hold numbers only, found booleans"),
+    ("NaN", "POST", TAB, {"content": b'{"inputs": [[1, 2, 3, 4, NaN]]}'}, 422, "non_finite",
+     "inputs holds NaN or infinite values (rows [0])"),
+    ("Infinity", "POST", TAB, {"content": b'{"inputs": [[1, 2, 3, 4, 5], [1, 2, 3, 4, -Infinity]]}'}, 422,
+     "non_finite", "inputs holds NaN or infinite values (rows [1])"),
+    ("beyond double", "POST", TAB, {"content": b'{"inputs": [1, 2, 3, 4, 1e400]}'}, 422, "non_finite",
+     "inputs holds NaN or infinite values (rows [0])"),
+    ("beyond float32", "POST", TAB, {"json": {"inputs": [1, 2, 3, 4, 1e39]}}, 422, "non_finite",
+     "inputs holds NaN or infinite values (rows [0])"),
+    ("empty batch", "POST", TAB, {"json": {"inputs": []}}, 422, "empty_batch",
+     "inputs is empty: send at least one row"),
+    ("too many rows", "POST", TAB, {"json": {"inputs": [ROW] * (MAX_ROWS + 1)}}, 413, "too_many_rows",
+     f"inputs has {MAX_ROWS + 1} rows; at most {MAX_ROWS} per request"),
+    ("body over the limit", "POST", TAB, {"content": b" " * (MAX_BYTES + 1)}, 413, "body_too_large",
+     f"the request body exceeds {MAX_BYTES} bytes"),
+    ("chunked body over the limit", "POST", TAB, {"content": chunks(MAX_BYTES + 4096)}, 413, "body_too_large",
+     f"the request body exceeds {MAX_BYTES} bytes"),
+    ("text/plain", "POST", TAB, {"content": b"1,2,3", "headers": {"content-type": "text/plain"}}, 415,
+     "unsupported_media_type", f"text/plain is not accepted here; {JSON_OR_UPLOAD}"),
+    ("form-urlencoded (curl -d)", "POST", TAB, {"data": {"inputs": "1"}}, 415, "unsupported_media_type",
+     f"application/x-www-form-urlencoded is not accepted here; {JSON_OR_UPLOAD}"),
+    ("upload to a tabular model", "POST", TAB, {"files": {"file": ("a.png", png(), "image/png")}}, 415,
+     "unsupported_media_type", "multipart/form-data uploads are for image models only"),
+    ("upload to /decode", "POST", "/decode?model=conv", {"files": {"file": ("a.png", png(), "image/png")}}, 415,
+     "unsupported_media_type", "multipart/form-data is not accepted here; send ['application/json']"),
+    ("upload that is no image", "POST", "/score?model=conv", {"files": {"file": ("a.png", b"GIF89", "image/png")}},
+     422, "invalid_image", "the file is not a readable PNG or JPEG image"),
+    ("GIF upload", "POST", "/score?model=conv", {"files": {"file": ("a.gif", png(fmt="GIF"), "image/gif")}}, 415,
+     "unsupported_media_type", "GIF images are not accepted; send PNG or JPEG"),
+    ("huge image", "POST", "/score?model=conv", {"files": {"file": ("a.png", png((600, 600)), "image/png")}}, 413,
+     "image_too_large", f"the image has more than {LIMITS['max_image_pixels']} pixels"),
+    ("upload in the wrong field", "POST", "/score?model=conv", {"files": {"image": ("a.png", png(), "image/png")}},
+     422, "invalid_request", 'send the image in the multipart field "file"'),
+    ("unknown model", "POST", "/score?model=nope", {"json": {"inputs": [ROW]}}, 404, "model_not_found",
+     "unknown model 'nope'; served: ['conv', 'tab', 'vae', 'zz-broken']"),
+    ("unknown model by path", "POST", "/models/nope/score", {"json": {"inputs": [ROW]}}, 404, "model_not_found",
+     "unknown model 'nope'; served: ['conv', 'tab', 'vae', 'zz-broken']"),
+    ("unknown version", "POST", "/models/tab/versions/9/score", {"json": {"inputs": [ROW]}}, 404,
+     "version_not_found", "model 'tab' has no version '9'; versions: [1, 2]"),
+    ("version not a number", "POST", "/score?model=tab&version=latest", {"json": {"inputs": [ROW]}}, 404,
+     "version_not_found", "model 'tab' has no version 'latest'; versions: [1, 2]"),
+    ("unknown model listed", "GET", "/models/nope", {}, 404, "model_not_found",
+     "unknown model 'nope'; served: ['conv', 'tab', 'vae', 'zz-broken']"),
+    ("unavailable model", "POST", "/models/zz-broken/score", {"json": {"inputs": [ROW]}}, 503, "model_unavailable",
+     "model zz-broken/1 is unavailable: scorer.onnx: sha256 does not match the manifest"),
+    ("logvar of a plain autoencoder", "POST", "/encode?model=tab", {"json": {"inputs": [ROW], "return_logvar": True}},
+     422, "invalid_request", "tab is not a VAE: it has no log-variance"),
+    ("latent of the wrong size", "POST", "/decode?model=tab", {"json": {"latents": [[0.0, 0.0, 0.0]]}}, 422,
+     "invalid_shape", "latents has shape [1, 3]; expected one row of shape [2] or a batch of shape [n, 2]"),
+    ("generate zero", "POST", "/generate?model=tab", {"json": {"n": 0}}, 422, "invalid_request",
+     "n must be a positive integer, got 0"),
+    ("generate text", "POST", "/generate?model=tab", {"json": {"n": "3"}}, 422, "invalid_request",
+     "n must be a positive integer, got '3'"),
+    ("generate too many", "POST", "/generate?model=tab", {"json": {"n": MAX_ROWS + 1}}, 413, "too_many_rows",
+     f"n is {MAX_ROWS + 1}; at most {MAX_ROWS} per request"),
+    ("negative seed", "POST", "/generate?model=tab", {"json": {"n": 1, "seed": -1}}, 422, "invalid_request",
+     "seed must be a non-negative integer, got -1"),
+    ("fractional seed", "POST", "/generate?model=tab", {"json": {"n": 1, "seed": 1.5}}, 422, "invalid_request",
+     "seed must be an integer, got 1.5"),
+    ("PNG of a tabular model", "POST", "/reconstruct?model=tab", {"json": {"inputs": [ROW]},
+     "headers": {"accept": "image/png"}}, 406, "not_acceptable",
+     "this answer is available as ['application/json'] only"),
+    ("unknown route", "GET", "/predict", {}, 404, "not_found", "Not Found"),
+    ("wrong method", "GET", "/score", {}, 405, "method_not_allowed", "Method Not Allowed"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "request_kwargs", "status", "code", "message"),
+    [pytest.param(*case[1:], id=case[0]) for case in CASES],
+)
+async def test_bad_input(
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    request_kwargs: dict[str, Any],
+    status: int,
+    code: str,
+    message: str,
+) -> None:
+    response = await client.request(method, path, **request_kwargs)
+
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    if message.endswith("..."):
+        assert body["error"]["message"].startswith(message[:-3])
+        body["error"]["message"] = message
+    assert body == {"error": {"code": code, "message": message}}
+    # Whatever came before, the next request is served.
+    assert (await client.post(TAB, json={"inputs": ROW})).status_code == 200

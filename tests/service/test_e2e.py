@@ -1,0 +1,107 @@
+"""Against a real server: `python -m service` in a subprocess, over real HTTP."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_BODY_BYTES = 64 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """A uvicorn process serving `models_dir`, configured by flags and by environment; stopped at the end."""
+    port = free_port()
+    env = os.environ | {"AE_MAX_BODY_BYTES": str(MAX_BODY_BYTES), "AE_PROVIDERS": "CPUExecutionProvider"}
+    command = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models_dir)]
+    # A file, not a pipe: nobody reads a pipe while the tests run, and a full pipe would block the server.
+    log = tmp_path_factory.mktemp("e2e") / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    try:
+        _wait_until_ready(client, process, log)
+        yield client
+    finally:
+        client.close()
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_ready(client: httpx.Client, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail("the server did not become ready within 30 s")
+
+
+def test_serves_models_and_reports_them(server: httpx.Client) -> None:
+    listing = server.get("/models").json()
+    statuses = {(m["name"], m["version"]): m["status"] for m in listing["models"]}
+    assert statuses[("tab", 2)] == "ready" and statuses[("zz-broken", 1)] == "unavailable"
+    assert server.get("/healthz").json() == {"status": "alive"}
+
+
+def test_encode_decode_and_score_over_http(server: httpx.Client, tabular_rows: np.ndarray) -> None:
+    body = {"inputs": tabular_rows.tolist()}
+    encoded = server.post("/models/tab/encode", json=body).json()
+    decoded = server.post("/models/tab/decode", json={"latents": encoded["latents"]}).json()
+    reconstructed = server.post("/models/tab/reconstruct", json=body).json()
+    np.testing.assert_allclose(decoded["reconstructions"], reconstructed["reconstructions"], atol=1e-4)
+    scored = server.post("/score?model=tab", json=body).json()
+    assert scored["scores"] == reconstructed["scores"]
+
+
+def test_png_in_and_out(server: httpx.Client) -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28), color=128).save(buffer, format="PNG")
+    files = {"file": ("x.png", buffer.getvalue(), "image/png")}
+    response = server.post("/models/conv/reconstruct", files=files, headers={"accept": "image/png"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).size == (8, 8)
+
+
+def test_bad_requests_get_the_error_shape_and_the_server_keeps_serving(server: httpx.Client) -> None:
+    malformed = server.post("/score?model=tab", content=b"{", headers={"content-type": "application/json"})
+    too_large = server.post("/score?model=tab", content=b"1" * (MAX_BODY_BYTES + 1))
+    unavailable = server.post("/models/zz-broken/score", json={"inputs": [0.0] * 5})
+
+    assert (malformed.status_code, malformed.json()["error"]["code"]) == (400, "malformed_json")
+    assert too_large.status_code == 413
+    assert too_large.json() == {
+        "error": {"code": "body_too_large", "message": f"the request body exceeds {MAX_BODY_BYTES} bytes"}
+    }
+    assert (unavailable.status_code, unavailable.json()["error"]["code"]) == (503, "model_unavailable")
+    assert server.post("/score?model=tab", json={"inputs": [0.0] * 5}).status_code == 200

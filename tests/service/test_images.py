@@ -1,0 +1,58 @@
+"""Uploads to rows (conversion, resizing) and rows to a PNG grid."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service import images
+from service.errors import ServiceError
+
+
+def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_grayscale_upload_is_resized_to_the_model() -> None:
+    data = encoded(Image.new("L", (16, 16), color=200))
+    row = images.decode_image(data, (8, 8), max_pixels=10_000)
+    assert row.shape == (8, 8) and row.dtype == np.float32
+    np.testing.assert_allclose(row, 200.0)
+
+
+@pytest.mark.parametrize(("shape", "mode"), [((8, 8), "L"), ((8, 8, 1), "L"), ((8, 8, 3), "RGB"), ((8, 8, 4), "RGBA")])
+def test_colour_conversion_follows_the_model(shape: tuple[int, ...], mode: str) -> None:
+    data = encoded(Image.new("RGB", (8, 8), color=(255, 0, 0)), fmt="JPEG")
+    row = images.decode_image(data, shape, max_pixels=10_000)
+    assert row.shape == shape
+    if mode == "L":
+        np.testing.assert_allclose(row, 76.0, atol=2)  # ITU-R 601 luma of pure red
+
+
+def test_truncated_image_is_refused() -> None:
+    data = encoded(Image.new("L", (64, 64), color=10))
+    with pytest.raises(ServiceError) as caught:
+        images.decode_image(data[: len(data) // 2], (8, 8), max_pixels=10_000)
+    assert (caught.value.status, caught.value.code) == (422, "invalid_image")
+
+
+def test_pixels_round_trip_through_the_normalisation() -> None:
+    offset, scale = np.zeros(1, np.float32), np.full(1, 255.0, np.float32)
+    pixels = np.array([[[0.0, 128.0], [255.0, 7.0]]], np.float32)
+    rows = images.from_pixels(pixels, offset, scale)
+    np.testing.assert_array_equal(rows, pixels)
+    np.testing.assert_array_equal(images.to_pixels(rows, offset, scale), pixels.astype(np.uint8))
+    unit = images.from_pixels(pixels, offset, np.ones(1, np.float32))
+    np.testing.assert_allclose(unit, pixels / 255.0, rtol=1e-6)
+
+
+def test_grid_tiles_images_in_a_near_square() -> None:
+    tiles = np.stack([np.full((4, 5), i * 40, np.uint8) for i in range(5)])
+    grid = np.asarray(Image.open(io.BytesIO(images.png_grid(tiles))))
+    assert grid.shape == (2 * 4 + 2, 3 * 5 + 4)  # 3 columns, 2 rows, 2 px gaps
+    assert grid[0, 0] == 0 and grid[0, 7] == 40 and grid[6, 0] == 120

@@ -1,0 +1,116 @@
+"""Discovery and validation of model packages: every way a package can break, and what is not a package."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.repository import Repository
+from service.runtime import SessionConfig
+
+CPU = SessionConfig(providers=("CPUExecutionProvider",), intra_op_threads=1)
+Breakage = Callable[[Path], None]
+
+
+def loaded(models_dir: Path, default_model: str | None = None) -> Repository:
+    repository = Repository(models_dir, CPU, default_model)
+    repository.discover()
+    repository.load()
+    return repository
+
+
+def edit_manifest(change: Callable[[dict[str, Any]], None]) -> Breakage:
+    def breaks(folder: Path) -> None:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        change(manifest)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    return breaks
+
+
+def swap_encoder_for_decoder(folder: Path) -> None:
+    shutil.copy(folder / "decoder.onnx", folder / "encoder.onnx")
+    digest = hashlib.sha256((folder / "encoder.onnx").read_bytes()).hexdigest()
+    edit_manifest(lambda m: m["files"].update({"encoder.onnx": digest}))(folder)
+
+
+def latent_of_three(manifest: dict[str, Any]) -> None:
+    manifest["architecture"]["latent_dim"] = 3
+    manifest["latent"].update(dim=3, mean=[0.0] * 3, cov=[[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+
+
+# id, source package, breakage, the reason the model is listed with
+# fmt: off
+BREAKAGES: list[tuple[str, str, Breakage, str]] = [
+    ("graph missing", "tab", lambda f: (f / "decoder.onnx").unlink(), "decoder.onnx is missing"),
+    ("other file missing", "tab", lambda f: (f / "report.json").unlink(), "report.json is missing"),
+    ("hash mismatch", "tab", lambda f: (f / "report.json").write_text("{}"),
+     "report.json: sha256 does not match the manifest"),
+    ("manifest missing", "tab", lambda f: (f / "manifest.json").unlink(), "manifest.json is missing"),
+    ("manifest not JSON", "tab", lambda f: (f / "manifest.json").write_text("{"),
+     "manifest.json is not valid JSON: unexpected end of data: line 1 column 2 (char 1)"),
+    ("format version 2", "tab", edit_manifest(lambda m: m.update(format_version=2)), "format_version 2 is not 1"),
+    ("names another model", "tab", edit_manifest(lambda m: m.update(name="other")),
+     "manifest names other/1, but the package lives in pkg/1"),
+    ("field missing", "tab", edit_manifest(lambda m: m.pop("score")), "manifest.json: score: Field required"),
+    ("latent sizes disagree", "tab", edit_manifest(lambda m: m["architecture"].update(latent_dim=7)),
+     "manifest.json: manifest: Value error, architecture.latent_dim 7 != latent.dim 2"),
+    ("graph not hashed", "tab", edit_manifest(lambda m: m["files"].pop("scorer.onnx")),
+     "graphs ['scorer.onnx'] are not listed in the manifest's files"),
+    ("latent size disagrees with the graphs", "tab", edit_manifest(latent_of_three),
+     "encoder.onnx: z has shape ['batch', 2]; the manifest implies ['batch', 3] (batch dynamic)"),
+    ("input shape disagrees with the graphs", "conv", edit_manifest(lambda m: m["input"].update(shape=[8, 9])),
+     "encoder.onnx: x has shape ['batch', 8, 8]; the manifest implies ['batch', 8, 9] (batch dynamic)"),
+    ("graphs swapped", "tab", swap_encoder_for_decoder,
+     "encoder.onnx: inputs/outputs ['z']/['x_hat'] (manifest: ['x']/['z']), the format requires ['x']/['z']"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("source", "breakage", "reason"), [pytest.param(*case[1:], id=case[0]) for case in BREAKAGES])
+def test_broken_package_is_unavailable_with_its_reason(
+    tmp_path: Path, copy_package: Any, source: str, breakage: Breakage, reason: str
+) -> None:
+    breakage(copy_package(source, tmp_path, "pkg"))
+    copy_package("tab", tmp_path, "healthy")
+
+    repository = loaded(tmp_path)
+
+    broken, healthy = repository.find("pkg"), repository.find("healthy")
+    assert (broken.status, broken.reason, broken.runtime) == ("unavailable", reason, None)
+    assert healthy.status == "ready"
+    assert repository.ready
+
+
+def test_only_complete_packages_are_discovered(tmp_path: Path, copy_package: Any) -> None:
+    copy_package("tab", tmp_path, "tab", version=1)
+    copy_package("tab", tmp_path, "tab", version=3)
+    for stray in ("tab/.tmp-4-x1y2", "tab/latest", "tab/0", "tab/07", "Upper/1", ".hidden/1"):
+        (tmp_path / stray).mkdir(parents=True)
+    (tmp_path / "README.md").write_text("not a package")
+
+    repository = loaded(tmp_path)
+
+    assert [(e.name, e.version, e.status) for e in repository.entries()] == [("tab", 1, "ready"), ("tab", 3, "ready")]
+    assert repository.find("tab").version == 3
+
+
+def test_default_model_is_the_setting_else_the_first_name(tmp_path: Path, copy_package: Any) -> None:
+    copy_package("tab", tmp_path, "b-model")
+    copy_package("tab", tmp_path, "a-model")
+    assert loaded(tmp_path).default_name == "a-model"
+    assert loaded(tmp_path, default_model="b-model").find().name == "b-model"
+
+
+def test_not_ready_before_load(tmp_path: Path, copy_package: Any) -> None:
+    copy_package("tab", tmp_path, "tab")
+    repository = Repository(tmp_path, CPU)
+    repository.discover()
+    assert not repository.ready
+    assert repository.find("tab").status == "loading"

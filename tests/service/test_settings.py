@@ -1,0 +1,42 @@
+"""Settings from AE_* variables and flags, with flags winning and bad values refused at start-up."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from pydantic_settings import CliApp
+
+from service.settings import Settings
+
+
+def test_environment_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AE_PORT", "9001")
+    monkeypatch.setenv("AE_MAX_BATCH_ROWS", "7")
+    monkeypatch.setenv("AE_PROVIDERS", "CUDAExecutionProvider, CPUExecutionProvider")
+    settings = CliApp.run(Settings, cli_args=["--port", "9002", "--models-dir", str(tmp_path)])
+    assert (settings.port, settings.max_batch_rows, settings.models_dir) == (9002, 7, tmp_path)
+    assert settings.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert settings.execution_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = Settings(models_dir=tmp_path)
+    assert (settings.host, settings.port, settings.default_model) == ("127.0.0.1", 8000, None)
+    assert settings.execution_providers()[-1] == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"providers": "CPUExecutionProvider,GPUProvider"}, "unknown onnxruntime providers ['GPUProvider']"),
+        ({"models_dir": "/no/such/folder"}, "models directory '/no/such/folder' does not exist"),
+        ({"port": 0}, "greater than or equal to 1"),
+        ({"max_batch_rows": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_bad_values_fail_fast(tmp_path: Path, values: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(problem)):
+        Settings(**({"models_dir": tmp_path} | values))
