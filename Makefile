@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/datasets
 MODELS_DIR ?= models
 
-.PHONY: serve test lint models install-service install-dev system-deps clean
+.PHONY: serve test lint models evaluate bench install-service install-dev install-bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,dev]'
 	touch $@ $(VENV)/.service-installed
 
+$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@ $(VENV)/.service-installed
+
 install-service: $(VENV)/.service-installed
 install-dev: $(VENV)/.dev-installed
+install-bench: $(VENV)/.bench-installed
 
 serve: install-service
 	$(BIN)/python -m service --models-dir $(MODELS_DIR)
@@ -49,5 +54,18 @@ models: install-dev
 	$(FIT) --data $(DATA)/mnist/t10k-images-idx3-ubyte.gz --arch conv --latent 16 --epochs 40 --name mnist-conv
 	$(FIT) --data $(DATA)/adbench/cardio.npz --arch dense --normal-label 0 --epochs 200 --patience 20 --name cardio
 
+# Load benchmark (docs/benchmark.md): the service on models/mnist-dense against in-process onnxruntime, and
+# against other servers already running: make bench COMPARE="naive=http://127.0.0.1:8101/score"
+COMPARE ?=
+BENCH_SECONDS ?= 6
+bench: install-bench
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk; }
+	$(BIN)/python bench/run.py --seconds $(BENCH_SECONDS) $(foreach target,$(COMPARE),--compare $(target))
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The default recipes against PCA and IsolationForest; tables, JSON and charts in reports/evaluation/.
+evaluate: install-dev
+	$(BIN)/python -m training evaluate mnist --data $(DATA)/mnist
+	$(BIN)/python -m training evaluate tabular --data $(DATA)/adbench

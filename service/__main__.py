@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -20,7 +22,22 @@ def main(argv: list[str] | None = None) -> None:
         problems = "\n".join(f"  --{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
         sys.exit(f"python -m service: invalid settings\n{problems}")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    if settings.workers == 1:
+        app: Any = create_app(settings)
+    else:
+        # Worker processes import the app by name and build their own settings: hand them ours by environment.
+        os.environ.update(settings.as_environment())
+        app = "service.app:app_from_environment"
+    uvicorn.run(
+        app,
+        factory=settings.workers > 1,
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        loop=settings.loop,
+        http=settings.http,
+    )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ServiceError, install_error_handlers
+from service.metrics import RequestMetrics, RequestStats
 from service.repository import Repository
-from service.routes import catalog_router, inference_router
+from service.routes import catalog_router, inference_router, inference_routes
 from service.runtime import SessionConfig
 from service.settings import Settings
 
@@ -25,6 +26,9 @@ def create_app(settings: Settings) -> FastAPI:
         providers=tuple(settings.execution_providers()),
         intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
+        batch_rows=settings.batch_rows,
+        batch_wait_s=settings.batch_wait_ms / 1000,
+        batch_in_flight=settings.batch_in_flight,
     )
     app = FastAPI(
         title="Autoencoder service",
@@ -33,12 +37,20 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    app.state.repository = Repository(settings.models_dir, sessions, settings.default_model)
+    repository = app.state.repository = Repository(settings.models_dir, sessions, settings.default_model)
+    app.state.request_stats = RequestStats()
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, stats=app.state.request_stats, default_model=lambda: repository.default_name)
     app.include_router(catalog_router())
+    app.router.routes.extend(inference_routes())
     app.include_router(inference_router())
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of `Settings()` read from AE_* variables: what each uvicorn worker process builds."""
+    return create_app(Settings())  # type: ignore[call-arg]  # every field has a default or an AE_* variable
 
 
 @asynccontextmanager

@@ -3,6 +3,7 @@ objects); media types are looked up in tables, so a binary codec is one more row
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -16,6 +17,19 @@ from service.errors import ServiceError
 JSON = "application/json"
 PNG = "image/png"
 MULTIPART = "multipart/form-data"
+NPY = "application/x-npy"
+NPZ = "application/x-npz"
+RAW = "application/octet-stream"
+
+# Raw bodies are little-endian float32 unless X-Dtype names another of these.
+RAW_DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    "float16": np.dtype("<f2"),
+    "uint8": np.dtype("u1"),
+    "int32": np.dtype("<i4"),
+    "int64": np.dtype("<i8"),
+}
 
 # What np.asarray makes of parsed JSON: numbers pass, every other kind is named in the 422.
 _NUMERIC_KINDS = {"f": "floats", "i": "integers", "u": "integers"}
@@ -76,14 +90,71 @@ def as_batch(value: Any, row_shape: tuple[int, ...], field: str, max_rows: int) 
         array = np.asarray(value)
     except (ValueError, OverflowError):
         raise ServiceError(422, "invalid_shape", f"{field}: rows are ragged; {_expected(row_shape)}") from None
+    return shaped(array, row_shape, field, max_rows)
+
+
+def shaped(array: np.ndarray, row_shape: tuple[int, ...], field: str, max_rows: int) -> np.ndarray:
+    """Rows [n, *row_shape] float32 from an array of any payload: a batch, one row, or rows flattened to
+    vectors (image rows as 784 floats instead of 28 x 28: never ambiguous, the ranks differ)."""
     if array.dtype.kind not in _NUMERIC_KINDS:
         found = _OTHER_KINDS.get(array.dtype.kind, str(array.dtype))
         raise ServiceError(422, "invalid_dtype", f"{field} must hold numbers only, found {found}")
-    if array.ndim == len(row_shape):
+    features = math.prod(row_shape)
+    if array.shape != row_shape and len(row_shape) > 1 and array.ndim in (1, 2) and array.shape[-1] == features:
+        array = array.reshape(-1, *row_shape)
+    elif array.ndim == len(row_shape):
         array = array[np.newaxis]
     if array.shape[1:] != row_shape:
         raise ServiceError(422, "invalid_shape", f"{field} has shape {list(array.shape)}; {_expected(row_shape)}")
     return checked_rows(array, field, max_rows)
+
+
+def load_npy(body: bytes) -> np.ndarray:
+    """An array from a .npy file; object arrays are refused without unpickling anything."""
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ServiceError(400, "malformed_npy", f"the body is not a readable .npy file: {exc}") from None
+    if not isinstance(array, np.ndarray):  # np.load also opens .npz archives
+        raise ServiceError(400, "malformed_npy", "the body is an .npz archive; send one .npy array")
+    return array
+
+
+def load_raw(body: bytes, shape: str | None, dtype: str | None) -> np.ndarray:
+    """An array from raw little-endian bytes, shaped by the X-Shape header (e.g. `64,784`)."""
+    if not shape:
+        raise ServiceError(400, "missing_shape", f"{RAW} bodies need an X-Shape header, e.g. X-Shape: 64,784")
+    try:
+        dims = tuple(int(dim) for dim in shape.split(","))
+    except ValueError:
+        dims = (-1,)
+    if any(dim < 0 for dim in dims):
+        raise ServiceError(400, "invalid_shape_header", f"X-Shape must be comma-separated integers, got {shape!r}")
+    kind = RAW_DTYPES.get((dtype or "float32").strip().lower())
+    if kind is None:
+        raise ServiceError(415, "invalid_dtype", f"X-Dtype {dtype!r} is not one of {sorted(RAW_DTYPES)}")
+    needed = math.prod(dims) * kind.itemsize
+    if len(body) != needed:
+        raise ServiceError(
+            422, "invalid_length", f"the body has {len(body)} bytes; X-Shape {list(dims)} of {kind.name} needs {needed}"
+        )
+    return np.frombuffer(body, dtype=kind).reshape(dims)
+
+
+def dump_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def dump_npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **arrays)
+    return buffer.getvalue()
+
+
+def dump_raw(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array, dtype="<f4").tobytes()
 
 
 def checked_rows(array: np.ndarray, field: str, max_rows: int) -> np.ndarray:

@@ -1,7 +1,10 @@
 """HTTP requests to numpy rows plus options, and results back to HTTP responses, by media type.
 
-Each Content-Type has a reader and each Accept type a writer, in tables: binary formats (application/x-npy,
-raw float32) are new rows here, and the routes and the runtime do not change."""
+Each Content-Type has a reader and each Accept type a writer, in tables. Binary requests
+(application/x-npy, or application/octet-stream with an X-Shape header) take their options from the query
+string (`?return_sq_err=true`). Binary answers: application/x-npy and application/octet-stream carry the
+route's main array alone (scores, latents, reconstructions or samples) with X-Shape, X-Dtype, X-Model,
+X-Version and, from /score, X-Threshold headers; application/x-npz carries every array of the JSON answer."""
 
 from __future__ import annotations
 
@@ -39,12 +42,13 @@ class Result:
     """A route's answer: the JSON body, and for image models the rows a PNG answer would show."""
 
     body: dict[str, Any]
+    main: str
     images: np.ndarray | None = None
 
 
 async def read_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
     media = codecs.media_type(request.headers.get("content-type"))
-    readers = _READERS if spec.uploads else {codecs.JSON: _READERS[codecs.JSON]}
+    readers = _READERS if spec.uploads else {k: v for k, v in _READERS.items() if k != codecs.MULTIPART}
     reader = readers.get(media)
     if reader is None:
         raise ServiceError(415, "unsupported_media_type", f"{media} is not accepted here; send {sorted(readers)}")
@@ -87,6 +91,24 @@ async def _upload_rows(request: Request, spec: RowsRequest, runtime: ModelRuntim
     return rows, options
 
 
+async def _npy_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
+    array = codecs.load_npy(await request.body())
+    return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), _query_options(request, spec)
+
+
+async def _raw_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
+    headers = request.headers
+    array = codecs.load_raw(await request.body(), headers.get("x-shape"), headers.get("x-dtype"))
+    return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), _query_options(request, spec)
+
+
+def _query_options(request: Request, spec: RowsRequest) -> dict[str, Any]:
+    query = request.query_params.items()
+    fields = {name: _form_value(name, value) for name, value in query if name not in ("model", "version")}
+    codecs.check_fields(fields, [], list(spec.options))
+    return {name: codecs.option(fields, name, kind, default) for name, (kind, default) in spec.options.items()}
+
+
 def _form_value(name: str, value: Any) -> Any:
     # Form fields arrive as text; `true` or `3` are read as the JSON values they spell.
     try:
@@ -96,12 +118,17 @@ def _form_value(name: str, value: Any) -> Any:
 
 
 _Reader = Callable[[Request, RowsRequest, ModelRuntime], Awaitable[tuple[np.ndarray, dict[str, Any]]]]
-_READERS: dict[str, _Reader] = {codecs.JSON: _json_rows, codecs.MULTIPART: _upload_rows}
+_READERS: dict[str, _Reader] = {
+    codecs.JSON: _json_rows,
+    codecs.NPY: _npy_rows,
+    codecs.RAW: _raw_rows,
+    codecs.MULTIPART: _upload_rows,
+}
 
 
 def respond(request: Request, runtime: ModelRuntime, result: Result) -> Response:
     """The result in the media type the Accept header prefers among those this result can be written as."""
-    offered = [codecs.JSON] if result.images is None else [codecs.JSON, codecs.PNG]
+    offered = [*_WRITERS] if result.images is not None else [m for m in _WRITERS if m != codecs.PNG]
     media = codecs.negotiate(request.headers.get("accept"), offered)
     if media is None:
         raise ServiceError(406, "not_acceptable", f"this answer is available as {offered} only")
@@ -118,4 +145,34 @@ def _write_png(runtime: ModelRuntime, result: Result) -> Response:
     return Response(images.png_grid(images.to_pixels(result.images, offset, scale)), media_type=codecs.PNG)
 
 
-_WRITERS: dict[str, Callable[[ModelRuntime, Result], Response]] = {codecs.JSON: _write_json, codecs.PNG: _write_png}
+def _binary_headers(result: Result) -> dict[str, str]:
+    main = result.body[result.main]
+    headers = {"X-Shape": ",".join(map(str, main.shape)), "X-Dtype": "float32"}
+    headers |= {"X-Model": str(result.body["model"]), "X-Version": str(result.body["version"])}
+    if "threshold" in result.body:
+        headers["X-Threshold"] = repr(float(result.body["threshold"]))
+    return headers
+
+
+def _write_npy(runtime: ModelRuntime, result: Result) -> Response:
+    body = codecs.dump_npy(result.body[result.main].astype(np.float32, copy=False))
+    return Response(body, media_type=codecs.NPY, headers=_binary_headers(result))
+
+
+def _write_raw(runtime: ModelRuntime, result: Result) -> Response:
+    return Response(codecs.dump_raw(result.body[result.main]), media_type=codecs.RAW, headers=_binary_headers(result))
+
+
+def _write_npz(runtime: ModelRuntime, result: Result) -> Response:
+    arrays = {name: np.asarray(value) for name, value in result.body.items() if name not in ("model", "version")}
+    return Response(codecs.dump_npz(arrays), media_type=codecs.NPZ, headers=_binary_headers(result))
+
+
+# In order of preference when the Accept header leaves the choice open.
+_WRITERS: dict[str, Callable[[ModelRuntime, Result], Response]] = {
+    codecs.JSON: _write_json,
+    codecs.NPY: _write_npy,
+    codecs.RAW: _write_raw,
+    codecs.NPZ: _write_npz,
+    codecs.PNG: _write_png,
+}

@@ -1,16 +1,20 @@
 """One ModelRuntime per served model: its onnxruntime sessions, created once and warmed up, behind
-numpy-in, numpy-out methods. Every protocol (JSON now, binary payloads and batching later) calls these."""
+numpy-in, numpy-out methods. Every protocol calls these: the async ones batch rows of concurrent requests
+into one run (service.batching), the plain ones run a graph at once."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from service.batching import Batcher, Outputs
 from service.manifest import GRAPH_ROLES, Manifest, PackageError
+from service.metrics import BatchStats
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +23,15 @@ ONNX_FLOAT = "tensor(float)"
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """How every session is built: the providers asked for (in order) and onnxruntime's thread pools."""
+    """How every session is built: the providers asked for (in order), onnxruntime's thread pools, and how
+    requests are batched: at most `batch_rows` rows per run, an idle graph waiting `batch_wait_s` for more."""
 
     providers: tuple[str, ...]
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    batch_rows: int = 1024
+    batch_wait_s: float = 0.001
+    batch_in_flight: int = 1
 
 
 @dataclass(frozen=True)
@@ -58,8 +66,11 @@ class ModelRuntime:
         self.config = config
         self.ready = False
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._batchers: dict[str, Batcher] = {}
+        self.stats = BatchStats(manifest.name, manifest.version)
         self._latent_mean = np.zeros(manifest.latent.dim, dtype=np.float32)
         self._latent_factor = np.eye(manifest.latent.dim, dtype=np.float32)
+        self._input_names: dict[str, str] = {}
 
     @property
     def providers(self) -> list[str]:
@@ -75,9 +86,20 @@ class ModelRuntime:
         """Creates the sessions, checks them against the manifest, warms them up; then the model is ready."""
         self._sessions = {role: self._session(role) for role in GRAPH_ROLES}
         self._check_graphs()
+        self._input_names = {role: session.get_inputs()[0].name for role, session in self._sessions.items()}
         if self.manifest.prior == "empirical":
             self._latent_mean, self._latent_factor = _gaussian_factor(self.manifest)
         self._warm_up()
+        self._batchers = {
+            role: Batcher(
+                partial(self._run, role),
+                self.config.batch_rows,
+                self.config.batch_wait_s,
+                self.stats.for_graph(role),
+                self.config.batch_in_flight,
+            )
+            for role in GRAPH_ROLES
+        }
         if self.fell_back:
             logger.warning(
                 "%s/%s asked for %s but runs on %s",
@@ -99,6 +121,20 @@ class ModelRuntime:
     def score(self, x: np.ndarray) -> Scores:
         x_hat, score, sq_err = self._sessions["scorer"].run(None, {"x": x})
         return Scores(x_hat=x_hat, score=score, sq_err=sq_err)
+
+    async def encode_batched(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = await self._batchers["encoder"].submit(x)
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+
+    async def decode_batched(self, z: np.ndarray) -> np.ndarray:
+        return (await self._batchers["decoder"].submit(z))[0]
+
+    async def score_batched(self, x: np.ndarray) -> Scores:
+        x_hat, score, sq_err = await self._batchers["scorer"].submit(x)
+        return Scores(x_hat=x_hat, score=score, sq_err=sq_err)
+
+    def _run(self, role: str, x: np.ndarray) -> Outputs:
+        return self._sessions[role].run(None, {self._input_names[role]: x})
 
     def sample_latents(self, n: int, seed: int | None) -> np.ndarray:
         """n draws from N(0, I) for a VAE, else from N(latent.mean, latent.cov) of the training rows."""

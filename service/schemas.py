@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.codecs import JSON, MULTIPART, PNG
+from service.codecs import JSON, MULTIPART, NPY, NPZ, PNG, RAW
 
 Rows = list[Any]
 
@@ -131,12 +131,20 @@ def openapi_for(operation: str, uploads: bool, png: bool) -> dict[str, Any]:
     content: dict[str, Any] = {
         JSON: {"schema": REQUESTS[operation].model_json_schema(), "examples": EXAMPLES[operation]}
     }
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    if operation != "generate":
+        content |= {NPY: binary, RAW: binary}
     if uploads:
         content[MULTIPART] = {"schema": UploadRequest.model_json_schema()}
-    success: dict[str, Any] = {"model": RESPONSES[operation], "description": "the result"}
+    success: dict[str, Any] = {
+        "model": RESPONSES[operation],
+        "description": "the result; application/x-npy and application/octet-stream carry the main array "
+        "(X-Shape header), application/x-npz every array",
+        "content": {NPY: binary, RAW: binary, NPZ: binary},
+    }
     if png:
-        success["content"] = {PNG: {"schema": {"type": "string", "format": "binary"}}}
-        success["description"] = "the result; with `Accept: image/png`, a grid of the images"
+        success["content"][PNG] = binary
+        success["description"] += "; with `Accept: image/png`, a grid of the images"
     responses: dict[int | str, dict[str, Any]] = {200: success}
     responses.update({status: {"model": ErrorBody, "description": why} for status, why in _ERRORS.items()})
     return {"openapi_extra": {"requestBody": {"required": True, "content": content}}, "responses": responses}

@@ -45,6 +45,20 @@ class Settings(BaseSettings):
     """Threads onnxruntime uses across independent operators; 0 lets onnxruntime choose."""
     max_batch_rows: int = Field(1024, ge=1)
     """Most rows one request may carry (and most samples /generate may make); more is refused with 413."""
+    batch_rows: int = Field(1024, ge=1)
+    """Most rows one onnxruntime run gathers from concurrent requests; a larger request is split, not refused."""
+    batch_wait_ms: float = Field(1.0, ge=0)
+    """How long an idle model waits for more requests before it runs a batch, in milliseconds. While a batch
+    computes, the requests that arrive meanwhile form the next one without waiting."""
+    batch_in_flight: int = Field(1, ge=1)
+    """Batches of one model's graph computing at once, each in its own thread. More than one overlaps
+    computing with reading the next requests, at the cost of a core per batch."""
+    workers: int = Field(1, ge=1)
+    """uvicorn worker processes; each loads every model and batches on its own."""
+    loop: Literal["auto", "asyncio", "uvloop"] = "uvloop"
+    """Event loop implementation uvicorn runs."""
+    http: Literal["auto", "h11", "httptools"] = "httptools"
+    """HTTP parser uvicorn uses."""
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1)
     """Largest request body in bytes, uploads included; larger is refused with 413."""
     max_image_pixels: int = Field(4096 * 4096, ge=1)
@@ -85,3 +99,11 @@ class Settings(BaseSettings):
         if "CUDAExecutionProvider" in ort.get_available_providers():
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as AE_* variables, which `Settings()` reads back to equal settings."""
+        values = self.model_dump(exclude_none=True)
+        return {
+            f"AE_{name.upper()}": ",".join(value) if isinstance(value, tuple) else str(value)
+            for name, value in values.items()
+        }

@@ -55,10 +55,10 @@ async def test_unexpected_error_is_a_logged_generic_500(
 ) -> None:
     runtime = app.state.repository.runtime("tab")
 
-    def broken(x: np.ndarray) -> None:
+    async def broken(x: np.ndarray) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(runtime, "score", broken)
+    monkeypatch.setattr(runtime, "score_batched", broken)
     with caplog.at_level(logging.ERROR, logger="service"):
         response = await client.post("/models/tab/score", json={"inputs": [0.0] * 5})
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI
 from PIL import Image
@@ -19,13 +20,28 @@ LIMITS = {"max_batch_rows": 64, "max_body_bytes": 256 * 1024, "max_image_pixels"
 TAB = "/score?model=tab"
 ROW = [1.0, 2.0, 3.0, 4.0, 5.0]
 TAB_SHAPES = "expected one row of shape [5] or a batch of shape [n, 5]"
-JSON_OR_UPLOAD = "send ['application/json', 'multipart/form-data']"
+JSON_OR_BINARY = "send ['application/json', 'application/octet-stream', 'application/x-npy'"
+JSON_OR_UPLOAD = f"{JSON_OR_BINARY}, 'multipart/form-data']"
 MAX_ROWS, MAX_BYTES = LIMITS["max_batch_rows"], LIMITS["max_body_bytes"]
 
 
 @pytest.fixture(scope="module")
 def app(make_app: Any) -> FastAPI:
     return make_app(**LIMITS)
+
+
+NPY = {"content-type": "application/x-npy"}
+RAW = "application/octet-stream"
+
+
+def raw(shape: str) -> dict[str, str]:
+    return {"content-type": RAW, "x-shape": shape}
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
 
 
 def png(size: tuple[int, int] = (8, 8), mode: str = "L", fmt: str = "PNG") -> bytes:
@@ -92,7 +108,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
     ("upload to a tabular model", "POST", TAB, {"files": {"file": ("a.png", png(), "image/png")}}, 415,
      "unsupported_media_type", "multipart/form-data uploads are for image models only"),
     ("upload to /decode", "POST", "/decode?model=conv", {"files": {"file": ("a.png", png(), "image/png")}}, 415,
-     "unsupported_media_type", "multipart/form-data is not accepted here; send ['application/json']"),
+     "unsupported_media_type", f"multipart/form-data is not accepted here; {JSON_OR_BINARY}]"),
     ("upload that is no image", "POST", "/score?model=conv", {"files": {"file": ("a.png", b"GIF89", "image/png")}},
      422, "invalid_image", "the file is not a readable PNG or JPEG image"),
     ("GIF upload", "POST", "/score?model=conv", {"files": {"file": ("a.gif", png(fmt="GIF"), "image/gif")}}, 415,
@@ -129,9 +145,36 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
      "seed must be an integer, got 1.5"),
     ("PNG of a tabular model", "POST", "/reconstruct?model=tab", {"json": {"inputs": [ROW]},
      "headers": {"accept": "image/png"}}, 406, "not_acceptable",
-     "this answer is available as ['application/json'] only"),
+     "this answer is available as ['application/json', 'application/x-npy', 'application/octet-stream', "
+     "'application/x-npz'] only"),
     ("unknown route", "GET", "/predict", {}, 404, "not_found", "Not Found"),
     ("wrong method", "GET", "/score", {}, 405, "method_not_allowed", "Method Not Allowed"),
+    ("npy: not an .npy file", "POST", TAB, {"content": b"garbage", "headers": NPY}, 400, "malformed_npy",
+     "the body is not a readable .npy file: ..."),
+    ("npy: truncated", "POST", TAB, {"content": npy(np.ones((2, 5), np.float32))[:-4], "headers": NPY}, 400,
+     "malformed_npy", "the body is not a readable .npy file: ..."),
+    ("npy: strings", "POST", TAB, {"content": npy(np.array([["a"] * 5])), "headers": NPY}, 422, "invalid_dtype",
+     "inputs must hold numbers only, found strings"),
+    ("npy: objects refused unpickled", "POST", TAB, {"content": npy(np.array([None] * 5)), "headers": NPY}, 400,
+     "malformed_npy", "the body is not a readable .npy file: ..."),
+    ("npy: wrong row length", "POST", TAB, {"content": npy(np.ones((2, 4), np.float32)), "headers": NPY}, 422,
+     "invalid_shape", f"inputs has shape [2, 4]; {TAB_SHAPES}"),
+    ("npy: unknown option", "POST", TAB + "&sq=true", {"content": npy(np.ones((1, 5))), "headers": NPY}, 422,
+     "invalid_request", "unknown field(s) ['sq']; the fields are ['return_sq_err']"),
+    ("raw: wrong length for the shape", "POST", TAB, {"content": b"\0" * 36, "headers": raw("2,5")}, 422,
+     "invalid_length", "the body has 36 bytes; X-Shape [2, 5] of float32 needs 40"),
+    ("raw: no shape header", "POST", TAB, {"content": b"\0" * 20, "headers": {"content-type": RAW}}, 400,
+     "missing_shape", "application/octet-stream bodies need an X-Shape header, e.g. X-Shape: 64,784"),
+    ("raw: bad shape header", "POST", TAB, {"content": b"\0" * 20, "headers": raw("1;5")}, 400,
+     "invalid_shape_header", "X-Shape must be comma-separated integers, got '1;5'"),
+    ("raw: negative shape", "POST", TAB, {"content": b"", "headers": raw("-1,5")}, 400,
+     "invalid_shape_header", "X-Shape must be comma-separated integers, got '-1,5'"),
+    ("raw: unknown dtype", "POST", TAB, {"content": b"\0" * 20, "headers": raw("1,5") | {"x-dtype": "complex64"}},
+     415, "invalid_dtype", "X-Dtype 'complex64' is not one of ['float16', 'float32', 'float64', 'int32', ..."),
+    ("raw: NaN", "POST", TAB, {"content": np.full(5, np.nan, "<f4").tobytes(), "headers": raw("1,5")}, 422,
+     "non_finite", "inputs holds NaN or infinite values (rows [0])"),
+    ("raw: too many rows", "POST", TAB, {"content": bytes(4 * 5 * 65), "headers": raw("65,5")}, 413,
+     "too_many_rows", "inputs has 65 rows; at most 64 per request"),
 ]
 # fmt: on
 

@@ -40,3 +40,12 @@ def test_defaults(tmp_path: Path) -> None:
 def test_bad_values_fail_fast(tmp_path: Path, values: dict[str, object], problem: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(problem)):
         Settings(**({"models_dir": tmp_path} | values))
+
+
+def test_settings_survive_the_trip_through_the_environment(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(
+        models_dir=models_dir, providers=("CPUExecutionProvider",), workers=2, batch_wait_ms=0.5, default_model="tab"
+    )
+    for name, value in settings.as_environment().items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == settings

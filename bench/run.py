@@ -1,0 +1,306 @@
+"""Load benchmark: the service on a committed model, other servers with the same bodies, and in-process
+onnxruntime (the limit), side by side in one run. Results go to a JSON file and a PNG chart.
+
+    python bench/run.py [--seconds 6] [--compare NAME=URL[@SCENARIOS]] ...
+
+`--compare naive=http://127.0.0.1:8101/score` loads another server (JSON scenarios only: the peers speak
+JSON); `@2` limits it to scenario 2, so one name can point at differently configured servers per scenario.
+wrk is Debian's package (apt-get install wrk); it runs with one thread on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+LUA = Path(__file__).with_name("post.lua")
+JSON, NPY = "application/json", "application/x-npy"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    number: int
+    rows: int
+    media: str
+    connections: int
+
+    @property
+    def name(self) -> str:
+        kind = "JSON" if self.media == JSON else ".npy"
+        return f"{self.number}: {self.rows}-row {kind}, {self.connections} conn"
+
+
+SCENARIOS = [Scenario(1, 1, JSON, 64), Scenario(2, 64, JSON, 4), Scenario(3, 64, NPY, 4), Scenario(4, 1024, NPY, 2)]
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    scenarios: set[int] = field(default_factory=lambda: {s.number for s in SCENARIOS if s.media == JSON})
+
+
+@dataclass
+class Measurement:
+    scenario: int
+    target: str
+    rps: float
+    rows_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+    mean_batch_rows: float | None = None
+
+
+def main() -> None:
+    args = _parse()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 256, size=(1024, 784)).astype(np.float32)  # MNIST-like pixels, sent flat
+    bodies = _bodies(rows, Path(tempfile.mkdtemp(prefix="bench-")))
+
+    scorer = args.models_dir / args.model / "1" / "scorer.onnx"
+    print(f"in-process onnxruntime on {scorer}, one intra-op thread ...", flush=True)
+    inprocess = {n: _inprocess_rows_per_s(scorer, rows[:n].reshape(n, 28, 28), args.ort_seconds) for n in (1, 64, 1024)}
+    print("  " + ", ".join(f"batch {n}: {r:,.0f} rows/s" for n, r in inprocess.items()), flush=True)
+
+    server, startup = _start_service(args)
+    service = Target("service", f"http://127.0.0.1:{args.port}/score", {s.number for s in SCENARIOS})
+    targets = [service, *args.compare]
+    results: list[Measurement] = []
+    try:
+        for scenario in SCENARIOS:
+            for target in targets:
+                if scenario.number not in target.scenarios:
+                    continue
+                before = _batch_rows(args.port) if target is service else None
+                result = _wrk(target, scenario, bodies[scenario.number], args.seconds)
+                if before is not None:
+                    after = _batch_rows(args.port)
+                    runs = after[1] - before[1]
+                    result.mean_batch_rows = (after[0] - before[0]) / runs if runs else None
+                results.append(result)
+                print(_line(scenario, result), flush=True)
+        startup["rss_peak_mb"] = _rss_mb(server.pid, "VmHWM")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    report = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "onnxruntime": ort.__version__},
+        "model": args.model,
+        "service_args": args.service_args,
+        "seconds_per_run": args.seconds,
+        "startup": startup,
+        "inprocess_rows_per_s": inprocess,
+        "scenarios": [asdict(s) | {"name": s.name} for s in SCENARIOS],
+        "results": [asdict(r) for r in results],
+        "targets": _targets(results, inprocess, startup),
+    }
+    (out / "results.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    _chart(results, inprocess, out / "throughput.png")
+    print(json.dumps(report["startup"]), "\n" + json.dumps(report["targets"], indent=2))
+    print(f"wrote {out / 'results.json'} and {out / 'throughput.png'}")
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--model", default="mnist-dense")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--seconds", type=int, default=6, help="wrk duration per scenario and server")
+    parser.add_argument("--ort-seconds", type=float, default=2.0, help="in-process timing per batch size")
+    parser.add_argument("--service-args", default="--intra-op-threads 1", help="extra `python -m service` flags")
+    parser.add_argument("--compare", type=_target, action="append", default=[], metavar="NAME=URL[@1,2]")
+    parser.add_argument("--out", default=str(ROOT / "reports" / "bench"))
+    return parser.parse_args()
+
+
+def _target(spec: str) -> Target:
+    name, _, rest = spec.partition("=")
+    url, _, numbers = rest.partition("@")
+    if not name or not url:
+        raise argparse.ArgumentTypeError(f"expected NAME=URL[@SCENARIOS], got {spec!r}")
+    return Target(name, url, {int(n) for n in numbers.split(",")}) if numbers else Target(name, url)
+
+
+def _bodies(rows: np.ndarray, folder: Path) -> dict[int, Path]:
+    paths = {}
+    for scenario in SCENARIOS:
+        x = rows[: scenario.rows]
+        path = folder / f"scenario{scenario.number}"
+        if scenario.media == JSON:
+            path.write_bytes(orjson.dumps({"inputs": x.tolist()}))
+        else:
+            buffer = io.BytesIO()
+            np.save(buffer, x)
+            path.write_bytes(buffer.getvalue())
+        paths[scenario.number] = path
+    return paths
+
+
+def _inprocess_rows_per_s(scorer: Path, x: np.ndarray, seconds: float) -> float:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(scorer), sess_options=options, providers=["CPUExecutionProvider"])
+    session.run(None, {"x": x})
+    runs, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        session.run(None, {"x": x})
+        runs += 1
+    return runs * len(x) / elapsed
+
+
+def _start_service(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], dict[str, float | None]]:
+    command = [sys.executable, "-m", "service", "--port", str(args.port), "--models-dir", str(args.models_dir)]
+    command += ["--default-model", args.model, "--log-level", "warning", *args.service_args.split()]
+    started = time.perf_counter()
+    server = subprocess.Popen(command, cwd=ROOT)
+    deadline = started + 60
+    while time.perf_counter() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{args.port}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None:
+            sys.exit(f"the service exited with {server.returncode}")
+        time.sleep(0.02)
+    else:
+        server.kill()
+        sys.exit("the service was not ready within 60 s")
+    ready = time.perf_counter() - started
+    startup = {"ready_s": round(ready, 3), "rss_ready_mb": _rss_mb(server.pid, "VmRSS")}
+    print(f"service ready in {ready:.2f} s, {startup['rss_ready_mb']} MB resident", flush=True)
+    return server, startup
+
+
+def _rss_mb(pid: int, field: str) -> float | None:
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return None
+    match = re.search(rf"^{field}:\s+(\d+) kB", status.read_text(), re.MULTILINE)
+    return round(int(match.group(1)) / 1024, 1) if match else None
+
+
+def _batch_rows(port: int) -> tuple[float, float]:
+    """Sum and count of the scorer's batch-size histogram, summed over models."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    found = {part: 0.0 for part in ("sum", "count")}
+    for part, value in re.findall(r'^ae_batch_rows_(sum|count)\{[^}]*graph="scorer"\} (\S+)$', text, re.MULTILINE):
+        found[part] += float(value)
+    return found["sum"], found["count"]
+
+
+def _wrk(target: Target, scenario: Scenario, body: Path, seconds: float) -> Measurement:
+    env = os.environ | {"BODY": str(body), "CTYPE": scenario.media}
+    if scenario.media == NPY:
+        env["ACCEPT"] = NPY
+    command = ["wrk", "-t1", f"-c{scenario.connections}", f"-d{seconds}s", "-s", str(LUA), target.url]
+    subprocess.run([*command[:3], "-d1s", *command[4:]], env=env, capture_output=True, check=True)  # warm-up
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    values = dict(re.findall(r"(\w+)=([\d.]+)", next(line for line in output.splitlines() if "RESULT" in line)))
+    rps = float(values["rps"])
+    return Measurement(
+        scenario=scenario.number,
+        target=target.name,
+        rps=rps,
+        rows_per_s=rps * scenario.rows,
+        p50_ms=float(values["p50_ms"]),
+        p99_ms=float(values["p99_ms"]),
+        errors=int(values["sockerr"]) + int(values["non2xx"]),
+        requests=int(values["n"]),
+    )
+
+
+def _line(scenario: Scenario, r: Measurement) -> str:
+    batch = f", mean batch {r.mean_batch_rows:.1f} rows" if r.mean_batch_rows else ""
+    return (
+        f"  {scenario.name:<26} {r.target:<10} {r.rps:>9,.0f} req/s {r.rows_per_s:>10,.0f} rows/s"
+        f"  p50 {r.p50_ms:6.1f} ms  p99 {r.p99_ms:6.1f} ms  errors {r.errors}{batch}"
+    )
+
+
+def _targets(results: list[Measurement], inprocess: dict[int, float], startup: dict) -> dict[str, dict]:
+    def of(scenario: int, service: bool) -> list[Measurement]:
+        return [r for r in results if r.scenario == scenario and (r.target == "service") == service]
+
+    checks: dict[str, dict] = {}
+    ours, peers = of(1, True), of(1, False)
+    if ours and peers:
+        best = max(peers, key=lambda r: r.rps)
+        ratio = ours[0].rps / best.rps
+        lowest_p99 = min(r.p99_ms for r in peers)
+        checks["1: >= 5x req/s of the better peer, lower p99 than both"] = {
+            "ratio": round(ratio, 2),
+            "p99_ms": ours[0].p99_ms,
+            "peers_lowest_p99_ms": lowest_p99,
+            "met": ratio >= 5 and ours[0].p99_ms < lowest_p99,
+        }
+    ours, peers = of(2, True), of(2, False)
+    if ours and peers:
+        ratio = ours[0].rows_per_s / max(r.rows_per_s for r in peers)
+        checks["2: >= 5x rows/s of the better peer"] = {"ratio": round(ratio, 2), "met": ratio >= 5}
+    for scenario, batch, goal in ((3, 64, 0.5), (4, 1024, 0.7)):
+        if ours := of(scenario, True):
+            ratio = ours[0].rows_per_s / inprocess[batch]
+            key = f"{scenario}: >= {goal:.0%} of in-process onnxruntime at batch {batch}"
+            checks[key] = {"ratio": round(ratio, 3), "met": ratio >= goal}
+    rss = startup.get("rss_ready_mb")
+    checks["resident memory < 250 MB"] = {"mb": rss, "met": rss is not None and rss < 250}
+    checks["ready within 3 s"] = {"seconds": startup["ready_s"], "met": startup["ready_s"] < 3}
+    return checks
+
+
+def _chart(results: list[Measurement], inprocess: dict[int, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r.target for r in results))
+    figure, axis = plt.subplots(figsize=(10, 5))
+    width = 0.8 / (len(names) + 1)
+    labelled: set[str] = set()
+    for i, name in enumerate(names):
+        for j, scenario in enumerate(SCENARIOS):
+            found = [r for r in results if r.target == name and r.scenario == scenario.number]
+            if found:
+                label = None if name in labelled else name
+                labelled.add(name)
+                axis.bar(j + i * width, found[0].rows_per_s, width, color=f"C{i}", label=label)
+    limits = [inprocess[s.rows] for s in SCENARIOS]
+    axis.bar(
+        [j + len(names) * width for j in range(len(SCENARIOS))], limits, width, color="grey", label="in-process ORT"
+    )
+    axis.set_xticks([j + len(names) * width / 2 for j in range(len(SCENARIOS))], [s.name for s in SCENARIOS])
+    axis.set_yscale("log")
+    axis.set_ylabel("rows/s (log scale)")
+    axis.set_title("POST /score, dense MNIST autoencoder, 2-core machine (wrk on the same machine)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Dynamic batching: rows of concurrent requests gathered into one graph run, computed off the event loop.
+
+At most `max_in_flight` batches compute at once per graph. While they do, new requests queue; when one
+finishes, the queue goes out as the next batch at once. An idle graph waits at most `max_wait_s` for
+company before it runs. A request of more rows than `max_rows` is split into several batches and put back
+together in order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+Outputs = list[np.ndarray]  # every output batch-first, in the graph's order
+
+
+class BatchObserver(Protocol):
+    def observe_batch(self, rows: int, waits: list[float], compute: float) -> None: ...
+
+
+@dataclass
+class _Waiting:
+    x: np.ndarray
+    future: asyncio.Future[Outputs]
+    since: float
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], Outputs],
+        max_rows: int,
+        max_wait_s: float,
+        observer: BatchObserver | None = None,
+        max_in_flight: int = 1,
+    ) -> None:
+        self.run = run
+        self.max_rows = max_rows
+        self.max_wait_s = max_wait_s
+        self.observer = observer
+        self._queue: list[_Waiting] = []
+        self._queued_rows = 0
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._executor = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="batcher")
+
+    async def submit(self, x: np.ndarray) -> Outputs:
+        """The graph's outputs for exactly these rows, in order."""
+        if len(x) > self.max_rows:
+            parts = [x[i : i + self.max_rows] for i in range(0, len(x), self.max_rows)]
+            results = await asyncio.gather(*(self.submit(part) for part in parts))
+            return [np.concatenate(outputs) for outputs in zip(*results, strict=True)]
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(x, loop.create_future(), time.perf_counter())
+        self._queue.append(waiting)
+        self._queued_rows += len(x)
+        if self._in_flight >= self.max_in_flight:
+            pass  # a running batch's completion sends the queue
+        elif self._queued_rows >= self.max_rows:
+            self._dispatch(loop)
+        elif self._timer is None:
+            self._timer = loop.call_later(self.max_wait_s, self._dispatch, loop)
+        return await waiting.future
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._in_flight >= self.max_in_flight or not self._queue:
+            return
+        batch, rows = [], 0
+        while self._queue and rows + len(self._queue[0].x) <= self.max_rows:
+            item = self._queue.pop(0)
+            batch.append(item)
+            rows += len(item.x)
+        self._queued_rows -= rows
+        self._in_flight += 1
+        started = time.perf_counter()
+        waits = [started - item.since for item in batch]
+        x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
+        future = loop.run_in_executor(self._executor, self._timed_run, x)
+        future.add_done_callback(lambda done: self._finish(loop, batch, waits, done))
+
+    def _timed_run(self, x: np.ndarray) -> tuple[Outputs, float]:
+        started = time.perf_counter()
+        outputs = self.run(x)
+        return outputs, time.perf_counter() - started
+
+    def _finish(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Waiting],
+        waits: list[float],
+        done: asyncio.Future[tuple[Outputs, float]],
+    ) -> None:
+        self._in_flight -= 1
+        error = done.exception()
+        if error is None:
+            outputs, compute = done.result()
+            if self.observer is not None:
+                self.observer.observe_batch(sum(len(item.x) for item in batch), waits, compute)
+        start = 0
+        for item in batch:
+            stop = start + len(item.x)
+            if not item.future.done():  # a client that went away has cancelled its future
+                if error is None:
+                    item.future.set_result([output[start:stop] for output in outputs])
+                else:
+                    item.future.set_exception(error)
+            start = stop
+        self._dispatch(loop)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
