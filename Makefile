@@ -47,12 +47,13 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Reproduces the committed default models from the datasets in $(DATA).
+# Reproduces the committed default models from the datasets in $(DATA): the default recipes
+# (training/recipes.py) choose epochs, loss, noise and scaling from the data.
 FIT := $(BIN)/python -m training fit --models-dir $(MODELS_DIR) --version 1 --replace
 models: install-dev
-	$(FIT) --data $(DATA)/mnist/t10k-images-idx3-ubyte.gz --arch dense --latent 32 --epochs 60 --name mnist-dense
-	$(FIT) --data $(DATA)/mnist/t10k-images-idx3-ubyte.gz --arch conv --latent 16 --epochs 40 --name mnist-conv
-	$(FIT) --data $(DATA)/adbench/cardio.npz --arch dense --normal-label 0 --epochs 200 --patience 20 --name cardio
+	$(FIT) --data $(DATA)/mnist/t10k-images-idx3-ubyte.gz --arch dense --latent 32 --name mnist-dense
+	$(FIT) --data $(DATA)/mnist/t10k-images-idx3-ubyte.gz --name mnist-conv
+	$(FIT) --data $(DATA)/adbench/cardio.npz --name cardio
 
 # Load benchmark (docs/benchmark.md): the service on models/mnist-dense against in-process onnxruntime, and
 # against other servers already running: make bench COMPARE="naive=http://127.0.0.1:8101/score"

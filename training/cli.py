@@ -49,18 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     model = fit.add_argument_group("model (defaults chosen from the data)")
     model.add_argument("--arch", choices=["dense", "conv", "vae"], help="conv for images, dense otherwise")
     model.add_argument("--vae-body", choices=["dense", "conv"], help="the layers inside a VAE")
-    model.add_argument("--latent", type=int, help="latent size (32 for images; features/3 for tables)")
+    model.add_argument("--latent", type=int, help="latent size (16 for images; features/3 for tables)")
     model.add_argument("--hidden", type=_int_list, help="dense hidden sizes, e.g. 256,128")
     model.add_argument("--channels", type=_int_list, help="conv channels per stride-2 layer, e.g. 32,64")
-    model.add_argument("--loss", choices=["mse", "bce"], help="bce for images, mse for tables")
-    model.add_argument("--noise", type=float, default=0.0, help="denoising: std of input noise (normalised)")
+    model.add_argument("--loss", choices=["mse", "bce"], help="mse (the score's own error); bce needs inputs in [0, 1]")
+    model.add_argument("--noise", type=float, help="denoising: std of input noise, normalised (0.02 tables, 0 images)")
     model.add_argument("--beta", type=float, default=1.0, help="VAE: weight of the KL term")
 
     train = fit.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--epochs", type=int, help="30 for tables; images: at least 1500 steps, 30 to 200")
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--patience", type=int, default=5, help="early stopping: epochs without improvement")
+    train.add_argument("--weight-decay", type=float, help="Adam's L2 penalty (1e-3 for tables, 0 for images)")
+    train.add_argument("--patience", type=int, help="early stopping: epochs without improvement (5, or 10 past 30)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     train.add_argument("--threshold-quantile", type=float, default=0.99, help="of normal validation scores")
@@ -135,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        weight_decay=args.weight_decay,
         patience=args.patience,
         seed=args.seed,
         device=args.device,

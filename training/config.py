@@ -28,13 +28,14 @@ class FitConfig:
     hidden: list[int] | None = None
     channels: list[int] | None = None
     loss: Loss | None = None
-    noise: float = 0.0
+    noise: float | None = None
     beta: float = 1.0
     # Optimisation.
-    epochs: int = 30
+    epochs: int | None = None
     batch_size: int = 128
     lr: float = 1e-3
-    patience: int = 5
+    weight_decay: float | None = None
+    patience: int | None = None
     seed: int = 0
     device: str | None = None
     threshold_quantile: float = 0.99

@@ -25,7 +25,7 @@ from training.export import ScorerGraph
 from training.metrics import auroc, pca_scores
 from training.models import Autoencoder
 from training.pipeline import split_rows, train_model
-from training.recipes import Normalisation
+from training.recipes import Normalisation, resolve_training
 
 MNIST_TRAIN_ROWS = 8000
 MNIST_TEST_ROWS = 2000
@@ -57,6 +57,7 @@ def fit_and_score(data: Dataset, x_test: np.ndarray, config: EvalConfig, latent:
     if config.epochs is not None:
         fit_config.epochs = config.epochs
     unlabelled = replace(data, y=None)
+    fit_config = resolve_training(fit_config, unlabelled)
     norm, model, history = train_model(fit_config, unlabelled, split_rows(unlabelled, fit_config))
     return Scored(served_scores(model, norm, x_test), norm, model.spec.latent_dim, history.epochs_run)
 
@@ -269,7 +270,7 @@ def _mnist_chart(results: dict[str, Any], path: Path) -> None:
         "AUROC",
         "one-class AUROC per digit",
     )
-    right.set_ylim(0.5, 1.0)
+    right.set_ylim(0.5, 1.06)  # room for the legend above the bars
     _save(fig, path)
 
 
@@ -283,7 +284,7 @@ def _tabular_chart(results: dict[str, Any], path: Path) -> None:
         "IsolationForest": [r["isolation_forest"] for r in rows],
     }
     _bars(ax, [r["dataset"] for r in rows], series, "AUROC", "test AUROC per dataset")
-    ax.set_ylim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.12)  # room for the legend above the bars
     _save(fig, path)
 
 

@@ -28,7 +28,7 @@ from training.package import (
     staging_folder,
     write_json,
 )
-from training.recipes import Normalisation, fit_normalisation, model_spec
+from training.recipes import Normalisation, fit_normalisation, model_spec, resolve_training
 from training.trainer import History, Trainer, TrainerConfig, pick_device, set_seed
 
 
@@ -46,6 +46,7 @@ def fit(config: FitConfig) -> Path:
     """Trains one model and writes its package; returns the package folder."""
     check_name(config.name)
     data = load_dataset(config.data, config.label_column)
+    config = resolve_training(config, data)
     version = choose_version(config.models_dir, config.name, config.version, config.replace)
     split = split_rows(data, config)
     norm, model, history = train_model(config, data, split)
@@ -58,7 +59,7 @@ def fit(config: FitConfig) -> Path:
 
 def train_model(config: FitConfig, data: Dataset, split: Split) -> tuple[Normalisation, Autoencoder, History]:
     """The recipe chosen from the data, trained on the split's training rows: what `fit` exports and
-    what `python -m training evaluate` measures."""
+    what `python -m training evaluate` measures. `config` has been through `resolve_training`."""
     norm = fit_normalisation(data, data.x[split.train])
     spec = model_spec(config, data)
     set_seed(config.seed)
@@ -99,11 +100,12 @@ def _normal_mask(data: Dataset, normal_label: str | None) -> np.ndarray | None:
 
 def _trainer_config(config: FitConfig, device: str) -> TrainerConfig:
     return TrainerConfig(
-        epochs=config.epochs,
+        epochs=config.epochs or 0,
         batch_size=config.batch_size,
         lr=config.lr,
-        patience=config.patience,
-        noise=config.noise,
+        patience=config.patience or 0,
+        noise=config.noise or 0.0,
+        weight_decay=config.weight_decay or 0.0,
         seed=config.seed,
         device=device,
         progress=config.progress,

@@ -19,6 +19,7 @@ class TrainerConfig:
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
+    weight_decay: float = 0.0
     patience: int = 5
     noise: float = 0.0
     seed: int = 0
@@ -54,7 +55,7 @@ class Trainer:
     def __init__(self, model: Autoencoder, config: TrainerConfig) -> None:
         self.model = model.to(config.device)
         self.config = config
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     def fit(self, x_train: np.ndarray, x_val: np.ndarray) -> History:
         """Trains with early stopping on validation loss; leaves the model at its best epoch, in eval mode."""

@@ -67,7 +67,7 @@ def test_image_package_matches_its_checkpoint(image_idx: Path, tmp_path: Path) -
     folder = models / "img" / "1"
     manifest = json.loads((folder / "manifest.json").read_text())
     jsonschema.validate(manifest, SCHEMA)
-    assert manifest["architecture"]["kind"] == "conv" and manifest["loss"] == "bce"
+    assert manifest["architecture"]["kind"] == "conv" and manifest["loss"] == "mse"
     assert manifest["preprocessing"]["scale"] == [255.0]
     assert {"loss_curves.png", "reconstructions.png", "samples.png", "report.json"} <= set(manifest["files"])
     model, norm = load_checkpoint(folder / "checkpoint.pt")
