@@ -51,7 +51,7 @@ lint: install-dev
 # (training/recipes.py) choose epochs, loss, noise and scaling from the data.
 FIT := $(BIN)/python -m training fit --models-dir $(MODELS_DIR) --version 1 --replace
 models: install-dev
-	$(FIT) --data $(DATA)/mnist/t10k-images-idx3-ubyte.gz --arch dense --latent 32 --name mnist-dense
+	$(FIT) --data $(DATA)/mnist/t10k-images-idx3-ubyte.gz --arch dense --latent 32 --epochs 60 --name mnist-dense
 	$(FIT) --data $(DATA)/mnist/t10k-images-idx3-ubyte.gz --name mnist-conv
 	$(FIT) --data $(DATA)/adbench/cardio.npz --name cardio
 
