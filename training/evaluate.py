@@ -26,6 +26,7 @@ from training.metrics import auroc, pca_scores
 from training.models import Autoencoder
 from training.pipeline import split_rows, train_model
 from training.recipes import Normalisation, resolve_training
+from training.report import plt, save
 
 MNIST_TRAIN_ROWS = 8000
 MNIST_TEST_ROWS = 2000
@@ -253,7 +254,6 @@ def _bars(ax: Any, labels: list[str], series: dict[str, list[float | None]], yla
 
 
 def _mnist_chart(results: dict[str, Any], path: Path) -> None:
-    plt = _pyplot()
     recon, one_class = results["reconstruction_mse"], results["one_class_auroc"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 3]})
     _bars(
@@ -271,11 +271,10 @@ def _mnist_chart(results: dict[str, Any], path: Path) -> None:
         "one-class AUROC per digit",
     )
     right.set_ylim(0.5, 1.06)  # room for the legend above the bars
-    _save(fig, path)
+    save(fig, path)
 
 
 def _tabular_chart(results: dict[str, Any], path: Path) -> None:
-    plt = _pyplot()
     rows = results["auroc"]
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows) + 2), 4))
     series = {
@@ -285,22 +284,7 @@ def _tabular_chart(results: dict[str, Any], path: Path) -> None:
     }
     _bars(ax, [r["dataset"] for r in rows], series, "AUROC", "test AUROC per dataset")
     ax.set_ylim(0.0, 1.12)  # room for the legend above the bars
-    _save(fig, path)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    save(fig, path)
 
 
 _TABLES = {"mnist": _mnist_table, "tabular": _tabular_table}

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -158,7 +159,9 @@ def _conv(spec: ModelSpec) -> tuple[nn.Module, nn.Module]:
     return nn.Sequential(*enc), nn.Sequential(*dec)
 
 
-def save_checkpoint(model: Autoencoder, path: str | Any, normalisation: dict[str, list[float]]) -> None:
+def save_checkpoint(model: Autoencoder, path: str | Any, offset: np.ndarray, scale: np.ndarray) -> None:
+    """Weights, the spec to rebuild the model, and the normalisation it was trained in."""
+    normalisation = {"offset": offset.reshape(-1).tolist(), "scale": scale.reshape(-1).tolist()}
     torch.save({"spec": asdict(model.spec), "state_dict": model.state_dict(), **normalisation}, path)
 
 

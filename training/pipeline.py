@@ -128,7 +128,7 @@ def _write_package(
     _say(config, f"exporting encoder, decoder and scorer to ONNX in {folder}")
     export_graphs(graphs, folder, x_val, spec.latent_dim)
     parity = check_parity(graphs, folder, x_val, spec.latent_dim)
-    save_checkpoint(model, folder / "checkpoint.pt", norm.to_json())  # type: ignore[arg-type]
+    save_checkpoint(model, folder / "checkpoint.pt", norm.offset, norm.scale)
 
     # Calibrate on the exported scorer, so the threshold fits exactly the score the service computes.
     scores = _run_graph(folder, "scorer.onnx", "score", x_val)
@@ -148,7 +148,7 @@ def _write_package(
     report_body = {"history": vars(history), "metrics": metrics, "config": config.to_json()}
     write_json(folder / "report.json", report_body)
     latent = {"mean": latent_mean, "cov": latent_cov}
-    _draw_pictures(folder, config.name, data, x_val, spec, history, latent)
+    _draw_pictures(folder, config.name, data, x_val, norm, spec, history, latent)
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": config.name,
@@ -213,16 +213,23 @@ def _run_graph(folder: Path, file: str, output: str, x: np.ndarray) -> np.ndarra
 
 
 def _draw_pictures(
-    folder: Path, name: str, data: Dataset, x_val: np.ndarray, spec: ModelSpec, history: History, latent: dict
+    folder: Path,
+    name: str,
+    data: Dataset,
+    x_val: np.ndarray,
+    norm: Normalisation,
+    spec: ModelSpec,
+    history: History,
+    latent: dict,
 ) -> None:
     report.plot_losses(history, folder / "loss_curves.png", f"{name}: {spec.kind} autoencoder")
     if data.kind != "image":
         return
+    # Pictures are drawn in normalised space, where image pixels lie in [0, 1].
     originals = x_val[:10]
-    peak = 255.0 if float(data.x.max()) > 1.0 else 1.0
     recon = _run_graph(folder, "scorer.onnx", "x_hat", originals)
     report.plot_image_rows(
-        [originals / peak, recon / peak], ["original", "reconstructed"], folder / "reconstructions.png", name
+        [norm.apply(originals), norm.apply(recon)], ["original", "reconstructed"], folder / "reconstructions.png", name
     )
     rng = np.random.default_rng(0)
     if spec.variational:
@@ -231,7 +238,7 @@ def _draw_pictures(
         # From the training codes' mean and covariance, as the service's /generate does.
         z = rng.multivariate_normal(latent["mean"], latent["cov"], size=10, method="eigh")
     samples = _run_graph(folder, "decoder.onnx", "x_hat", z.astype(np.float32))
-    report.plot_image_rows([samples / peak], ["generated"], folder / "samples.png", f"{name}: samples")
+    report.plot_image_rows([norm.apply(samples)], ["generated"], folder / "samples.png", f"{name}: samples")
 
 
 def _library_versions() -> dict[str, str]:

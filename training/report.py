@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from training.trainer import History
 
@@ -22,9 +23,7 @@ def plot_losses(history: History, path: Path, title: str) -> None:
         ax.axvline(history.best_epoch, color="grey", linestyle=":", label=f"best (epoch {history.best_epoch})")
     ax.set(xlabel="epoch", ylabel="loss", title=title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_image_rows(rows: list[np.ndarray], labels: list[str], path: Path, title: str) -> None:
@@ -42,6 +41,10 @@ def plot_image_rows(rows: list[np.ndarray], labels: list[str], path: Path, title
             ax.set_yticks([])
         axes[r][0].set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=9)
+    save(fig, path, dpi=80)
+
+
+def save(fig: Figure, path: Path, dpi: int = 100) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
