@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--label-column", help="CSV/Parquet column holding labels (never a feature)")
     data.add_argument("--normal-label", help="train only on rows with this label (one-class setting)")
     data.add_argument("--val-fraction", type=float, default=0.1, help="share of rows held out for validation")
+    data.add_argument(
+        "--scaling",
+        choices=["box", "minmax", "standardise"],
+        help="tables: box (default: q12.5..q87.5 onto [0, 1], reconstructions bounded to it; best for anomaly "
+        "scores), minmax or standardise (faithful reconstructions of the tails)",
+    )
 
     out = fit.add_argument_group("output")
     out.add_argument("--name", required=True, help="model name: lower case, digits, . _ -")
@@ -47,20 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--replace", action="store_true", help="overwrite an existing version")
 
     model = fit.add_argument_group("model (defaults chosen from the data)")
-    model.add_argument("--arch", choices=["dense", "conv", "vae"], help="conv for images, dense otherwise")
+    model.add_argument(
+        "--arch", choices=["dense", "conv", "vae"], help="conv for images (dense under 2,000), dense otherwise"
+    )
     model.add_argument("--vae-body", choices=["dense", "conv"], help="the layers inside a VAE")
     model.add_argument("--latent", type=int, help="latent size (16 for images; features/3 for tables)")
-    model.add_argument("--hidden", type=_int_list, help="dense hidden sizes, e.g. 256,128")
+    model.add_argument("--hidden", type=_int_list, help="dense hidden sizes, e.g. 256,128 (images under 2,000: 128)")
     model.add_argument("--channels", type=_int_list, help="conv channels per stride-2 layer, e.g. 32,64")
     model.add_argument("--loss", choices=["mse", "bce"], help="mse (the score's own error); bce needs inputs in [0, 1]")
-    model.add_argument("--noise", type=float, help="denoising: std of input noise, normalised (0.02 tables, 0 images)")
+    model.add_argument(
+        "--noise",
+        type=float,
+        help="denoising: std of input noise, normalised (0.02 tables; images 0, 0.5 under 2,000)",
+    )
     model.add_argument("--beta", type=float, default=1.0, help="VAE: weight of the KL term")
 
     train = fit.add_argument_group("training")
     train.add_argument("--epochs", type=int, help="30 for tables; images: at least 1500 steps, 30 to 200")
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--weight-decay", type=float, help="Adam's L2 penalty (1e-3 for tables, 0 for images)")
+    train.add_argument("--weight-decay", type=float, help="Adam's L2 penalty (1e-4 for tables, 0 for images)")
     train.add_argument("--patience", type=int, help="early stopping: epochs without improvement (5, or 10 past 30)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -124,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         replace=args.replace,
         label_column=args.label_column,
         normal_label=args.normal_label,
+        scaling=args.scaling,
         val_fraction=args.val_fraction,
         arch=args.arch,
         vae_body=args.vae_body,

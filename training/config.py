@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 Arch = Literal["dense", "conv", "vae"]
 Loss = Literal["mse", "bce"]
+Scaling = Literal["box", "minmax", "standardise"]
 
 
 @dataclass
@@ -21,6 +22,7 @@ class FitConfig:
     label_column: str | None = None
     normal_label: str | None = None
     val_fraction: float = 0.1
+    scaling: Scaling | None = None  # tables only; images are divided by their peak value
     # Model; None means "chosen from the data" (see training.recipes).
     arch: Arch | None = None
     vae_body: Literal["dense", "conv"] | None = None

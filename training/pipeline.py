@@ -60,7 +60,7 @@ def fit(config: FitConfig) -> Path:
 def train_model(config: FitConfig, data: Dataset, split: Split) -> tuple[Normalisation, Autoencoder, History]:
     """The recipe chosen from the data, trained on the split's training rows: what `fit` exports and
     what `python -m training evaluate` measures. `config` has been through `resolve_training`."""
-    norm = fit_normalisation(data, data.x[split.train])
+    norm = fit_normalisation(data, data.x[split.train], config.scaling)
     spec = model_spec(config, data)
     set_seed(config.seed)
     model = build_model(spec)

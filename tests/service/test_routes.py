@@ -75,7 +75,7 @@ async def test_routes_agree_with_onnxruntime_on_the_graph_files(
     np.testing.assert_allclose(reconstructed["reconstructions"], x_hat, rtol=1e-6)
     np.testing.assert_allclose(reconstructed["scores"], score, rtol=1e-6)
     np.testing.assert_allclose(encoded["latents"], z, rtol=1e-6)
-    # ...and the numpy definition of the score: MSE in normalised space (tab standardises per feature).
+    # ...and the numpy definition of the score: MSE in normalised space (tab box-scales each feature).
     _, norm = load_checkpoint(folder / "checkpoint.pt")
     offset, scale = np.asarray(norm["offset"]), np.asarray(norm["scale"])
     mse = ((((tabular_rows - offset) / scale) - (x_hat - offset) / scale) ** 2).mean(axis=1)

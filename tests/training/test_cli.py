@@ -63,7 +63,8 @@ def test_threshold_is_the_quantile_of_served_scores(tabular_npz: Path, tmp_path:
 
 def test_image_package_matches_its_checkpoint(image_idx: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
-    assert _fit("--data", str(image_idx), "--name", "img", "--models-dir", str(models), "--latent", "4") == 0
+    args = ["--data", str(image_idx), "--name", "img", "--models-dir", str(models), "--latent", "4", "--arch", "conv"]
+    assert _fit(*args) == 0
     folder = models / "img" / "1"
     manifest = json.loads((folder / "manifest.json").read_text())
     jsonschema.validate(manifest, SCHEMA)

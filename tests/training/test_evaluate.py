@@ -78,8 +78,8 @@ def test_evaluated_score_is_the_served_score(tabular_npz: Path, tmp_path: Path) 
     assert main(["fit", "--data", str(tabular_npz), "--name", "t", "--models-dir", str(models), *QUICK]) == 0
     model, norm = load_checkpoint(models / "t" / "1" / "checkpoint.pt")
     manifest = json.loads((models / "t" / "1" / "manifest.json").read_text())
-    assert manifest["preprocessing"]["kind"] == "minmax"
-    normalisation = Normalisation("minmax", np.array(norm["offset"]), np.array(norm["scale"]), "")
+    assert manifest["preprocessing"]["kind"] == "box"
+    normalisation = Normalisation("box", np.array(norm["offset"]), np.array(norm["scale"]), "")
     x = np.load(tabular_npz)["X"].astype(np.float32)
     scorer = ort.InferenceSession(str(models / "t" / "1" / "scorer.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(served_scores(model, normalisation, x), scorer.run(["score"], {"x": x})[0], rtol=1e-4)

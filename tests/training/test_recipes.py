@@ -1,0 +1,90 @@
+"""The defaults chosen from the data, and the box scaling tables are trained in."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.config import FitConfig
+from training.data import DataError, Dataset
+from training.recipes import IMAGE_MIN_STEPS, SMALL_IMAGE_SET, fit_normalisation, model_spec, resolve_training
+
+
+def _dataset(x: np.ndarray, kind: str = "tabular") -> Dataset:
+    return Dataset(x=x.astype(np.float32), y=None, kind=kind, source=Path("data.npz"), sha256="")  # type: ignore[arg-type]
+
+
+def _resolved(data: Dataset, **flags: object) -> FitConfig:
+    return resolve_training(FitConfig(data=data.source, name="m", **flags), data)  # type: ignore[arg-type]
+
+
+def _images(rows: int) -> Dataset:
+    return _dataset(np.random.default_rng(0).integers(0, 256, size=(rows, 8, 8)), kind="image")
+
+
+def test_small_image_sets_get_a_small_dense_denoising_model() -> None:
+    small = _images(SMALL_IMAGE_SET)  # 10% goes to validation: under the limit
+    config = _resolved(small)
+    spec = model_spec(config, small)
+    assert (spec.body, spec.hidden, config.noise) == ("dense", [128], 0.5)
+    assert spec.output_activation == "sigmoid" and spec.latent_dim == 16
+
+
+def test_large_image_sets_get_a_convolutional_model() -> None:
+    large = _images(2 * SMALL_IMAGE_SET)
+    config = _resolved(large)
+    spec = model_spec(config, large)
+    assert (spec.body, config.noise) == ("conv", 0.0)
+    # Enough epochs for IMAGE_MIN_STEPS batches of 128 from the 90% of rows that train.
+    assert config.epochs == math.ceil(IMAGE_MIN_STEPS / math.ceil(0.9 * len(large.x) / 128))
+
+
+def test_flags_override_the_image_recipe() -> None:
+    small = _images(100)
+    config = _resolved(small, arch="conv", noise=0.0)
+    assert (model_spec(config, small).body, config.noise) == ("conv", 0.0)
+    config = _resolved(small, hidden=[32, 16])
+    assert model_spec(config, small).hidden == [32, 16]
+
+
+def test_scaling_is_for_tables_only() -> None:
+    with pytest.raises(DataError, match="--scaling is for tables"):
+        _resolved(_images(10), scaling="minmax")
+
+
+def test_tables_default_to_box_scaling_with_bounded_reconstructions() -> None:
+    table = _dataset(np.random.default_rng(0).standard_normal((500, 6)))
+    config = _resolved(table)
+    assert config.scaling == "box"
+    assert model_spec(config, table).output_activation == "sigmoid"
+    faithful = _resolved(table, scaling="minmax")
+    assert model_spec(faithful, table).output_activation == "identity"
+
+
+def test_box_scaling_maps_the_central_75_percent_onto_the_unit_interval() -> None:
+    rng = np.random.default_rng(0)
+    column = rng.standard_normal(1001)
+    mostly_zero = np.where(np.arange(1001) % 10 == 0, rng.standard_normal(1001), 0.0)
+    constant = np.full(1001, 3.0)
+    x = np.stack([column, mostly_zero, constant], axis=1)
+    norm = fit_normalisation(_dataset(x), x.astype(np.float32), "box")
+    scaled = norm.apply(x.astype(np.float32))
+    assert norm.kind == "box"
+    assert np.mean((scaled[:, 0] >= 0) & (scaled[:, 0] <= 1)) == pytest.approx(0.75, abs=0.01)
+    # 90% zeros: the 12.5th and 87.5th percentiles coincide, so the column's spread is the scale.
+    assert norm.scale[1] == pytest.approx(mostly_zero.std(), rel=1e-5)
+    assert norm.scale[2] == 1.0 and np.all(scaled[:, 2] == 0.0)
+
+
+@pytest.mark.parametrize(("scaling", "low", "high"), [("minmax", 0.0, 1.0), ("standardise", None, None)])
+def test_other_scalings(scaling: str, low: float | None, high: float | None) -> None:
+    x = np.random.default_rng(1).standard_normal((300, 4)) * 5 + 2
+    scaled = fit_normalisation(_dataset(x), x.astype(np.float32), scaling).apply(x.astype(np.float32))
+    if scaling == "minmax":
+        assert scaled.min() == pytest.approx(low, abs=1e-6) and scaled.max() == pytest.approx(high, abs=1e-6)
+    else:
+        np.testing.assert_allclose(scaled.mean(axis=0), 0, atol=1e-5)
+        np.testing.assert_allclose(scaled.std(axis=0), 1, atol=1e-4)
