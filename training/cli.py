@@ -93,8 +93,8 @@ TABULAR_PROTOCOL = """\
 Protocol (ADBench): each .npz holds X and y (1 = anomaly). Stratified 70/30 split with seed 0
 (sklearn train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)); the default tabular recipe
 is fitted without labels on the 70%, anomalies included; AUROC of the score on the 30%. Baselines on
-the same split: PCA with as many components as the model's latent, in the model's normalised space,
-and scikit-learn's IsolationForest(random_state=0) on the raw features."""
+the same split: PCA with as many components as the model's latent on standardised features (score:
+its reconstruction MSE), and scikit-learn's IsolationForest(random_state=0) on the raw features."""
 
 COMMON_NOTE = """\
 Models are trained by the same code as `fit` (recipe chosen from the data, early stopping on a 10%

@@ -3,7 +3,8 @@
 Every model is trained through `training.pipeline.train_model` (the code path of `fit`) and scored with
 the scorer graph's own module before export (`training.export.ScorerGraph`): the score is the one `fit`
 would serve, per-row mean squared error in normalised space. PCA uses as many components as the model's
-latent size, in the same normalised space.
+latent size, on pixels / 255 for images and on standardised features for tables (the usual PCA baseline:
+the model's own box scaling would handicap it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from training.export import ScorerGraph
 from training.metrics import auroc, pca_scores
 from training.models import Autoencoder
 from training.pipeline import split_rows, train_model
-from training.recipes import Normalisation, resolve_training
+from training.recipes import Normalisation, fit_normalisation, resolve_training
 from training.report import plt, save
 
 MNIST_TRAIN_ROWS = 8000
@@ -146,7 +147,8 @@ def evaluate_tabular(paths: list[Path], config: EvalConfig) -> dict[str, Any]:
         started = time.perf_counter()
         model = fit_and_score(train, x_test, config)
         seconds = time.perf_counter() - started
-        pca = pca_scores(model.norm.apply(train.x), model.norm.apply(x_test), model.latent_dim)
+        standard = fit_normalisation(train, train.x, "standardise")
+        pca = pca_scores(standard.apply(train.x), standard.apply(x_test), model.latent_dim)
         rows.append(
             {"dataset": path.stem, "rows": len(data.x), "features": int(np.prod(data.shape)),
              "latent": model.latent_dim, "autoencoder": auroc(model.scores, y_test), "pca": auroc(pca, y_test),
