@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
+from training.cli import main
 from training.config import FitConfig
-from training.data import DataError, Dataset
+from training.data import DataError, Dataset, load_dataset
+from training.pipeline import split_rows
 from training.recipes import IMAGE_MIN_STEPS, SMALL_IMAGE_SET, fit_normalisation, model_spec, resolve_training
 
 
@@ -88,3 +92,24 @@ def test_other_scalings(scaling: str, low: float | None, high: float | None) -> 
     else:
         np.testing.assert_allclose(scaled.mean(axis=0), 0, atol=1e-5)
         np.testing.assert_allclose(scaled.std(axis=0), 1, atol=1e-4)
+
+
+def test_box_scaled_package_bounds_reconstructions_and_scores_in_box_space(tabular_npz: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    assert main(["fit", "--data", str(tabular_npz), "--name", "t", "--models-dir", str(models), "--quiet"]) == 0
+    manifest = json.loads((models / "t" / "1" / "manifest.json").read_text())
+    offset = np.array(manifest["preprocessing"]["offset"])
+    scale = np.array(manifest["preprocessing"]["scale"])
+    # The manifest's box is the training rows' (label 0 only) 12.5th..87.5th percentile band.
+    x, y = np.load(tabular_npz)["X"], np.load(tabular_npz)["y"]
+    rows = split_rows(load_dataset(tabular_npz), FitConfig(data=tabular_npz, name="t")).train
+    np.testing.assert_allclose(offset, np.quantile(x[rows], 0.125, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(offset + scale, np.quantile(x[rows], 0.875, axis=0), rtol=1e-5, atol=1e-5)
+
+    probe = np.concatenate([x[:5], x[y == 1][:5] * 10]).astype(np.float32)  # typical rows and far beyond
+    scorer = ort.InferenceSession(str(models / "t" / "1" / "scorer.onnx"), providers=["CPUExecutionProvider"])
+    x_hat, score = scorer.run(["x_hat", "score"], {"x": probe})
+    assert np.all(x_hat >= offset - 1e-4) and np.all(x_hat <= offset + scale + 1e-4)
+    expected = ((((probe - offset) / scale) - (x_hat - offset) / scale) ** 2).mean(axis=1)
+    np.testing.assert_allclose(score, expected, rtol=1e-4, atol=1e-6)
+    assert score[5:].min() > score[:5].max()
