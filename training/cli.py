@@ -54,17 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = fit.add_argument_group("model (defaults chosen from the data)")
     model.add_argument(
-        "--arch", choices=["dense", "conv", "vae"], help="conv for images (dense under 2,000), dense otherwise"
+        "--arch",
+        choices=["dense", "conv", "vae"],
+        help="conv for images (dense under 2,000 training images), dense otherwise",
     )
     model.add_argument("--vae-body", choices=["dense", "conv"], help="the layers inside a VAE")
     model.add_argument("--latent", type=int, help="latent size (16 for images; features/3 for tables)")
-    model.add_argument("--hidden", type=_int_list, help="dense hidden sizes, e.g. 256,128 (images under 2,000: 128)")
+    model.add_argument(
+        "--hidden", type=_int_list, help="dense hidden sizes, e.g. 256,128 (128 under 2,000 training images)"
+    )
     model.add_argument("--channels", type=_int_list, help="conv channels per stride-2 layer, e.g. 32,64")
     model.add_argument("--loss", choices=["mse", "bce"], help="mse (the score's own error); bce needs inputs in [0, 1]")
     model.add_argument(
         "--noise",
         type=float,
-        help="denoising: std of input noise, normalised (0.02 tables; images 0, 0.5 under 2,000)",
+        help="denoising: std of input noise, normalised (0.02 tables; images 0, 0.5 under 2,000 training images)",
     )
     model.add_argument("--beta", type=float, default=1.0, help="VAE: weight of the KL term")
 

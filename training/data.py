@@ -74,6 +74,15 @@ def select_normal(data: Dataset, normal_label: str) -> np.ndarray:
     return np.asarray(mask)
 
 
+def normal_mask(data: Dataset, normal_label: str | None) -> np.ndarray | None:
+    """Which rows are normal: the given label, or label 0 when labels are 0/1 anomaly flags; else unknown."""
+    if normal_label is not None:
+        return select_normal(data, normal_label)
+    if data.y is not None and data.y.dtype.kind in "biuf" and set(np.unique(data.y)) <= {0, 1}:
+        return np.asarray(data.y == 0)
+    return None
+
+
 def _coerce_label(text: str, labels: np.ndarray) -> object:
     if labels.dtype.kind in "iuf":
         try:

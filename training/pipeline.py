@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from training import report
 from training.config import FitConfig
-from training.data import DataError, Dataset, load_dataset, select_normal
+from training.data import DataError, Dataset, load_dataset, normal_mask
 from training.export import PARITY_ATOL, PARITY_ROWS, PARITY_RTOL, check_parity, export_graphs, graph_specs
 from training.metrics import auroc, calibrate_threshold, latent_moments, pca_scores
 from training.models import Autoencoder, ModelSpec, build_model, save_checkpoint
@@ -78,7 +78,7 @@ def split_rows(data: Dataset, config: FitConfig) -> Split:
     order = np.random.default_rng(config.seed).permutation(rows)
     n_val = max(1, round(rows * config.val_fraction))
     train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
-    normal = _normal_mask(data, config.normal_label)
+    normal = normal_mask(data, config.normal_label)
     if normal is not None:
         train = train[normal[train]]
     if len(train) < 2:
@@ -87,15 +87,6 @@ def split_rows(data: Dataset, config: FitConfig) -> Split:
     if len(val_normal) == 0:
         raise DataError(f"{data.source}: no normal rows in the validation split; raise --val-fraction")
     return Split(train, val, val_normal, None if normal is None else ~normal[val])
-
-
-def _normal_mask(data: Dataset, normal_label: str | None) -> np.ndarray | None:
-    """Which rows are normal: the given label, or label 0 when labels are 0/1 anomaly flags; else unknown."""
-    if normal_label is not None:
-        return select_normal(data, normal_label)
-    if data.y is not None and data.y.dtype.kind in "biuf" and set(np.unique(data.y)) <= {0, 1}:
-        return np.asarray(data.y == 0)
-    return None
 
 
 def _trainer_config(config: FitConfig, device: str) -> TrainerConfig:

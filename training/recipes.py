@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 
-from training.config import FitConfig
-from training.data import DataError, Dataset, select_normal
+from training.config import FitConfig, Scaling
+from training.data import DataError, Dataset, normal_mask
 from training.models import ModelSpec
 
 
@@ -16,7 +17,7 @@ from training.models import ModelSpec
 class Normalisation:
     """x_norm = (x - offset) / scale, broadcast against one row."""
 
-    kind: str
+    kind: Literal["divide"] | Scaling
     offset: np.ndarray
     scale: np.ndarray
     description: str
@@ -33,8 +34,8 @@ class Normalisation:
         }
 
 
-def fit_normalisation(data: Dataset, x_train: np.ndarray, scaling: str | None = None) -> Normalisation:
-    """The preprocessing of `resolve_training`'s `scaling`, fitted on the training rows."""
+def fit_normalisation(data: Dataset, x_train: np.ndarray, scaling: Scaling | None) -> Normalisation:
+    """The preprocessing of `resolve_training`'s `scaling` (None for images), fitted on the training rows."""
     if data.kind == "image":
         # Pixel data in 0..255 is divided by 255; data already in [0, 1] is left alone.
         peak = 255.0 if float(x_train.max()) > 1.0 else 1.0
@@ -47,7 +48,7 @@ def fit_normalisation(data: Dataset, x_train: np.ndarray, scaling: str | None = 
     elif scaling == "standardise":
         low, span = x.mean(axis=0), x.std(axis=0)
         description = "(x - mean) / std per feature, on the training rows"
-    else:
+    elif scaling == "box":
         low, high = np.quantile(x, BOX_QUANTILES, axis=0)
         # A column constant over its central rows (mostly one value) falls back to its spread.
         span = np.where(high - low > 1e-8, high - low, x.std(axis=0))
@@ -56,19 +57,20 @@ def fit_normalisation(data: Dataset, x_train: np.ndarray, scaling: str | None = 
             f"(x - q{low_q}) / (q{high_q} - q{low_q}) per feature, on the training rows; the decoder's "
             "sigmoid keeps reconstructions inside that box"
         )
+    else:
+        raise ValueError(f"tabular data needs a scaling (box, minmax or standardise), got {scaling!r}")
     # A constant column carries no information; scale 1 keeps it finite instead of dividing by zero.
     span = np.where(span > 1e-8, span, 1.0)
-    kind = scaling or "box"
-    return Normalisation(kind, low.astype(np.float32), span.astype(np.float32), description)
+    return Normalisation(scaling, low.astype(np.float32), span.astype(np.float32), description)
 
 
 # Tables, measured with `python -m training evaluate tabular` on five ADBench sets (mean AUROC over seeds
-# 0-2: 0.795 standardised, 0.855 min-max, 0.887 box). Box scaling maps each feature's central 75% onto
-# [0, 1] and the decoder ends in a sigmoid, so a value outside the box is never reconstructed: the score
-# adds how far a row strays from the bulk of each feature (what IsolationForest sees) to how far it lies
-# off the learnt manifold (what PCA sees). Box edges at the 10/12.5/15/20th percentiles scored 0.883,
-# 0.887, 0.885, 0.880. A short run with a little input noise and weight decay keeps the model from
-# learning the anomalies that unlabelled training data contains.
+# 0-2, same noise and weight decay: 0.799 standardised, 0.820 min-max, 0.887 box). Box scaling maps each
+# feature's central 75% onto [0, 1] and the decoder ends in a sigmoid, so a value outside the box is never
+# reconstructed: the score adds how far a row strays from the bulk of each feature (what IsolationForest
+# sees) to how far it lies off the learnt manifold (what PCA sees). Box edges at the 10/12.5/15/20th
+# percentiles scored 0.883, 0.887, 0.885, 0.880. A short run with a little input noise and weight decay
+# keeps the model from learning the anomalies when the training data is unlabelled and holds some.
 BOX_QUANTILES = (0.125, 0.875)
 TABULAR_NOISE = 0.02
 TABULAR_WEIGHT_DECAY = 1e-4
@@ -88,18 +90,20 @@ SMALL_IMAGE_NOISE = 0.5
 def resolve_training(config: FitConfig, data: Dataset) -> FitConfig:
     """The config with everything the user left out chosen from the data."""
     if data.kind == "tabular":
+        epochs = config.epochs or TABULAR_EPOCHS
         return replace(
             config,
             scaling=config.scaling or "box",
             noise=_given(config.noise, TABULAR_NOISE),
             weight_decay=_given(config.weight_decay, TABULAR_WEIGHT_DECAY),
-            epochs=config.epochs or TABULAR_EPOCHS,
-            patience=config.patience or 5,
+            epochs=epochs,
+            patience=config.patience or _patience(epochs),
         )
     if config.scaling is not None:
         raise DataError(f"{data.source}: --scaling is for tables; images are divided by their peak value")
     rows = _training_rows(config, data)
-    small = rows < SMALL_IMAGE_SET and config.arch is None
+    # The small-set recipe is a dense model: it applies unless the flags ask for another architecture.
+    small = rows < SMALL_IMAGE_SET and config.arch in (None, "dense") and config.channels is None
     epochs = config.epochs or _image_epochs(config, rows)
     return replace(
         config,
@@ -108,8 +112,12 @@ def resolve_training(config: FitConfig, data: Dataset) -> FitConfig:
         noise=_given(config.noise, SMALL_IMAGE_NOISE if small else 0.0),
         weight_decay=_given(config.weight_decay, 0.0),
         epochs=epochs,
-        patience=config.patience or (5 if epochs <= 30 else 10),
+        patience=config.patience or _patience(epochs),
     )
+
+
+def _patience(epochs: int) -> int:
+    return 5 if epochs <= 30 else 10
 
 
 def _given(value: float | None, default: float) -> float:
@@ -117,7 +125,8 @@ def _given(value: float | None, default: float) -> float:
 
 
 def _training_rows(config: FitConfig, data: Dataset) -> int:
-    rows = len(data.x) if config.normal_label is None else int(select_normal(data, config.normal_label).sum())
+    normal = normal_mask(data, config.normal_label)
+    rows = len(data.x) if normal is None else int(normal.sum())
     return round(rows * (1 - config.val_fraction))
 
 
@@ -129,6 +138,8 @@ def _image_epochs(config: FitConfig, rows: int) -> int:
 
 def model_spec(config: FitConfig, data: Dataset) -> ModelSpec:
     image = data.kind == "image"
+    if not image and config.scaling is None:
+        raise ValueError("model_spec needs the config from resolve_training (scaling is not chosen yet)")
     arch = config.arch or ("conv" if image and len(data.shape) in (2, 3) else "dense")
     body = (config.vae_body or ("conv" if image else "dense")) if arch == "vae" else arch
     features = int(np.prod(data.shape))

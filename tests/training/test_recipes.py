@@ -12,13 +12,13 @@ import pytest
 
 from training.cli import main
 from training.config import FitConfig
-from training.data import DataError, Dataset, load_dataset
+from training.data import DataError, Dataset, InputKind, load_dataset
 from training.pipeline import split_rows
 from training.recipes import IMAGE_MIN_STEPS, SMALL_IMAGE_SET, fit_normalisation, model_spec, resolve_training
 
 
-def _dataset(x: np.ndarray, kind: str = "tabular") -> Dataset:
-    return Dataset(x=x.astype(np.float32), y=None, kind=kind, source=Path("data.npz"), sha256="")  # type: ignore[arg-type]
+def _dataset(x: np.ndarray, kind: InputKind = "tabular") -> Dataset:
+    return Dataset(x=x.astype(np.float32), y=None, kind=kind, source=Path("data.npz"), sha256="")
 
 
 def _resolved(data: Dataset, **flags: object) -> FitConfig:
@@ -52,6 +52,18 @@ def test_flags_override_the_image_recipe() -> None:
     assert (model_spec(config, small).body, config.noise) == ("conv", 0.0)
     config = _resolved(small, hidden=[32, 16])
     assert model_spec(config, small).hidden == [32, 16]
+    # Asking for the architecture the recipe picks anyway keeps the rest of the recipe...
+    config = _resolved(small, arch="dense")
+    assert (model_spec(config, small).hidden, config.noise) == ([128], 0.5)
+    # ...and conv channels mean a conv model.
+    config = _resolved(small, channels=[8, 16])
+    assert (model_spec(config, small).body, model_spec(config, small).channels, config.noise) == ("conv", [8, 16], 0.0)
+
+
+def test_patience_follows_the_number_of_epochs() -> None:
+    table = _dataset(np.random.default_rng(0).standard_normal((50, 3)))
+    assert (_resolved(table).patience, _resolved(table, epochs=100).patience) == (5, 10)
+    assert _resolved(table, epochs=100, patience=3).patience == 3
 
 
 def test_scaling_is_for_tables_only() -> None:
@@ -66,6 +78,18 @@ def test_tables_default_to_box_scaling_with_bounded_reconstructions() -> None:
     assert model_spec(config, table).output_activation == "sigmoid"
     faithful = _resolved(table, scaling="minmax")
     assert model_spec(faithful, table).output_activation == "identity"
+
+
+def test_minmax_scaling_reaches_the_package(tabular_npz: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    args = ["fit", "--data", str(tabular_npz), "--name", "t", "--models-dir", str(models), "--scaling", "minmax"]
+    assert main([*args, "--epochs", "2", "--quiet"]) == 0
+    manifest = json.loads((models / "t" / "1" / "manifest.json").read_text())
+    assert manifest["preprocessing"]["kind"] == "minmax"
+    assert manifest["architecture"]["output_activation"] == "identity"
+    with pytest.raises(SystemExit) as stopped:
+        main([*args[:-1], "bogus"])
+    assert stopped.value.code == 2
 
 
 def test_box_scaling_maps_the_central_75_percent_onto_the_unit_interval() -> None:
