@@ -239,6 +239,10 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
+# Box-scaled reconstructions never leave the box, so their MSE is above PCA's by design.
+_BOUNDED_NOTE = {"box": "; reconstructions are bounded to each feature's box"}
+
+
 def summary(manifest: dict[str, Any], destination: Path) -> str:
     metrics = manifest["metrics"]
     auroc_text = "n/a" if metrics["auroc"] is None else f"{metrics['auroc']:.4f}"
@@ -251,7 +255,8 @@ def summary(manifest: dict[str, Any], destination: Path) -> str:
             f"latent {manifest['latent']['dim']}, loss {manifest['loss']}",
             f"  epochs         {manifest['training']['epochs_run']} (best {manifest['training']['best_epoch']}), "
             f"{manifest['training']['seconds']} s",
-            f"  val MSE        {metrics['val_mse']:.6f}  (PCA, same components: {metrics['pca_val_mse']:.6f})",
+            f"  val MSE        {metrics['val_mse']:.6f}  (PCA, same components: {metrics['pca_val_mse']:.6f})"
+            + _BOUNDED_NOTE.get(manifest["preprocessing"]["kind"], ""),
             f"  threshold      {manifest['score']['threshold']:.6f} "
             f"(quantile {manifest['score']['calibration']['quantile']} of "
             f"{manifest['score']['calibration']['rows']} normal validation rows)",
