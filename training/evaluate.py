@@ -59,8 +59,9 @@ def fit_and_score(data: Dataset, x_test: np.ndarray, config: EvalConfig, latent:
     if config.epochs is not None:
         fit_config.epochs = config.epochs
     unlabelled = replace(data, y=None)
-    fit_config = resolve_training(fit_config, unlabelled)
-    norm, model, history = train_model(fit_config, unlabelled, split_rows(unlabelled, fit_config))
+    split = split_rows(unlabelled, fit_config)
+    fit_config = resolve_training(fit_config, unlabelled, len(split.train))
+    norm, model, history = train_model(fit_config, unlabelled, split)
     return Scored(served_scores(model, norm, x_test), norm, model.spec.latent_dim, history.epochs_run)
 
 

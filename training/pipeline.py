@@ -46,9 +46,9 @@ def fit(config: FitConfig) -> Path:
     """Trains one model and writes its package; returns the package folder."""
     check_name(config.name)
     data = load_dataset(config.data, config.label_column)
-    config = resolve_training(config, data)
-    version = choose_version(config.models_dir, config.name, config.version, config.replace)
     split = split_rows(data, config)
+    config = resolve_training(config, data, len(split.train))
+    version = choose_version(config.models_dir, config.name, config.version, config.replace)
     norm, model, history = train_model(config, data, split)
     with staging_folder(config.models_dir, config.name, version) as folder:
         manifest = _write_package(folder, config, version, data, split, norm, model, history)
@@ -239,13 +239,13 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
-# Box-scaled reconstructions never leave the box, so their MSE is above PCA's by design.
-_BOUNDED_NOTE = {"box": "; reconstructions are bounded to each feature's box"}
-
-
 def summary(manifest: dict[str, Any], destination: Path) -> str:
     metrics = manifest["metrics"]
     auroc_text = "n/a" if metrics["auroc"] is None else f"{metrics['auroc']:.4f}"
+    # Box-scaled reconstructions never leave the box, so their MSE is above PCA's by design.
+    bounded = (
+        "; reconstructions are bounded to each feature's box" if manifest["preprocessing"]["kind"] == "box" else ""
+    )
     parity = max(manifest["parity"]["max_abs_diff"].values())
     size = sum(p.stat().st_size for p in destination.iterdir()) / 1e6
     return "\n".join(
@@ -256,7 +256,7 @@ def summary(manifest: dict[str, Any], destination: Path) -> str:
             f"  epochs         {manifest['training']['epochs_run']} (best {manifest['training']['best_epoch']}), "
             f"{manifest['training']['seconds']} s",
             f"  val MSE        {metrics['val_mse']:.6f}  (PCA, same components: {metrics['pca_val_mse']:.6f})"
-            + _BOUNDED_NOTE.get(manifest["preprocessing"]["kind"], ""),
+            + bounded,
             f"  threshold      {manifest['score']['threshold']:.6f} "
             f"(quantile {manifest['score']['calibration']['quantile']} of "
             f"{manifest['score']['calibration']['rows']} normal validation rows)",

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 
 from training.config import FitConfig, Scaling
-from training.data import DataError, Dataset, normal_mask
+from training.data import DataError, Dataset
 from training.models import ModelSpec
 
 
@@ -43,7 +43,8 @@ def fit_normalisation(data: Dataset, x_train: np.ndarray, scaling: Scaling | Non
         return Normalisation("divide", 0 * one, peak * one, f"x / {peak:g}")
     x = x_train.astype(np.float64)
     if scaling == "minmax":
-        low, span = x.min(axis=0), x.max(axis=0) - x.min(axis=0)
+        low = x.min(axis=0)
+        span = x.max(axis=0) - low
         description = "(x - min) / (max - min) per feature, on the training rows"
     elif scaling == "standardise":
         low, span = x.mean(axis=0), x.std(axis=0)
@@ -87,8 +88,9 @@ SMALL_IMAGE_HIDDEN = [128]
 SMALL_IMAGE_NOISE = 0.5
 
 
-def resolve_training(config: FitConfig, data: Dataset) -> FitConfig:
-    """The config with everything the user left out chosen from the data."""
+def resolve_training(config: FitConfig, data: Dataset, train_rows: int) -> FitConfig:
+    """The config with everything the user left out chosen from the data and its `train_rows` (after the
+    validation split and the normal-label filter: `split_rows`)."""
     if data.kind == "tabular":
         epochs = config.epochs or TABULAR_EPOCHS
         return replace(
@@ -101,10 +103,9 @@ def resolve_training(config: FitConfig, data: Dataset) -> FitConfig:
         )
     if config.scaling is not None:
         raise DataError(f"{data.source}: --scaling is for tables; images are divided by their peak value")
-    rows = _training_rows(config, data)
     # The small-set recipe is a dense model: it applies unless the flags ask for another architecture.
-    small = rows < SMALL_IMAGE_SET and config.arch in (None, "dense") and config.channels is None
-    epochs = config.epochs or _image_epochs(config, rows)
+    small = train_rows < SMALL_IMAGE_SET and config.arch in (None, "dense") and config.channels is None
+    epochs = config.epochs or _image_epochs(config, train_rows)
     return replace(
         config,
         arch="dense" if small else config.arch,
@@ -122,12 +123,6 @@ def _patience(epochs: int) -> int:
 
 def _given(value: float | None, default: float) -> float:
     return default if value is None else value
-
-
-def _training_rows(config: FitConfig, data: Dataset) -> int:
-    normal = normal_mask(data, config.normal_label)
-    rows = len(data.x) if normal is None else int(normal.sum())
-    return round(rows * (1 - config.val_fraction))
 
 
 def _image_epochs(config: FitConfig, rows: int) -> int:

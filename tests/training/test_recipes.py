@@ -22,7 +22,8 @@ def _dataset(x: np.ndarray, kind: InputKind = "tabular") -> Dataset:
 
 
 def _resolved(data: Dataset, **flags: object) -> FitConfig:
-    return resolve_training(FitConfig(data=data.source, name="m", **flags), data)  # type: ignore[arg-type]
+    config = FitConfig(data=data.source, name="m", **flags)  # type: ignore[arg-type]
+    return resolve_training(config, data, len(split_rows(data, config).train))
 
 
 def _images(rows: int) -> Dataset:
