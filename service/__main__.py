@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
+from contextlib import ExitStack
 from typing import Any
 
 import uvicorn
@@ -12,6 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import CliApp
 
 from service.app import create_app
+from service.metrics import MULTIPROCESS_DIR
 from service.settings import Settings
 
 
@@ -22,22 +25,26 @@ def main(argv: list[str] | None = None) -> None:
         problems = "\n".join(f"  --{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
         sys.exit(f"python -m service: invalid settings\n{problems}")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.workers == 1:
-        app: Any = create_app(settings)
-    else:
-        # Worker processes import the app by name and build their own settings: hand them ours by environment.
-        os.environ.update(settings.as_environment())
-        app = "service.app:app_from_environment"
-    uvicorn.run(
-        app,
-        factory=settings.workers > 1,
-        workers=settings.workers,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        loop=settings.loop,
-        http=settings.http,
-    )
+    with ExitStack() as cleanup:
+        if settings.workers == 1:
+            app: Any = create_app(settings)
+        else:
+            # Worker processes import the app by name and build their own settings: hand them ours by
+            # environment, with a folder where their metrics meet (service.metrics), unless one is given.
+            os.environ.update(settings.as_environment())
+            if not os.environ.get(MULTIPROCESS_DIR):
+                os.environ[MULTIPROCESS_DIR] = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ae-metrics-"))
+            app = "service.app:app_from_environment"
+        uvicorn.run(
+            app,
+            factory=settings.workers > 1,
+            workers=settings.workers,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            loop=settings.loop,
+            http=settings.http,
+        )
 
 
 if __name__ == "__main__":

@@ -1,27 +1,30 @@
-"""The FastAPI application: settings in, routes, error handling and the model repository wired up."""
+"""The FastAPI application: wiring only. Settings in; the repository (disk), the registry (what serves),
+the metrics, the middleware every route passes through, and one router per protocol."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
+from typing import Any
 
 import anyio
-from anyio import to_thread
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi.openapi.utils import get_openapi
 
-from service.errors import ServiceError, install_error_handlers
-from service.metrics import RequestMetrics, RequestStats
+from service import schemas
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.middleware import BodyLimit, RequestMetrics
+from service.registry import Registry
 from service.repository import Repository
-from service.routes import catalog_router, inference_router, inference_routes
+from service.routes import catalog, repository, rest
 from service.runtime import SessionConfig
 from service.settings import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """The app, with nothing loaded yet: its lifespan discovers the packages and loads them in the
-    background, so /healthz answers at once and /readyz turns 200 when every model is warm."""
+    """The app, with nothing loaded yet: its lifespan scans the models folder and loads the packages in the
+    background (so /healthz answers at once and /readyz turns 200 once they are settled), then polls it."""
     sessions = SessionConfig(
         providers=tuple(settings.execution_providers()),
         intra_op_threads=settings.intra_op_threads,
@@ -36,15 +39,15 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
         lifespan=_lifespan,
     )
-    app.state.settings = settings
-    repository = app.state.repository = Repository(settings.models_dir, sessions, settings.default_model)
-    app.state.request_stats = RequestStats()
+    metrics = app.state.metrics = Metrics()
+    registry = Registry(Repository(settings.models_dir), sessions, metrics, settings.default_model)
+    app.state.settings, app.state.registry = settings, registry
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, stats=app.state.request_stats, default_model=lambda: repository.default_name)
-    app.include_router(catalog_router())
-    app.router.routes.extend(inference_routes())
-    app.include_router(inference_router())
+    app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
+    for protocol in (catalog, rest, repository):
+        app.include_router(protocol.router())
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customise it
     return app
 
 
@@ -55,37 +58,22 @@ def app_from_environment() -> FastAPI:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    repository: Repository = app.state.repository
-    repository.discover()
+    registry: Registry = app.state.registry
+    interval = app.state.settings.reload_interval
+    await registry.discover()
     async with anyio.create_task_group() as tasks:
-        # Loading runs in a thread: onnxruntime releases the GIL, and the event loop stays free for probes.
-        tasks.start_soon(partial(to_thread.run_sync, repository.load, abandon_on_cancel=True))
+        tasks.start_soon(registry.refresh)
+        if interval > 0:
+            tasks.start_soon(registry.poll, interval)
         yield
         tasks.cancel_scope.cancel()
 
 
-class BodyLimit:
-    """Refuses request bodies over `max_bytes` with 413, by Content-Length up front or by counting the
-    stream (chunked uploads have no Content-Length). The error is raised where the body is read, so the
-    one error handler renders it."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if max(received, int(declared) if declared.isdigit() else 0) > self.max_bytes:
-                raise ServiceError(413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document of the one route table, with request examples from the models that serve now
+    (so it is rebuilt per call: models come and go)."""
+    document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    registry: Registry = app.state.registry
+    manifests = [entry.manifest for entry in registry.entries() if entry.serving and entry.manifest is not None]
+    schemas.add_examples(document, manifests, registry.default_name)
+    return document

@@ -175,7 +175,7 @@ def _expected(row_shape: tuple[int, ...]) -> str:
     return f"expected one row of shape {shape} or a batch of shape {['n', *shape]}".replace("'", "")
 
 
-def dump_json(payload: dict[str, Any]) -> bytes:
+def dump_json(payload: Any) -> bytes:
     """numpy arrays are written by orjson directly, without a detour through Python lists."""
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import orjson
 from fastapi import FastAPI, Request, Response
@@ -18,16 +18,17 @@ logger = logging.getLogger(__name__)
 class ServiceError(Exception):
     """A failure the client should see: an HTTP status, a stable machine-readable code, a message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 def error_response(error: ServiceError) -> Response:
     body = {"error": {"code": error.code, "message": error.message}}
-    return Response(orjson.dumps(body), status_code=error.status, media_type="application/json")
+    return Response(orjson.dumps(body), status_code=error.status, media_type="application/json", headers=error.headers)
 
 
 # Starlette raises these itself (unknown route, wrong method, a malformed multipart form).
@@ -46,7 +47,8 @@ def _as_is(exc: Exception) -> ServiceError:
 
 def _from_http(exc: Exception) -> ServiceError:
     assert isinstance(exc, HTTPException)
-    return ServiceError(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return ServiceError(exc.status_code, code, str(exc.detail), exc.headers)  # 405 keeps its Allow header
 
 
 def _from_validation(exc: Exception) -> ServiceError:

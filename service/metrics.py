@@ -1,166 +1,84 @@
-"""Counters and histograms in the Prometheus text format, kept in memory; GET /metrics renders them.
+"""Prometheus metrics (prometheus_client), one set per app, rendered by GET /metrics.
 
-Request metrics are recorded by one ASGI middleware per request; batch metrics by each model's batchers."""
+Request metrics are recorded by service.middleware.RequestMetrics, batch metrics by each model's batchers,
+load outcomes and default versions by service.registry. Model labels only ever name models the registry
+knows: requests for any other name are counted under UNKNOWN_MODEL, so clients cannot grow the series.
+
+Under `--workers N`, `python -m service` points PROMETHEUS_MULTIPROC_DIR at a fresh folder: every worker
+writes its values there and whichever worker answers /metrics adds them all up (prometheus_client's
+multiprocess mode)."""
 
 from __future__ import annotations
 
-import bisect
-import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+import os
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-Labels = tuple[tuple[str, str], ...]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Not a valid model name (service.repository.NAME_PATTERN), so it can never collide with one.
+UNKNOWN_MODEL = "_unknown"
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class Histogram:
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
+        # In multiprocess mode values live in files; the collector reads them at scrape time instead.
+        into = None if multiprocess else self.registry
+        if multiprocess:
+            MultiProcessCollector(self.registry)
+        request = ["model", "operation"]
+        self.requests = Counter("ae_requests", "Inference requests answered.", request, registry=into)
+        self.errors = Counter(
+            "ae_request_errors", "Inference requests answered with 4xx or 5xx.", [*request, "status"], registry=into
+        )
+        self.latency = Histogram(
+            "ae_request_seconds", "Inference request latency.", request, buckets=SECONDS, registry=into
+        )
+        graph = ["model", "version", "graph"]
+        self.batch_rows = Histogram("ae_batch_rows", "Rows per onnxruntime run.", graph, buckets=ROWS, registry=into)
+        self.queued = Histogram(
+            "ae_queue_seconds", "Time a request's rows waited for a batch.", graph, buckets=SECONDS, registry=into
+        )
+        self.compute = Histogram(
+            "ae_compute_seconds", "Time one onnxruntime run took.", graph, buckets=SECONDS, registry=into
+        )
+        self.loads = Counter(
+            "ae_model_loads",
+            "Package loads by outcome (loaded or failed), at start-up, on a change found by polling, or by the "
+            "repository API.",
+            ["model", "version", "outcome"],
+            registry=into,
+        )
+        self.default_version = Gauge(
+            "ae_model_default_version",
+            "The version answering requests that name none (0: no version serves).",
+            ["model"],
+            registry=into,
+            multiprocess_mode="livemax",
+        )
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
+    def for_graph(self, model: str, version: int, graph: str) -> GraphStats:
+        return GraphStats(self, (model, str(version), graph))
 
-    def lines(self, name: str, labels: Labels) -> Iterable[str]:
-        cumulative = 0
-        for bound, count in zip([*map(_number, self.buckets), "+Inf"], self.counts, strict=True):
-            cumulative += count
-            yield f"{name}_bucket{_labels((*labels, ('le', bound)))} {cumulative}"
-        yield f"{name}_sum{_labels(labels)} {self.sum}"
-        yield f"{name}_count{_labels(labels)} {cumulative}"
-
-
-class Family:
-    """One metric name: a counter or a histogram per label set."""
-
-    def __init__(self, name: str, kind: str, help: str, buckets: tuple[float, ...] = ()) -> None:
-        self.name, self.kind, self.help, self.buckets = name, kind, help, buckets
-        self.values: dict[Labels, float] = defaultdict(float)
-        self.histograms: dict[Labels, Histogram] = {}
-
-    def inc(self, labels: Labels, amount: float = 1.0) -> None:
-        self.values[labels] += amount
-
-    def observe(self, labels: Labels, value: float) -> None:
-        histogram = self.histograms.get(labels)
-        if histogram is None:
-            histogram = self.histograms[labels] = Histogram(self.buckets)
-        histogram.observe(value)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        lines += [f"{self.name}{_labels(labels)} {_number(value)}" for labels, value in sorted(self.values.items())]
-        for labels, histogram in sorted(self.histograms.items()):
-            lines += histogram.lines(self.name, labels)
-        return lines
-
-
-class BatchStats:
-    """What one model's batchers record: rows per run, time queued per request, time computing per run."""
-
-    def __init__(self, model: str, version: int) -> None:
-        self.labels: Labels = (("model", model), ("version", str(version)))
-        self.rows = Family("ae_batch_rows", "histogram", "Rows per onnxruntime run.", ROWS)
-        self.queued = Family("ae_queue_seconds", "histogram", "Time a request's rows waited for a batch.", SECONDS)
-        self.compute = Family("ae_compute_seconds", "histogram", "Time one onnxruntime run took.", SECONDS)
-
-    def for_graph(self, graph: str) -> GraphStats:
-        return GraphStats(self, (*self.labels, ("graph", graph)))
-
-    def families(self) -> list[Family]:
-        return [self.rows, self.queued, self.compute]
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 class GraphStats:
-    def __init__(self, stats: BatchStats, labels: Labels) -> None:
-        self.stats, self.labels = stats, labels
+    """What one graph's batcher records: rows per run, time queued per request, time computing per run."""
+
+    def __init__(self, metrics: Metrics, labels: tuple[str, str, str]) -> None:
+        self.rows = metrics.batch_rows.labels(*labels)
+        self.queued = metrics.queued.labels(*labels)
+        self.compute = metrics.compute.labels(*labels)
 
     def observe_batch(self, rows: int, waits: list[float], compute: float) -> None:
-        self.stats.rows.observe(self.labels, rows)
-        self.stats.compute.observe(self.labels, compute)
+        self.rows.observe(rows)
+        self.compute.observe(compute)
         for wait in waits:
-            self.stats.queued.observe(self.labels, wait)
-
-
-class RequestStats:
-    def __init__(self) -> None:
-        self.requests = Family("ae_requests_total", "counter", "Inference requests answered.")
-        self.errors = Family("ae_request_errors_total", "counter", "Inference requests answered with 4xx or 5xx.")
-        self.latency = Family("ae_request_seconds", "histogram", "Inference request latency.", SECONDS)
-
-    def families(self) -> list[Family]:
-        return [self.requests, self.errors, self.latency]
-
-
-def render(families: Iterable[Family]) -> bytes:
-    """Families of the same name (one per model) are merged under one HELP/TYPE header."""
-    merged: dict[str, Family] = {}
-    for family in families:
-        target = merged.setdefault(family.name, Family(family.name, family.kind, family.help, family.buckets))
-        target.values.update(family.values)
-        target.histograms.update(family.histograms)
-    return ("\n".join(line for family in merged.values() for line in family.render()) + "\n").encode()
-
-
-class RequestMetrics:
-    """ASGI middleware: counts, errors and latency of inference routes, labelled by model and operation.
-    The router writes the matched route and path parameters into the scope, so they are read afterwards."""
-
-    def __init__(self, app: ASGIApp, stats: RequestStats, default_model: Callable[[], str | None]) -> None:
-        self.app, self.stats, self.default_model = app, stats, default_model
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        started, status = time.perf_counter(), 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            self._record(scope, status, time.perf_counter() - started)
-
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        route = scope.get("route")
-        name = getattr(route, "name", "") or ""
-        if "-" not in name:
-            return
-        model = scope.get("path_params", {}).get("model") or _query_model(scope) or self.default_model() or ""
-        labels: Labels = (("model", model), ("operation", name.split("-", 1)[0]))
-        self.stats.requests.inc(labels)
-        self.stats.latency.observe(labels, seconds)
-        if status >= 400:
-            self.stats.errors.inc((*labels, ("status", str(status))))
-
-
-def _query_model(scope: Scope) -> str | None:
-    for part in scope.get("query_string", b"").decode("latin-1").split("&"):
-        key, _, value = part.partition("=")
-        if key == "model" and value:
-            return value
-    return None
-
-
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    escaped = (
-        f'{key}="{value.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for key, value in labels
-    )
-    return "{" + ",".join(escaped) + "}"
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+            self.queued.observe(wait)

@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from service.batching import Batcher, Outputs
 from service.manifest import GRAPH_ROLES, Manifest, PackageError
-from service.metrics import BatchStats
+from service.metrics import Metrics
+from service.repository import Package
 
 logger = logging.getLogger(__name__)
 
@@ -58,19 +58,28 @@ def _tensor_shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
 
 
 class ModelRuntime:
-    """Sessions for one package. `load()` does all the work; the predict methods only run graphs."""
+    """Sessions for one package. `load()` does all the work; the predict methods only run graphs.
 
-    def __init__(self, manifest: Manifest, folder: Path, config: SessionConfig) -> None:
-        self.manifest = manifest
-        self.folder = folder
+    The registry lends a runtime to each request (`acquire`/`release`) and `retire()`s it when a newer copy
+    replaces it or its folder goes: it then closes once the last request it lent itself to has finished."""
+
+    def __init__(self, package: Package, config: SessionConfig, metrics: Metrics | None = None) -> None:
+        self.manifest = package.manifest
         self.config = config
         self.ready = False
+        self._graphs = package.graphs
+        self._metrics = metrics
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._batchers: dict[str, Batcher] = {}
-        self.stats = BatchStats(manifest.name, manifest.version)
-        self._latent_mean = np.zeros(manifest.latent.dim, dtype=np.float32)
-        self._latent_factor = np.eye(manifest.latent.dim, dtype=np.float32)
+        self._latent_mean = np.zeros(self.manifest.latent.dim, dtype=np.float32)
+        self._latent_factor = np.eye(self.manifest.latent.dim, dtype=np.float32)
         self._input_names: dict[str, str] = {}
+        self._leases = 0
+        self.retired = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest.name}/{self.manifest.version}"
 
     @property
     def providers(self) -> list[str]:
@@ -90,25 +99,40 @@ class ModelRuntime:
         if self.manifest.prior == "empirical":
             self._latent_mean, self._latent_factor = _gaussian_factor(self.manifest)
         self._warm_up()
+        self._graphs = {}  # onnxruntime holds its own copy now
         self._batchers = {
             role: Batcher(
                 partial(self._run, role),
                 self.config.batch_rows,
                 self.config.batch_wait_s,
-                self.stats.for_graph(role),
+                self._metrics.for_graph(self.manifest.name, self.manifest.version, role) if self._metrics else None,
                 self.config.batch_in_flight,
             )
             for role in GRAPH_ROLES
         }
         if self.fell_back:
-            logger.warning(
-                "%s/%s asked for %s but runs on %s",
-                self.manifest.name,
-                self.manifest.version,
-                list(self.config.providers),
-                self.providers,
-            )
+            logger.warning("%s asked for %s but runs on %s", self.label, list(self.config.providers), self.providers)
         self.ready = True
+
+    def acquire(self) -> None:
+        self._leases += 1
+
+    def release(self) -> None:
+        self._leases -= 1
+        if self.retired and self._leases == 0:
+            self.close()
+
+    def retire(self) -> None:
+        """No new requests from now on; closes at once if none is in flight, else when the last one ends."""
+        self.retired, self.ready = True, False
+        if self._leases == 0:
+            self.close()
+
+    def close(self) -> None:
+        for batcher in self._batchers.values():
+            batcher.close()
+        self._batchers, self._sessions = {}, {}
+        logger.info("model %s unloaded", self.label)
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Latent vectors [n, L] (a VAE: the mean) and, for a VAE, the log-variance [n, L]."""
@@ -151,11 +175,11 @@ class ModelRuntime:
         providers = list(self.config.providers)
         if "CPUExecutionProvider" not in providers:
             providers.append("CPUExecutionProvider")
-        path = self.folder / self.manifest.graphs[role].file
+        file = self.manifest.graphs[role].file
         try:
-            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            return ort.InferenceSession(self._graphs[role], sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
-            raise PackageError(f"{path.name}: onnxruntime cannot load it: {exc}") from exc
+            raise PackageError(f"{file}: onnxruntime cannot load it: {exc}") from exc
 
     def _check_graphs(self) -> None:
         shapes = _tensor_shapes(self.manifest)

@@ -1,16 +1,19 @@
 """Request and response shapes for the OpenAPI page (/docs) only.
 
 Requests are never validated through these models: bodies go through orjson into numpy (service.codecs),
-which is what keeps a batch of thousands of floats cheap. These classes only tell /docs what to show.
+which is what keeps a batch of thousands of floats cheap. These classes only tell /docs what to show; the
+request examples come from the models that serve, so "Try it out" sends what they accept.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from service.codecs import JSON, MULTIPART, NPY, NPZ, PNG, RAW
+from service.manifest import Manifest
 
 Rows = list[Any]
 
@@ -82,25 +85,6 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-_ROW = [0.12, 3.4, -1.0, 0.0, 2.5]
-_TABULAR = {"summary": "two tabular rows", "value": {"inputs": [_ROW, [0.5, 0.1, 0.2, -0.3, 1.1]]}}
-_SINGLE = {"summary": "one row, without the outer list", "value": {"inputs": _ROW}}
-_IMAGE = {"summary": "one 3 x 3 grayscale image", "value": {"inputs": [[[0, 255, 0], [255, 255, 255], [0, 255, 0]]]}}
-
-EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
-    "encode": {
-        "tabular": _TABULAR,
-        "single": _SINGLE,
-        "vae": {"summary": "with the log-variance", "value": {"inputs": [_ROW], "return_logvar": True}},
-    },
-    "decode": {"latents": {"summary": "two latent vectors", "value": {"latents": [[0.1, -0.4], [1.2, 0.3]]}}},
-    "reconstruct": {"tabular": _TABULAR, "image": _IMAGE},
-    "score": {
-        "tabular": _TABULAR,
-        "sq_err": {"summary": "with per-feature errors", "value": {"inputs": [_ROW], "return_sq_err": True}},
-    },
-    "generate": {"seeded": {"summary": "four samples, reproducible", "value": {"n": 4, "seed": 0}}},
-}
 REQUESTS: dict[str, type[BaseModel]] = {
     "encode": EncodeRequest,
     "decode": DecodeRequest,
@@ -126,11 +110,24 @@ _ERRORS = {
 }
 
 
-def openapi_for(operation: str, uploads: bool, png: bool) -> dict[str, Any]:
-    """`openapi_extra` and `responses` for one inference route: the request body and every answer."""
-    content: dict[str, Any] = {
-        JSON: {"schema": REQUESTS[operation].model_json_schema(), "examples": EXAMPLES[operation]}
-    }
+_MODEL = {"name": "model", "description": "model name; without it, the default model", "schema": {"type": "string"}}
+_VERSION = {
+    "name": "version",
+    "description": "model version; without it, the highest version that serves",
+    "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+}
+# route style (service.routes.rest.STYLES) -> where it names its model
+_PARAMETERS: dict[str, list[dict[str, Any]]] = {
+    "default": [{**_MODEL, "in": "query"}, {**_VERSION, "in": "query"}],
+    "by-name": [{**_MODEL, "in": "path", "required": True}],
+    "by-version": [{**_MODEL, "in": "path", "required": True}, {**_VERSION, "in": "path", "required": True}],
+}
+
+
+def openapi_for(operation: str, style: str, uploads: bool, png: bool) -> dict[str, Any]:
+    """`openapi_extra` and `responses` for one inference route: its parameters, the request body and every
+    answer. The request examples are the served models' own (`add_examples`)."""
+    content: dict[str, Any] = {JSON: {"schema": REQUESTS[operation].model_json_schema()}}
     binary = {"schema": {"type": "string", "format": "binary"}}
     if operation != "generate":
         content |= {NPY: binary, RAW: binary}
@@ -147,4 +144,37 @@ def openapi_for(operation: str, uploads: bool, png: bool) -> dict[str, Any]:
         success["description"] += "; with `Accept: image/png`, a grid of the images"
     responses: dict[int | str, dict[str, Any]] = {200: success}
     responses.update({status: {"model": ErrorBody, "description": why} for status, why in _ERRORS.items()})
-    return {"openapi_extra": {"requestBody": {"required": True, "content": content}}, "responses": responses}
+    extra = {"parameters": _PARAMETERS[style], "requestBody": {"required": True, "content": content}}
+    return {"openapi_extra": extra, "responses": responses}
+
+
+def example_bodies(manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """A request body per operation that this model accepts: a row in the middle of its preprocessing's
+    range (for images, mid-grey), and its latent mean."""
+    offset, scale = manifest.normalisation()
+    row = np.broadcast_to(offset + 0.5 * scale, manifest.row_shape).round(4).tolist()
+    bodies: dict[str, dict[str, Any]] = {
+        "encode": {"inputs": [row]},
+        "decode": {"latents": [np.round(manifest.latent.mean, 4).tolist()]},
+        "reconstruct": {"inputs": [row]},
+        "score": {"inputs": [row], "return_sq_err": False},
+        "generate": {"n": 4, "seed": 0},
+    }
+    if manifest.architecture.variational:
+        bodies["encode"]["return_logvar"] = True
+    return bodies
+
+
+def add_examples(openapi: dict[str, Any], manifests: list[Manifest], default_model: str | None) -> None:
+    """Puts the served models' example bodies into every inference route of an OpenAPI document: the default
+    model's on the routes that name no model, one per model on the others."""
+    bodies = {manifest.name: example_bodies(manifest) for manifest in manifests}
+    for path, methods in openapi["paths"].items():
+        operation = path.rsplit("/", 1)[-1]
+        content = methods.get("post", {}).get("requestBody", {}).get("content", {}).get(JSON)
+        if content is None or operation not in REQUESTS:
+            continue
+        names = [default_model] if "{model}" not in path else sorted(bodies)
+        content["examples"] = {
+            name: {"summary": f"model {name}", "value": bodies[name][operation]} for name in names if name in bodies
+        }

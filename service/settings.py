@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     """Largest request body in bytes, uploads included; larger is refused with 413."""
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     """Largest uploaded image (width x height) decoded before resizing; larger is refused with 413."""
+    reload_interval: float = Field(2.0, ge=0)
+    """Seconds between two scans of the models directory for new, changed and removed packages; 0 turns
+    polling off (the repository API can still load and unload)."""
+    admin_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    """Keys of the repository API (POST /v2/repository/...), comma-separated, sent as `Authorization: Bearer
+    KEY`; empty turns that API off."""
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -76,9 +82,9 @@ class Settings(BaseSettings):
             raise ValueError(f"models directory {str(value)!r} does not exist")
         return value
 
-    @field_validator("providers", mode="before")
+    @field_validator("providers", "admin_keys", mode="before")
     @classmethod
-    def _split_providers(cls, value: Any) -> Any:
+    def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value

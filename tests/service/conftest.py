@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.settings import Settings
+from tests.service.registries import refreshed
 from training.config import FitConfig
 from training.pipeline import fit
 
@@ -35,7 +36,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models folder with three packages written by training.pipeline.fit: tab/1, conv/1 and vae/1."""
+    """A models folder with packages written by training.pipeline.fit: tab/1, tab-b/1 (tab retrained with
+    another seed), conv/1 and vae/1."""
     root = tmp_path_factory.mktemp("trained")
     rng = np.random.default_rng(0)
     # Low-rank rows plus noise: something an autoencoder can learn in two epochs.
@@ -45,6 +47,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.save(root / "images.npy", rng.integers(0, 256, size=(96, *IMAGE_SHAPE)).astype(np.uint8))
     common: dict[str, Any] = {"models_dir": root / "models", "epochs": 2, "batch_size": 32, "progress": False}
     fit(FitConfig(data=root / "tabular.npz", name="tab", arch="dense", hidden=[8], latent=2, **common))
+    # The same shape with other weights: a retrained "tab" whose answers differ.
+    fit(FitConfig(data=root / "tabular.npz", name="tab-b", arch="dense", hidden=[8], latent=2, seed=1, **common))
     fit(FitConfig(data=root / "images.npy", name="conv", arch="conv", channels=[4], latent=3, **common))
     fit(FitConfig(data=root / "images.npy", name="vae", arch="vae", vae_body="dense", hidden=[16], latent=2, **common))
     return root / "models"
@@ -84,14 +88,13 @@ def models_dir(trained: Path, copy_package: PackageMaker, tmp_path_factory: pyte
 
 @pytest.fixture(scope="session")
 def make_app(models_dir: Path) -> AppMaker:
-    """Builds an app over `models_dir` with these settings and loads every package, as its lifespan would
-    (ASGITransport does not run lifespans)."""
+    """Builds an app over `models_dir` with these settings and loads every package, as its lifespan's first
+    refresh would (ASGITransport does not run lifespans, so nothing polls)."""
 
     def make(**settings: Any) -> FastAPI:
         defaults: dict[str, Any] = {"providers": ("CPUExecutionProvider",), "intra_op_threads": 1}
         app = create_app(Settings(models_dir=models_dir, **(defaults | settings)))
-        app.state.repository.discover()
-        app.state.repository.load()
+        refreshed(app.state.registry)
         return app
 
     return make

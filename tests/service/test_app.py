@@ -53,7 +53,7 @@ async def test_readiness_waits_for_every_model(models_dir: Path, monkeypatch: py
 async def test_unexpected_error_is_a_logged_generic_500(
     app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    runtime = app.state.repository.runtime("tab")
+    runtime = app.state.registry.runtime("tab")
 
     async def broken(x: np.ndarray) -> None:
         raise RuntimeError("secret internals")

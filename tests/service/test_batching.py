@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -13,6 +12,7 @@ from fastapi import FastAPI
 
 from service.batching import Batcher
 from tests.service.conftest import AppMaker
+from tests.service.scrape import sample
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +44,7 @@ async def test_concurrent_requests_get_their_own_rows(
             for x in requests
         )
     )
-    runtime = batching_app.state.repository.runtime("tab")
+    runtime = batching_app.state.registry.runtime("tab")
     for x, answer in zip(requests, answers, strict=True):
         assert answer.status_code == 200, answer.text
         body = answer.json()
@@ -53,12 +53,11 @@ async def test_concurrent_requests_get_their_own_rows(
         np.testing.assert_allclose(body["sq_err"], [s.sq_err[0] for s in alone], rtol=1e-5, atol=1e-6)
 
     metrics = (await batching_client.get("/metrics")).text
-    rows, runs = (
-        _metric(metrics, f'ae_batch_rows_{part}{{model="tab",version="2",graph="scorer"}}') for part in ("sum", "count")
-    )
+    graph = {"model": "tab", "version": "2", "graph": "scorer"}
+    rows, runs = (sample(metrics, f"ae_batch_rows_{part}", **graph) for part in ("sum", "count"))
     assert rows == sum(sizes)
     assert runs < len(sizes)  # requests shared runs
-    assert _metric(metrics, f'ae_batch_rows_bucket{{model="tab",version="2",graph="scorer",le="{BATCH_ROWS}"}}') == runs
+    assert sample(metrics, "ae_batch_rows_bucket", **graph, le=f"{float(BATCH_ROWS)}") == runs
 
 
 async def test_a_request_larger_than_a_batch_is_split_in_order() -> None:
@@ -99,17 +98,11 @@ async def test_metrics_count_requests_errors_and_latency(client: httpx.AsyncClie
     response = await client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
-    assert _metric(text, 'ae_requests_total{model="tab",operation="score"}') >= 2
-    assert _metric(text, 'ae_request_errors_total{model="tab",operation="score",status="422"}') >= 1
-    assert _metric(text, 'ae_request_seconds_count{model="tab",operation="score"}') >= 2
+    assert sample(text, "ae_requests_total", model="tab", operation="score") >= 2
+    assert sample(text, "ae_request_errors_total", model="tab", operation="score", status="422") >= 1
+    assert sample(text, "ae_request_seconds_count", model="tab", operation="score") >= 2
     for name in ("ae_queue_seconds", "ae_compute_seconds", "ae_batch_rows"):
         assert f"# TYPE {name} histogram" in text
-
-
-def _metric(text: str, series: str) -> float:
-    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
-    assert match, f"{series} not in /metrics"
-    return float(match.group(1))
 
 
 async def test_two_batches_in_flight_still_return_each_callers_rows() -> None:

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from service.images import decode_image
-from service.repository import Repository
-from service.runtime import SessionConfig
+from service.registry import Registry
 from tests.service.reference import torch_reference
+from tests.service.registries import serving
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 COMMITTED = sorted(p.parent for p in MODELS.glob("*/*/manifest.json"))
@@ -21,21 +21,18 @@ pytestmark = pytest.mark.skipif(not COMMITTED, reason="no packages committed in 
 
 
 @pytest.fixture(scope="module")
-def repository() -> Repository:
-    repository = Repository(MODELS, SessionConfig(providers=("CPUExecutionProvider",), intra_op_threads=1))
-    repository.discover()
-    repository.load()
-    return repository
+def repository() -> Registry:
+    return serving(MODELS)
 
 
-def test_every_committed_package_is_served(repository: Repository) -> None:
+def test_every_committed_package_is_served(repository: Registry) -> None:
     assert {(e.name, e.version, e.status, e.reason) for e in repository.entries()} == {
         (folder.parent.name, int(folder.name), "ready", None) for folder in COMMITTED
     }
 
 
 @pytest.mark.parametrize("folder", COMMITTED, ids=lambda folder: f"{folder.parent.name}/{folder.name}")
-def test_committed_package_matches_pytorch(repository: Repository, folder: Path) -> None:
+def test_committed_package_matches_pytorch(repository: Registry, folder: Path) -> None:
     runtime = repository.runtime(folder.parent.name, folder.name)
     shape = runtime.manifest.row_shape
     rng = np.random.default_rng(0)
@@ -52,7 +49,7 @@ def test_committed_package_matches_pytorch(repository: Repository, folder: Path)
     np.testing.assert_allclose(scores.score, want_score, atol=1e-4, rtol=1e-3)
 
 
-def test_mnist_packages_take_a_png(repository: Repository) -> None:
+def test_mnist_packages_take_a_png(repository: Registry) -> None:
     buffer = io.BytesIO()
     Image.new("L", (28, 28), color=0).save(buffer, format="PNG")
     for entry in repository.entries():

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,54 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.service.servers import running_server
+
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_BODY_BYTES = 64 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    """A uvicorn process serving `models_dir`, configured by flags and by environment; stopped at the end."""
-    port = free_port()
-    env = os.environ | {"AE_MAX_BODY_BYTES": str(MAX_BODY_BYTES), "AE_PROVIDERS": "CPUExecutionProvider"}
-    command = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models_dir)]
-    # A file, not a pipe: nobody reads a pipe while the tests run, and a full pipe would block the server.
+    """A uvicorn process serving `models_dir`, configured by flags and by environment."""
     log = tmp_path_factory.mktemp("e2e") / "server.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-    try:
-        _wait_until_ready(client, process, log)
+    with running_server(models_dir, log, env={"AE_MAX_BODY_BYTES": str(MAX_BODY_BYTES)}) as client:
         yield client
-    finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_until_ready(client: httpx.Client, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail("the server did not become ready within 30 s")
 
 
 def test_serves_models_and_reports_them(server: httpx.Client) -> None:

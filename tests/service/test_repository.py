@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -11,18 +12,12 @@ from typing import Any
 
 import pytest
 
+from service.metrics import Metrics
+from service.registry import Registry
 from service.repository import Repository
-from service.runtime import SessionConfig
+from tests.service.registries import CPU, serving
 
-CPU = SessionConfig(providers=("CPUExecutionProvider",), intra_op_threads=1)
 Breakage = Callable[[Path], None]
-
-
-def loaded(models_dir: Path, default_model: str | None = None) -> Repository:
-    repository = Repository(models_dir, CPU, default_model)
-    repository.discover()
-    repository.load()
-    return repository
 
 
 def edit_manifest(change: Callable[[dict[str, Any]], None]) -> Breakage:
@@ -80,12 +75,12 @@ def test_broken_package_is_unavailable_with_its_reason(
     breakage(copy_package(source, tmp_path, "pkg"))
     copy_package("tab", tmp_path, "healthy")
 
-    repository = loaded(tmp_path)
+    repository = serving(tmp_path)
 
     broken, healthy = repository.find("pkg"), repository.find("healthy")
     assert (broken.status, broken.reason, broken.runtime) == ("unavailable", reason, None)
     assert healthy.status == "ready"
-    assert repository.ready
+    assert repository.readiness() == (True, "ready")
 
 
 def test_only_complete_packages_are_discovered(tmp_path: Path, copy_package: Any) -> None:
@@ -95,7 +90,7 @@ def test_only_complete_packages_are_discovered(tmp_path: Path, copy_package: Any
         (tmp_path / stray).mkdir(parents=True)
     (tmp_path / "README.md").write_text("not a package")
 
-    repository = loaded(tmp_path)
+    repository = serving(tmp_path)
 
     assert [(e.name, e.version, e.status) for e in repository.entries()] == [("tab", 1, "ready"), ("tab", 3, "ready")]
     assert repository.find("tab").version == 3
@@ -104,13 +99,40 @@ def test_only_complete_packages_are_discovered(tmp_path: Path, copy_package: Any
 def test_default_model_is_the_setting_else_the_first_name(tmp_path: Path, copy_package: Any) -> None:
     copy_package("tab", tmp_path, "b-model")
     copy_package("tab", tmp_path, "a-model")
-    assert loaded(tmp_path).default_name == "a-model"
-    assert loaded(tmp_path, default_model="b-model").find().name == "b-model"
+    assert serving(tmp_path).default_name == "a-model"
+    assert serving(tmp_path, default_model="b-model").find().name == "b-model"
 
 
-def test_not_ready_before_load(tmp_path: Path, copy_package: Any) -> None:
+@pytest.mark.anyio
+async def test_not_ready_before_load(tmp_path: Path, copy_package: Any) -> None:
     copy_package("tab", tmp_path, "tab")
-    repository = Repository(tmp_path, CPU)
-    repository.discover()
-    assert not repository.ready
-    assert repository.find("tab").status == "loading"
+    registry = Registry(Repository(tmp_path), CPU, Metrics())
+    await registry.discover()
+    assert registry.readiness() == (False, "still loading: ['tab/1']")
+    assert registry.find("tab").status == "loading"
+
+
+def test_files_outside_the_package_and_special_files_are_refused(tmp_path: Path, copy_package: Any) -> None:
+    (tmp_path / "secret").write_text("not yours")
+    digest = hashlib.sha256(b"not yours").hexdigest()
+    edit_manifest(lambda m: m["files"].update({"../../secret": digest}))(copy_package("tab", tmp_path, "escape"))
+    fifo = copy_package("tab", tmp_path, "fifo")
+    (fifo / "report.json").unlink()
+    os.mkfifo(fifo / "report.json")
+
+    registry = serving(tmp_path)
+
+    assert registry.find("escape").reason == "files: '../../secret' is not a plain file name inside the package"
+    assert registry.find("fifo").reason == "report.json is not a regular file"
+
+
+def test_reasons_name_packages_relative_to_the_models_folder(tmp_path: Path, copy_package: Any) -> None:
+    (copy_package("tab", tmp_path, "pkg") / "scorer.onnx").write_bytes(b"garbage")
+    edit_manifest(lambda m: m["files"].update({"scorer.onnx": hashlib.sha256(b"garbage").hexdigest()}))(
+        tmp_path / "pkg" / "1"
+    )
+
+    reason = serving(tmp_path).find("pkg").reason
+
+    assert reason is not None and reason.startswith("scorer.onnx: onnxruntime cannot load it")
+    assert str(tmp_path) not in reason

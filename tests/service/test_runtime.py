@@ -8,25 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.manifest import Manifest, parse_manifest
-from service.runtime import ModelRuntime, SessionConfig
-
-CPU = SessionConfig(providers=("CPUExecutionProvider",), intra_op_threads=1, inter_op_threads=1)
-
-
-def manifest_of(folder: Path) -> Manifest:
-    return parse_manifest(json.loads((folder / "manifest.json").read_text()), folder.parent.name, int(folder.name))
+from service.manifest import parse_manifest
+from service.repository import Package
+from service.runtime import ModelRuntime
+from tests.service.registries import CPU, package_at
 
 
 @pytest.fixture(scope="module")
 def tab(trained: Path) -> ModelRuntime:
-    runtime = ModelRuntime(manifest_of(trained / "tab" / "1"), trained / "tab" / "1", CPU)
+    runtime = ModelRuntime(package_at(trained / "tab" / "1"), CPU)
     runtime.load()
     return runtime
 
 
 def test_not_ready_until_loaded(trained: Path) -> None:
-    runtime = ModelRuntime(manifest_of(trained / "vae" / "1"), trained / "vae" / "1", CPU)
+    runtime = ModelRuntime(package_at(trained / "vae" / "1"), CPU)
     assert (runtime.ready, runtime.providers) == (False, [])
     runtime.load()
     assert (runtime.ready, runtime.providers, runtime.fell_back) == (True, ["CPUExecutionProvider"], False)
@@ -44,7 +40,7 @@ def test_singular_covariance_still_samples(trained: Path) -> None:
     folder = trained / "tab" / "1"
     raw = json.loads((folder / "manifest.json").read_text())
     raw["latent"].update(mean=[1.0, -1.0], cov=[[1.0, 1.0], [1.0, 1.0]])  # rank 1: z0 - z1 is constant
-    runtime = ModelRuntime(parse_manifest(raw, "tab", 1), folder, CPU)
+    runtime = ModelRuntime(Package(parse_manifest(raw, "tab", 1), package_at(folder).graphs), CPU)
     runtime.load()
     z = runtime.sample_latents(1000, seed=0)
     assert np.isfinite(z).all()
@@ -58,3 +54,14 @@ def test_outputs_have_the_documented_shapes(tab: ModelRuntime) -> None:
     assert (z.shape, logvar) == ((3, 2), None)
     assert (scores.x_hat.shape, scores.score.shape, scores.sq_err.shape) == ((3, 5), (3,), (3, 5))
     assert tab.decode(z).shape == (3, 5)
+
+
+def test_retired_runtime_closes_after_its_last_request(trained: Path) -> None:
+    runtime = ModelRuntime(package_at(trained / "tab" / "1"), CPU)
+    runtime.load()
+    runtime.acquire()
+    runtime.retire()
+    assert not runtime.ready
+    assert runtime.providers == ["CPUExecutionProvider"]  # still open for the request in flight
+    runtime.release()
+    assert runtime.providers == []

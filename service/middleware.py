@@ -1,0 +1,82 @@
+"""ASGI middleware that every route passes through: the request body limit and the request metrics."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.registry import Registry
+
+
+class BodyLimit:
+    """Refuses request bodies over `max_bytes` with 413, by Content-Length up front or by counting the
+    stream (chunked uploads have no Content-Length). The error is raised where the body is read, so the
+    one error handler renders it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if max(received, int(declared) if declared.isdigit() else 0) > self.max_bytes:
+                raise ServiceError(413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class RequestMetrics:
+    """Counts, errors and latency of inference routes, labelled by model and operation. The router writes
+    the matched route and path parameters into the scope, so they are read once the request is answered;
+    a model the registry does not know is counted under one label (service.metrics.UNKNOWN_MODEL)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, registry: Registry) -> None:
+        self.app, self.metrics, self.registry = app, metrics, registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        name = getattr(scope.get("route"), "name", "") or ""
+        operation, _, style = name.partition("-")
+        if not style:  # not an inference route
+            return
+        asked = scope.get("path_params", {}).get("model") or _query_model(scope)
+        labels = (self.registry.metric_label(asked), operation)
+        self.metrics.requests.labels(*labels).inc()
+        self.metrics.latency.labels(*labels).observe(seconds)
+        if status >= 400:
+            self.metrics.errors.labels(*labels, str(status)).inc()
+
+
+def _query_model(scope: Scope) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("model")
+    return values[0] if values else None

@@ -1,0 +1,110 @@
+"""What serves and how it is doing: GET /models, liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+
+from service import codecs, schemas
+from service.errors import ServiceError
+from service.metrics import CONTENT_TYPE
+from service.registry import Entry, Registry
+from service.routes import ServiceRoute
+
+
+# Dependencies are `async def`: FastAPI runs plain `def` ones in a thread pool.
+async def get_registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+ModelName = Annotated[str, Path(description="model name", examples=["mnist-dense"])]
+ModelVersion = Annotated[str, Path(description="model version", examples=["1"])]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+def describe(entry: Entry, registry: Registry) -> dict[str, Any]:
+    """What GET /models says of one package: status, providers, and the manifest's facts."""
+    runtime = entry.runtime
+    facts = {}
+    if entry.manifest is not None:
+        facts = entry.manifest.model_dump(
+            mode="json", exclude={"name": True, "version": True, "files": True, "latent": {"mean", "cov"}}
+        )
+        facts["latent"]["prior"] = entry.manifest.prior
+    return {
+        "name": entry.name,
+        "version": entry.version,
+        "default": entry.version == registry.default_version(entry.name),
+        "status": entry.status,
+        "reason": entry.reason,
+        "requested_providers": list(registry.sessions.providers),
+        "providers": runtime.providers if runtime else [],
+        "provider_fallback": runtime.fell_back if runtime else False,
+        **facts,
+    }
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(codecs.dump_json(body), status_code=status, media_type=codecs.JSON)
+
+
+async def list_models(registry: RegistryDep) -> Response:
+    """Every package found, serving or not, with its status, execution provider and manifest facts."""
+    models = [describe(entry, registry) for entry in registry.entries()]
+    return json_response({"default_model": registry.default_name, "models": models})
+
+
+async def model_versions(model: ModelName, registry: RegistryDep) -> Response:
+    """Every version of one model; `default_version` (the highest that serves) answers requests naming none."""
+    registry.find(model)
+    versions = [describe(entry, registry) for entry in registry.entries() if entry.name == model]
+    return json_response({"name": model, "default_version": registry.default_version(model), "versions": versions})
+
+
+async def model_version(model: ModelName, version: ModelVersion, registry: RegistryDep) -> Response:
+    """One version of one model."""
+    return json_response(describe(registry.find(model, version), registry))
+
+
+async def healthz() -> Response:
+    """Liveness: the process answers. Says nothing about the models (see /readyz)."""
+    return json_response({"status": "alive"})
+
+
+async def readyz(registry: RegistryDep) -> Response:
+    """Readiness: 200 once the packages found at start-up are loaded (or found broken) and at least one model
+    serves; 503 before, and whenever no model serves."""
+    ready, why = registry.readiness()
+    if not ready:
+        raise ServiceError(503, "not_ready", why)
+    return json_response({"status": "ready", "models": {entry.label: entry.status for entry in registry.entries()}})
+
+
+async def prometheus(request: Request) -> Response:
+    """Requests, errors and latency per model and operation; batch sizes, queue and compute time per graph;
+    package loads by outcome; the default version of each model."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+_NOT_READY: dict[int | str, dict[str, Any]] = {503: {"model": schemas.ErrorBody, "description": "not ready"}}
+_UNKNOWN: dict[int | str, dict[str, Any]] = {
+    404: {"model": schemas.ErrorBody, "description": "unknown model or version"},
+    422: {"model": schemas.ErrorBody, "description": "invalid request"},
+}
+_METRICS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Prometheus text format", "content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}
+}
+
+
+def router() -> APIRouter:
+    routes = APIRouter(route_class=ServiceRoute)
+    routes.add_api_route("/metrics", prometheus, methods=["GET"], tags=["health"], responses=_METRICS)
+    routes.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"])
+    routes.add_api_route("/readyz", readyz, methods=["GET"], tags=["health"], responses=_NOT_READY)
+    routes.add_api_route("/models", list_models, methods=["GET"], tags=["models"])
+    routes.add_api_route("/models/{model}", model_versions, methods=["GET"], tags=["models"], responses=_UNKNOWN)
+    routes.add_api_route(
+        "/models/{model}/versions/{version}", model_version, methods=["GET"], tags=["models"], responses=_UNKNOWN
+    )
+    return routes

@@ -1,0 +1,133 @@
+"""The simple REST protocol: parse the request (service.payloads), call the data plane, write the answer.
+
+Every operation is served three ways: `/encode?model=NAME&version=V`, `/models/NAME/encode` and
+`/models/NAME/versions/V/encode`; without a model, the default model at its default version (the highest
+that serves)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+
+from service import dataplane, schemas
+from service.payloads import Result, RowsRequest, read_json, read_rows, respond
+from service.routes import ServiceRoute
+from service.runtime import ModelRuntime
+from service.settings import Settings
+
+Handler = Callable[[Request, ModelRuntime, Settings], Awaitable[Response]]
+
+
+def _inputs(settings: Settings, runtime: ModelRuntime, **options: tuple[type, Any]) -> RowsRequest:
+    return RowsRequest(
+        key="inputs",
+        row_shape=runtime.manifest.row_shape,
+        max_rows=settings.max_batch_rows,
+        options=options,
+        uploads=True,
+        max_image_pixels=settings.max_image_pixels,
+    )
+
+
+def _latents(settings: Settings, runtime: ModelRuntime) -> RowsRequest:
+    return RowsRequest(key="latents", row_shape=(runtime.manifest.latent.dim,), max_rows=settings.max_batch_rows)
+
+
+def _answer(runtime: ModelRuntime, **body: Any) -> dict[str, Any]:
+    return {"model": runtime.manifest.name, "version": runtime.manifest.version, **body}
+
+
+def _images(runtime: ModelRuntime, rows: np.ndarray) -> np.ndarray | None:
+    return rows if runtime.manifest.input.kind == "image" else None
+
+
+async def encode(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
+    """Latent vectors of the rows (a VAE: the mean; `return_logvar` adds the log-variance)."""
+    x, options = await read_rows(request, _inputs(settings, runtime, return_logvar=(bool, False)), runtime)
+    encoded = await dataplane.encode(runtime, x, options["return_logvar"])
+    extra = {"logvar": encoded.logvar} if encoded.logvar is not None else {}
+    return respond(request, runtime, Result(_answer(runtime, latents=encoded.latents, **extra), "latents"))
+
+
+async def decode(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
+    """Reconstructions (raw scale) decoded from latent vectors; image models answer PNG on request."""
+    z, _ = await read_rows(request, _latents(settings, runtime), runtime)
+    x_hat = await dataplane.decode(runtime, z)
+    body = _answer(runtime, reconstructions=x_hat)
+    return respond(request, runtime, Result(body, "reconstructions", _images(runtime, x_hat)))
+
+
+async def reconstruct(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
+    """Reconstructions of the rows and their anomaly scores; image models answer PNG on request."""
+    x, _ = await read_rows(request, _inputs(settings, runtime), runtime)
+    scored = await dataplane.reconstruct(runtime, x)
+    body = _answer(runtime, reconstructions=scored.reconstructions, scores=scored.scores)
+    return respond(request, runtime, Result(body, "reconstructions", _images(runtime, scored.reconstructions)))
+
+
+async def score(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
+    """Per-row anomaly scores (mean squared error in normalised space), the threshold, and is_anomaly."""
+    x, options = await read_rows(request, _inputs(settings, runtime, return_sq_err=(bool, False)), runtime)
+    scored = await dataplane.score(runtime, x)
+    extra = {"sq_err": scored.sq_err} if options["return_sq_err"] else {}
+    body = _answer(runtime, scores=scored.scores, threshold=scored.threshold, is_anomaly=scored.is_anomaly, **extra)
+    return respond(request, runtime, Result(body, "scores"))
+
+
+async def generate(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
+    """n samples decoded from the latent prior (a VAE: N(0, I); else N(mean, cov) of the training rows)."""
+    options = await read_json(request, ["n"], {"seed": (int, None)})
+    generated = await dataplane.generate(runtime, options["n"], options["seed"], settings.max_batch_rows)
+    body = _answer(runtime, latents=generated.latents, samples=generated.samples)
+    return respond(request, runtime, Result(body, "samples", _images(runtime, generated.samples)))
+
+
+@dataclass(frozen=True)
+class Operation:
+    handler: Handler
+    uploads: bool  # takes image uploads (multipart)
+    png: bool  # can answer image/png
+
+
+OPERATIONS: dict[str, Operation] = {
+    "encode": Operation(encode, uploads=True, png=False),
+    "decode": Operation(decode, uploads=False, png=True),
+    "reconstruct": Operation(reconstruct, uploads=True, png=True),
+    "score": Operation(score, uploads=True, png=False),
+    "generate": Operation(generate, uploads=False, png=True),
+}
+# path prefix -> how the route names its model
+STYLES = {"": "default", "/models/{model}": "by-name", "/models/{model}/versions/{version}": "by-version"}
+
+
+def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """The handler with the runtime the request names, leased from the registry for the request's duration."""
+
+    async def endpoint(request: Request) -> Response:
+        state, path, query = request.app.state, request.path_params, request.query_params
+        model, version = path.get("model") or query.get("model"), path.get("version") or query.get("version")
+        with state.registry.lease(model, version) as runtime:
+            return await handler(request, runtime, state.settings)
+
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+def router() -> APIRouter:
+    routes = APIRouter(route_class=ServiceRoute)
+    for prefix, style in STYLES.items():
+        for name, operation in OPERATIONS.items():
+            routes.add_api_route(
+                f"{prefix}/{name}",
+                _endpoint(operation.handler),
+                methods=["POST"],
+                name=f"{name}-{style}",
+                operation_id=f"{name}_{style.replace('-', '_')}",
+                tags=["inference" if not prefix else f"inference ({style})"],
+                **schemas.openapi_for(name, style, operation.uploads, operation.png),
+            )
+    return routes

@@ -1,0 +1,62 @@
+"""`python -m service` in a subprocess, over real HTTP: started, waited for, stopped."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(
+    models_dir: Path, log: Path, *flags: str, env: dict[str, str] | None = None, ready_within: float = 30
+) -> Iterator[httpx.Client]:
+    """A uvicorn process serving `models_dir` (CPU only), ready; its output goes to `log`; stopped at the end."""
+    port = free_port()
+    environment = os.environ | {"AE_PROVIDERS": "CPUExecutionProvider"} | (env or {})
+    command = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models_dir), *flags]
+    # A file, not a pipe: nobody reads a pipe while the tests run, and a full pipe would block the server.
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    try:
+        _wait_until_ready(client, process, log, ready_within)
+        yield client
+    finally:
+        client.close()
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_ready(client: httpx.Client, process: subprocess.Popen[bytes], log: Path, within: float) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"the server did not become ready within {within} s:\n{log.read_text()}")
