@@ -3,12 +3,12 @@ the metrics, the middleware every route passes through, and one router per proto
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI
+from fastapi import FastAPI, params
 from fastapi.openapi.utils import get_openapi
 
 from service import schemas
@@ -22,9 +22,10 @@ from service.runtime import SessionConfig
 from service.settings import Settings
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) -> FastAPI:
     """The app, with nothing loaded yet: its lifespan scans the models folder and loads the packages in the
-    background (so /healthz answers at once and /readyz turns 200 once they are settled), then polls it."""
+    background (so /healthz answers at once and /readyz turns 200 once they are settled), then polls it.
+    `dependencies` run before every route (e.g. an embedding application's own authentication)."""
     sessions = SessionConfig(
         providers=tuple(settings.execution_providers()),
         intra_op_threads=settings.intra_op_threads,
@@ -38,6 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Encode, decode, reconstruct, score and generate with autoencoder model packages.",
         version="1",
         lifespan=_lifespan,
+        dependencies=list(dependencies),
     )
     metrics = app.state.metrics = Metrics()
     registry = Registry(Repository(settings.models_dir), sessions, metrics, settings.default_model)

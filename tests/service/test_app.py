@@ -15,6 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from service.app import create_app
+from service.routes.rest import OPERATIONS, STYLES
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
@@ -81,14 +82,29 @@ async def test_cuda_falling_back_to_cpu_is_reported(make_app: Callable[..., Fast
     assert described["provider_fallback"] is True
 
 
-async def test_openapi_documents_every_route_with_an_example(client: httpx.AsyncClient) -> None:
+async def test_openapi_documents_every_route_with_examples_the_served_models_accept(
+    client: httpx.AsyncClient,
+) -> None:
     spec = (await client.get("/openapi.json")).json()
     operations = {(method.upper(), path): op for path, ops in spec["paths"].items() for method, op in ops.items()}
+    served = {m["name"]: m["version"] for m in (await client.get("/models")).json()["models"] if m["default"]}
 
-    for operation in ("encode", "decode", "reconstruct", "score", "generate"):
-        for prefix in ("", "/models/{model}", "/models/{model}/versions/{version}"):
-            body = operations["POST", f"{prefix}/{operation}"]["requestBody"]["content"]["application/json"]
-            assert body["examples"], operation
+    tried = 0
+    for operation in OPERATIONS:
+        for prefix in STYLES:
+            path = f"{prefix}/{operation}"
+            documented = operations["POST", path]
+            names = {p["name"] for p in documented["parameters"]}
+            assert names == ({"model"} if prefix == "/models/{model}" else {"model", "version"}), path
+            examples = documented["requestBody"]["content"]["application/json"]["examples"]
+            assert examples, path
+            for model, example in examples.items():
+                url = path.replace("{model}", model).replace("{version}", str(served[model]))
+                answer = await client.post(url, json=example["value"])
+                assert answer.status_code == 200, (url, answer.text)
+                assert answer.json()["model"] == model
+                tried += 1
+    assert tried > len(OPERATIONS) * len(STYLES)  # by-name routes show an example per served model
     assert {("GET", p) for p in ("/models", "/models/{model}", "/healthz", "/readyz")} <= set(operations)
     uploads = operations["POST", "/score"]["requestBody"]["content"]
     assert "multipart/form-data" in uploads
