@@ -47,8 +47,10 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
-    for protocol in (catalog, rest, repository):
-        app.include_router(protocol.router())
+    # Routes go straight into the app's router: an included router costs a route lookup of its own per
+    # request (about a quarter of a one-row request). Inference first: routes are matched in order.
+    for protocol in (rest, catalog, repository):
+        protocol.register(app.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customise it
     return app
 

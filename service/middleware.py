@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,6 +47,9 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp, metrics: Metrics, registry: Registry) -> None:
         self.app, self.metrics, self.registry = app, metrics, registry
+        # prometheus_client's labels() costs more than the rest of recording; there are few label sets (known
+        # models and one catch-all, times the operations), so their children are kept.
+        self._children: dict[tuple[str, ...], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -71,10 +75,17 @@ class RequestMetrics:
             return
         asked = scope.get("path_params", {}).get("model") or _query_model(scope)
         labels = (self.registry.metric_label(asked), operation)
-        self.metrics.requests.labels(*labels).inc()
-        self.metrics.latency.labels(*labels).observe(seconds)
+        self._child(self.metrics.requests, labels).inc()
+        self._child(self.metrics.latency, labels).observe(seconds)
         if status >= 400:
-            self.metrics.errors.labels(*labels, str(status)).inc()
+            self._child(self.metrics.errors, (*labels, str(status))).inc()
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
 
 def _query_model(scope: Scope) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -97,14 +98,16 @@ _METRICS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def router() -> APIRouter:
-    routes = APIRouter(route_class=ServiceRoute)
-    routes.add_api_route("/metrics", prometheus, methods=["GET"], tags=["health"], responses=_METRICS)
-    routes.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"])
-    routes.add_api_route("/readyz", readyz, methods=["GET"], tags=["health"], responses=_NOT_READY)
-    routes.add_api_route("/models", list_models, methods=["GET"], tags=["models"])
-    routes.add_api_route("/models/{model}", model_versions, methods=["GET"], tags=["models"], responses=_UNKNOWN)
-    routes.add_api_route(
-        "/models/{model}/versions/{version}", model_version, methods=["GET"], tags=["models"], responses=_UNKNOWN
-    )
-    return routes
+def register(router: APIRouter) -> None:
+    routes: list[tuple[str, Callable[..., Awaitable[Response]], str, dict[int | str, dict[str, Any]] | None]] = [
+        ("/metrics", prometheus, "health", _METRICS),
+        ("/healthz", healthz, "health", None),
+        ("/readyz", readyz, "health", _NOT_READY),
+        ("/models", list_models, "models", None),
+        ("/models/{model}", model_versions, "models", _UNKNOWN),
+        ("/models/{model}/versions/{version}", model_version, "models", _UNKNOWN),
+    ]
+    for path, endpoint, tag, responses in routes:
+        router.add_api_route(
+            path, endpoint, methods=["GET"], tags=[tag], responses=responses, route_class_override=ServiceRoute
+        )

@@ -84,15 +84,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def router() -> APIRouter:
-    routes = APIRouter(
-        prefix="/v2/repository",
-        route_class=ServiceRoute,
-        tags=["model repository"],
-        dependencies=[Depends(require_admin)],
-        responses=_ERRORS,
-    )
-    routes.add_api_route("/index", index, methods=["POST"])
-    routes.add_api_route("/models/{model}/load", load, methods=["POST"])
-    routes.add_api_route("/models/{model}/unload", unload, methods=["POST"])
-    return routes
+def register(router: APIRouter) -> None:
+    for path, endpoint in (("/index", index), ("/models/{model}/load", load), ("/models/{model}/unload", unload)):
+        router.add_api_route(
+            f"/v2/repository{path}",
+            endpoint,
+            methods=["POST"],
+            tags=["model repository"],
+            dependencies=[Depends(require_admin)],
+            responses=_ERRORS,
+            route_class_override=ServiceRoute,
+        )

@@ -117,17 +117,16 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
-def router() -> APIRouter:
-    routes = APIRouter(route_class=ServiceRoute)
+def register(router: APIRouter) -> None:
     for prefix, style in STYLES.items():
         for name, operation in OPERATIONS.items():
-            routes.add_api_route(
+            router.add_api_route(
                 f"{prefix}/{name}",
                 _endpoint(operation.handler),
                 methods=["POST"],
                 name=f"{name}-{style}",
                 operation_id=f"{name}_{style.replace('-', '_')}",
                 tags=["inference" if not prefix else f"inference ({style})"],
+                route_class_override=ServiceRoute,
                 **schemas.openapi_for(name, style, operation.uploads, operation.png),
             )
-    return routes
