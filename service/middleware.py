@@ -49,7 +49,7 @@ class RequestMetrics:
         self.app, self.metrics, self.registry = app, metrics, registry
         # prometheus_client's labels() costs more than the rest of recording; there are few label sets (known
         # models and one catch-all, times the operations), so their children are kept.
-        self._children: dict[tuple[str, ...], Any] = {}
+        self._children: dict[tuple[object, ...], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
