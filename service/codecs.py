@@ -39,6 +39,10 @@ _OTHER_KINDS = {"b": "booleans", "U": "strings", "O": "nulls, objects or mixed v
 _OPTION_TYPES: dict[type, str] = {bool: "true or false", int: "an integer"}
 
 
+# More than any row shape needs (images are [n, H, W, C]); numpy itself stops at 64.
+MAX_DIMS = 8
+
+
 def media_type(header: str | None) -> str:
     """`application/json; charset=utf-8` -> `application/json`; a missing header means JSON."""
     return (header or JSON).split(";", 1)[0].strip().lower() or JSON
@@ -128,8 +132,10 @@ def load_raw(body: bytes, shape: str | None, dtype: str | None) -> np.ndarray:
         dims = tuple(int(dim) for dim in shape.split(","))
     except ValueError:
         dims = (-1,)
-    if any(dim < 0 for dim in dims):
-        raise ServiceError(400, "invalid_shape_header", f"X-Shape must be comma-separated integers, got {shape!r}")
+    if any(dim < 0 for dim in dims) or len(dims) > MAX_DIMS:
+        raise ServiceError(
+            400, "invalid_shape_header", f"X-Shape must be at most {MAX_DIMS} comma-separated integers, got {shape!r}"
+        )
     kind = RAW_DTYPES.get((dtype or "float32").strip().lower())
     if kind is None:
         raise ServiceError(415, "invalid_dtype", f"X-Dtype {dtype!r} is not one of {sorted(RAW_DTYPES)}")
@@ -159,6 +165,8 @@ def dump_raw(array: np.ndarray) -> bytes:
 
 def checked_rows(array: np.ndarray, field: str, max_rows: int) -> np.ndarray:
     """The checks every payload format shares: row count, float32, finite values."""
+    if len(array) == 0:
+        raise ServiceError(422, "empty_batch", f"{field} has no rows: send at least one")
     if len(array) > max_rows:
         raise ServiceError(413, "too_many_rows", f"{field} has {len(array)} rows; at most {max_rows} per request")
     with np.errstate(over="ignore"):  # values beyond float32's range become inf, refused just below

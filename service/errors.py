@@ -31,6 +31,18 @@ def error_response(error: ServiceError) -> Response:
     return Response(orjson.dumps(body), status_code=error.status, media_type="application/json", headers=error.headers)
 
 
+# The Open Inference Protocol knows 400 for every bad request; its limits, keys and states keep their status.
+_V2_BAD_REQUEST = {406, 415, 422}
+V2_PREFIX = "/v2"
+
+
+def v2_error_response(error: ServiceError) -> Response:
+    """The protocol's shape, `{"error": "message"}`, which Triton's and KServe's clients read."""
+    status = 400 if error.status in _V2_BAD_REQUEST else error.status
+    body = {"error": error.message}
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=error.headers)
+
+
 # Starlette raises these itself (unknown route, wrong method, a malformed multipart form).
 _HTTP_CODES = {
     400: "bad_request",
@@ -74,7 +86,9 @@ _CONVERTERS: dict[type[Exception], Callable[[Exception], ServiceError]] = {
 
 async def handle_error(request: Request, exc: Exception) -> Response:
     convert = next(convert for kind, convert in _CONVERTERS.items() if isinstance(exc, kind))
-    return error_response(convert(exc))
+    path = request.url.path
+    v2 = path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+    return (v2_error_response if v2 else error_response)(convert(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,0 +1,190 @@
+"""The Open Inference Protocol V2 (KServe V2, Triton's HTTP API): health, model metadata and readiness, and
+infer, with the binary tensor data extension. One V2 model per package; its tensors:
+
+    inputs   x  FP32 [-1, *row shape]      z  FP32 [-1, latent]          (exactly one of them per request)
+    outputs  from x: z, z_logvar (a VAE), x_hat, score [-1], is_anomaly BOOL [-1], sq_err;  from z: x_hat
+
+Infer runs only the graphs the requested outputs need, through the data plane and batchers the REST routes
+use, so both protocols give the same numbers for the same rows. Errors are `{"error": "message"}`
+(service.errors renders every /v2 path that way)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+
+from service import codecs, dataplane
+from service.errors import ServiceError
+from service.registry import Registry
+from service.routes import ServiceRoute
+from service.routes.catalog import json_response
+from service.runtime import ModelRuntime
+from service.v2_codec import HEADER_LENGTH, InferRequest, bad, parse_request, render_response
+
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+ENCODER_OUTPUTS = {"z", "z_logvar"}
+SCORER_OUTPUTS = {"x_hat", "score", "is_anomaly", "sq_err"}
+
+
+def _tensors(runtime: ModelRuntime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(inputs, outputs) as model metadata lists them: name, datatype, shape with -1 for the batch."""
+    manifest = runtime.manifest
+    row, latent = [-1, *manifest.row_shape], [-1, manifest.latent.dim]
+    inputs = [{"name": "x", "datatype": "FP32", "shape": row}, {"name": "z", "datatype": "FP32", "shape": latent}]
+    outputs = [{"name": "z", "datatype": "FP32", "shape": latent}]
+    if manifest.architecture.variational:
+        outputs.append({"name": "z_logvar", "datatype": "FP32", "shape": latent})
+    outputs += [
+        {"name": "x_hat", "datatype": "FP32", "shape": row},
+        {"name": "score", "datatype": "FP32", "shape": [-1]},
+        {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]},
+        {"name": "sq_err", "datatype": "FP32", "shape": row},
+    ]
+    return inputs, outputs
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+def _runtime(request: Request) -> ModelRuntime:
+    path = request.path_params
+    return _registry(request).runtime(path["model"], path.get("version"))
+
+
+async def server_metadata(request: Request) -> Response:
+    """The server's name, version and protocol extensions."""
+    return json_response({"name": "autoencoder-service", "version": request.app.version, "extensions": EXTENSIONS})
+
+
+async def live(request: Request) -> Response:
+    """200 while the process runs."""
+    return json_response({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    """200 when the service is ready (as /readyz), else 503 with the reason."""
+    is_ready, why = _registry(request).readiness()
+    if not is_ready:
+        raise ServiceError(503, "not_ready", why)
+    return json_response({"ready": True})
+
+
+async def model_metadata(request: Request) -> Response:
+    """The model's versions that serve, and its input and output tensors."""
+    runtime = _runtime(request)
+    name = runtime.manifest.name
+    versions = [str(entry.version) for entry in _registry(request).entries() if entry.name == name and entry.serving]
+    inputs, outputs = _tensors(runtime)
+    body = {"name": name, "versions": versions, "platform": PLATFORM, "inputs": inputs, "outputs": outputs}
+    return json_response(body)
+
+
+async def model_ready(request: Request) -> Response:
+    """200 when the model (version) serves; 503 while it loads, is unloaded or broken; 404 if unknown."""
+    runtime = _runtime(request)
+    return json_response({"name": runtime.manifest.name, "version": str(runtime.manifest.version), "ready": True})
+
+
+async def model_config(request: Request) -> Response:
+    """Triton's model configuration, for tools that read it (perf_analyzer): max_batch_size and the tensors
+    without their batch axis."""
+    runtime = _runtime(request)
+    inputs, outputs = _tensors(runtime)
+
+    def config(tensor: dict[str, Any]) -> dict[str, Any]:
+        return {"name": tensor["name"], "data_type": f"TYPE_{tensor['datatype']}", "dims": tensor["shape"][1:]}
+
+    return json_response(
+        {
+            "name": runtime.manifest.name,
+            "platform": PLATFORM,
+            "max_batch_size": request.app.state.settings.max_batch_rows,
+            "input": [config(tensor) for tensor in inputs],
+            "output": [config(tensor) for tensor in outputs],
+        }
+    )
+
+
+async def infer(request: Request) -> Response:
+    """Runs the model on x (any requested outputs; all when none are named) or on z (x_hat)."""
+    path, state = request.path_params, request.app.state
+    with state.registry.lease(path["model"], path.get("version")) as runtime:
+        parsed = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+        outputs, parameters = await _run(runtime, parsed, state.settings.max_batch_rows)
+        body, headers = render_response(parsed, runtime.manifest.name, runtime.manifest.version, outputs, parameters)
+    return Response(body, headers=headers)
+
+
+async def _run(
+    runtime: ModelRuntime, request: InferRequest, max_rows: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    unknown = sorted(set(request.inputs) - {"x", "z"})
+    if unknown or len(request.inputs) != 1:
+        raise bad(f"give exactly one input, x (rows) or z (latents); got {sorted(request.inputs)}")
+    [(name, array)] = request.inputs.items()
+    shape = runtime.manifest.row_shape if name == "x" else (runtime.manifest.latent.dim,)
+    rows = codecs.shaped(array.astype(np.float32, copy=False), shape, name, max_rows)
+    _, outputs = _tensors(runtime)
+    offered = [tensor["name"] for tensor in outputs] if name == "x" else ["x_hat"]
+    wanted = list(request.outputs) or offered
+    refused = [output for output in wanted if output not in offered]
+    if refused:
+        raise bad(f"outputs {refused} cannot be computed from {name}; it gives {offered}")
+    if name == "z":
+        return {"x_hat": await dataplane.decode(runtime, rows)}, {}
+    return await _from_rows(runtime, rows, wanted)
+
+
+async def _from_rows(
+    runtime: ModelRuntime, x: np.ndarray, wanted: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    jobs: dict[str, Awaitable[Any]] = {}
+    if ENCODER_OUTPUTS & set(wanted):
+        jobs["encoded"] = dataplane.encode(runtime, x, return_logvar="z_logvar" in wanted)
+    if SCORER_OUTPUTS & set(wanted):
+        jobs["scored"] = dataplane.score(runtime, x)
+    done = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+    computed: dict[str, np.ndarray | None] = {}
+    if "encoded" in done:
+        computed |= {"z": done["encoded"].latents, "z_logvar": done["encoded"].logvar}
+    if "scored" in done:
+        scored: dataplane.Scored = done["scored"]
+        computed |= {
+            "x_hat": scored.reconstructions,
+            "score": scored.scores,
+            "is_anomaly": scored.is_anomaly,
+            "sq_err": scored.sq_err,
+        }
+    outputs = {name: array for name in wanted if (array := computed[name]) is not None}
+    return outputs, {"threshold": runtime.manifest.score.threshold}
+
+
+_MODEL_PREFIXES = {"/v2/models/{model}": "by-name", "/v2/models/{model}/versions/{version}": "by-version"}
+
+
+def register(router: APIRouter) -> None:
+    def add(path: str, endpoint: Callable[[Request], Awaitable[Response]], method: str = "GET", **extra: Any) -> None:
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            tags=["open inference protocol v2"],
+            route_class_override=ServiceRoute,
+            **extra,
+        )
+
+    add("/v2", server_metadata)
+    add("/v2/health/live", live)
+    add("/v2/health/ready", ready)
+    for prefix, style in _MODEL_PREFIXES.items():
+        add(prefix, model_metadata, name=f"metadata_{style}")
+        add(f"{prefix}/ready", model_ready, name=f"ready_{style}")
+        add(f"{prefix}/config", model_config, name=f"config_{style}")
+        # The name's "infer-" prefix is the operation label of the request metrics (service.middleware).
+        add(f"{prefix}/infer", infer, "POST", name=f"infer-{style}", operation_id=f"infer_{style.replace('-', '_')}")

@@ -1,0 +1,196 @@
+"""The Open Inference Protocol V2 infer request and response, with the binary tensor data extension:
+bytes <-> numpy, and nothing about models.
+
+A request is a JSON header, optionally followed by the inputs' raw bytes: the `Inference-Header-Content-
+Length` header says where the JSON ends, and each binary input says its size in `parameters.binary_data_
+size`, in the order of `inputs`. Outputs are written as JSON `data` or, when asked for (`binary_data` per
+output, `binary_data_output` per request), as raw bytes after the JSON header, laid out the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.codecs import MAX_DIMS
+from service.errors import ServiceError
+
+# V2 datatype -> numpy dtype of its little-endian wire layout.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+NUMERIC_INPUTS = {name for name in DATATYPES if name != "BOOL"}
+OUTPUT_DATATYPES = {np.dtype("float32"): "FP32", np.dtype("bool"): "BOOL"}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]  # by name, as sent (any numeric dtype), shaped as declared
+    outputs: dict[str, bool | None]  # requested name -> binary (None: the request's default)
+    binary_default: bool
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def binary(self, name: str) -> bool:
+        wanted = self.outputs.get(name)
+        return self.binary_default if wanted is None else wanted
+
+
+def bad(message: str) -> ServiceError:
+    return ServiceError(400, "invalid_request", message)
+
+
+def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+    """The infer request in `body`; every way it can be malformed is a 400 that says where."""
+    header, binary = _split(body, header_length)
+    try:
+        document = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise bad(f"the inference header is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise bad("the inference header must be a JSON object")
+    unknown = sorted(set(document) - {"id", "parameters", "inputs", "outputs"})
+    if unknown:
+        raise bad(f"unknown fields {unknown}; a request has id, parameters, inputs and outputs")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise bad("id must be a string")
+    parameters = _parameters(document, "the request")
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise bad("inputs must be a non-empty list of tensors")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in raw_inputs:
+        name, array, offset = _input(tensor, binary, offset)
+        if name in inputs:
+            raise bad(f"input {name!r} is given twice")
+        inputs[name] = array
+    if offset != len(binary):
+        raise bad(f"{len(binary) - offset} bytes of binary data follow the inputs that no input claims")
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise bad("parameters.binary_data_output must be true or false")
+    return InferRequest(request_id, inputs, _outputs(document.get("outputs")), binary_default, parameters)
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    if not header_length.isdigit() or len(header_length) > 12:
+        raise bad(f"{HEADER_LENGTH} must be a byte count, got {header_length[:40]!r}")
+    length = int(header_length)
+    if length > len(body):
+        raise bad(f"{HEADER_LENGTH} is {length} but the body has {len(body)} bytes")
+    return body[:length], body[length:]
+
+
+def _parameters(document: dict[str, Any], where: str) -> dict[str, Any]:
+    parameters = document.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise bad(f"parameters of {where} must be a JSON object")
+    return parameters
+
+
+def _input(tensor: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, int]:
+    if not isinstance(tensor, dict):
+        raise bad("each input must be a JSON object with name, shape, datatype and data")
+    name = tensor.get("name")
+    if not isinstance(name, str):
+        raise bad("each input needs a name")
+    where = f"input {name[:60]!r}"
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(type(dim) is int and dim >= 0 for dim in shape):
+        raise bad(f"{where}: shape must be a list of at most {MAX_DIMS} non-negative integers")
+    datatype = tensor.get("datatype")
+    if datatype == "BYTES":
+        raise bad(f"{where}: BYTES tensors are not taken here; send numbers ({sorted(NUMERIC_INPUTS)})")
+    if datatype not in NUMERIC_INPUTS:
+        raise bad(f"{where}: datatype {str(datatype)[:20]!r} is not one of {sorted(NUMERIC_INPUTS)}")
+    dtype, size = DATATYPES[datatype], math.prod(shape)
+    size_in_bytes = _parameters(tensor, where).get("binary_data_size")
+    if size_in_bytes is not None:
+        if type(size_in_bytes) is not int or size_in_bytes < 0:
+            raise bad(f"{where}: binary_data_size must be a non-negative integer")
+        if size_in_bytes != size * dtype.itemsize:
+            raise bad(
+                f"{where}: binary_data_size is {size_in_bytes} bytes, but shape {shape} of {datatype} "
+                f"takes {size * dtype.itemsize}"
+            )
+        if offset + size_in_bytes > len(binary):
+            raise bad(f"{where}: {size_in_bytes} bytes of binary data were promised, {len(binary) - offset} remain")
+        array = np.frombuffer(binary, dtype=dtype, count=size, offset=offset).reshape(shape)
+        return name, array, offset + size_in_bytes
+    if "data" not in tensor:
+        raise bad(f"{where}: give its values in data, or as binary data with parameters.binary_data_size")
+    return name, _json_data(tensor["data"], shape, dtype, where), offset
+
+
+def _json_data(data: Any, shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
+    try:
+        array = np.asarray(data)
+    except ValueError:
+        raise bad(f"{where}: data is ragged; send a flat list in row-major order") from None
+    if array.size and array.dtype.kind not in "iuf":
+        raise bad(f"{where}: data must hold numbers only")
+    if array.size != math.prod(shape):
+        raise bad(f"{where}: data has {array.size} values, shape {shape} needs {math.prod(shape)}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return array.astype(dtype).reshape(shape)
+
+
+def _outputs(raw: Any) -> dict[str, bool | None]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        raise bad("outputs must be a list of {name, parameters}")
+    outputs: dict[str, bool | None] = {}
+    for output in raw:
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise bad("each requested output needs a name")
+        binary = _parameters(output, f"output {output['name'][:60]!r}").get("binary_data")
+        if binary is not None and not isinstance(binary, bool):
+            raise bad(f"output {output['name'][:60]!r}: binary_data must be true or false")
+        outputs[output["name"]] = binary
+    return outputs
+
+
+def render_response(
+    request: InferRequest, model: str, version: int, outputs: dict[str, np.ndarray], parameters: dict[str, Any]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers: JSON alone, or JSON then the binary outputs' bytes."""
+    tensors, blobs = [], []
+    for name, array in outputs.items():
+        tensor: dict[str, Any] = {"name": name, "datatype": OUTPUT_DATATYPES[array.dtype], "shape": list(array.shape)}
+        if request.binary(name):
+            blob = np.ascontiguousarray(array).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = np.ascontiguousarray(array).ravel()
+        tensors.append(tensor)
+    document: dict[str, Any] = {"model_name": model, "model_version": str(version)}
+    if request.id is not None:
+        document["id"] = request.id
+    document |= {"parameters": parameters, "outputs": tensors}
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+    return b"".join([header, *blobs]), headers
