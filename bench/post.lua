@@ -1,8 +1,9 @@
--- wrk script: POST the file named by $BODY with $CTYPE (and $ACCEPT, $XSHAPE when set); print one RESULT line.
+-- wrk script: POST the file named by $BODY with $CTYPE (and $ACCEPT, $XSHAPE, $HNAME: $HVALUE when set); print one RESULT line.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = os.getenv("CTYPE") or "application/json"
 if os.getenv("ACCEPT") then wrk.headers["Accept"] = os.getenv("ACCEPT") end
 if os.getenv("XSHAPE") then wrk.headers["X-Shape"] = os.getenv("XSHAPE") end
+if os.getenv("HNAME") then wrk.headers[os.getenv("HNAME")] = os.getenv("HVALUE") end
 local f = assert(io.open(os.getenv("BODY"), "rb")); wrk.body = f:read("*a"); f:close()
 done = function(s, lat, req)
   local e = s.errors

@@ -3,8 +3,10 @@ onnxruntime (the limit), side by side in one run. Results go to a JSON file and 
 
     python bench/run.py [--seconds 6] [--compare NAME=URL[@SCENARIOS]] ...
 
-`--compare naive=http://127.0.0.1:8101/score` loads another server (JSON scenarios only: the peers speak
-JSON); `@2` limits it to scenario 2, so one name can point at differently configured servers per scenario.
+`--compare naive=http://127.0.0.1:8101/score` loads another server (by default the REST JSON scenarios 1 and 2:
+the peers speak JSON); `@2` limits it to scenario 2, so one name can point at differently configured servers
+per scenario, and `mlserver=http://127.0.0.1:8105/v2/models/peer/infer@5,6` loads a V2 server with the V2
+scenarios' bodies (flat JSON tensors asking for the score output).
 wrk is Debian's package (apt-get install wrk); it runs with one thread on the same machine.
 """
 
@@ -31,6 +33,8 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 LUA = Path(__file__).with_name("post.lua")
 JSON, NPY = "application/json", "application/x-npy"
+V2_BINARY = "application/octet-stream"  # a V2 infer request with binary tensors (tritonclient's default)
+V2_HEADER = "Inference-Header-Content-Length"
 
 
 @dataclass(frozen=True)
@@ -39,21 +43,33 @@ class Scenario:
     rows: int
     media: str
     connections: int
+    protocol: str = "rest"  # rest: POST /score; v2: POST /v2/models/MODEL/infer (JSON or binary tensors)
 
     @property
     def name(self) -> str:
-        kind = "JSON" if self.media == JSON else ".npy"
-        return f"{self.number}: {self.rows}-row {kind}, {self.connections} conn"
+        kind = {JSON: "JSON", NPY: ".npy", V2_BINARY: "binary"}[self.media]
+        protocol = "V2 " if self.protocol == "v2" else ""
+        return f"{self.number}: {self.rows}-row {protocol}{kind}, {self.connections} conn"
 
 
-SCENARIOS = [Scenario(1, 1, JSON, 64), Scenario(2, 64, JSON, 4), Scenario(3, 64, NPY, 4), Scenario(4, 1024, NPY, 2)]
+SCENARIOS = [
+    Scenario(1, 1, JSON, 64),
+    Scenario(2, 64, JSON, 4),
+    Scenario(3, 64, NPY, 4),
+    Scenario(4, 1024, NPY, 2),
+    Scenario(5, 1, JSON, 64, "v2"),
+    Scenario(6, 64, JSON, 4, "v2"),
+    Scenario(7, 64, V2_BINARY, 4, "v2"),
+]
 
 
 @dataclass
 class Target:
     name: str
     url: str
-    scenarios: set[int] = field(default_factory=lambda: {s.number for s in SCENARIOS if s.media == JSON})
+    scenarios: set[int] = field(
+        default_factory=lambda: {s.number for s in SCENARIOS if s.media == JSON and s.protocol == "rest"}
+    )
 
 
 @dataclass
@@ -83,7 +99,8 @@ def main() -> None:
     print("  " + ", ".join(f"batch {n}: {r:,.0f} rows/s" for n, r in inprocess.items()), flush=True)
 
     server, startup = _start_service(args)
-    service = Target("service", f"http://127.0.0.1:{args.port}/score", {s.number for s in SCENARIOS})
+    service = Target("service", f"http://127.0.0.1:{args.port}", {s.number for s in SCENARIOS})
+    paths = {"rest": "/score", "v2": f"/v2/models/{args.model}/infer"}
     targets = [service, *args.compare]
     results: list[Measurement] = []
     try:
@@ -92,7 +109,8 @@ def main() -> None:
                 if scenario.number not in target.scenarios:
                     continue
                 before = _batch_rows(args.port) if target is service else None
-                result = _wrk(target, scenario, bodies[scenario.number], args.seconds)
+                url = target.url + paths[scenario.protocol] if target is service else target.url
+                result = _wrk(target.name, url, scenario, bodies[scenario.number], args.seconds)
                 if before is not None:
                     after = _batch_rows(args.port)
                     runs = after[1] - before[1]
@@ -142,19 +160,37 @@ def _target(spec: str) -> Target:
     return Target(name, url, {int(n) for n in numbers.split(",")}) if numbers else Target(name, url)
 
 
-def _bodies(rows: np.ndarray, folder: Path) -> dict[int, Path]:
-    paths = {}
+def _bodies(rows: np.ndarray, folder: Path) -> dict[int, tuple[Path, dict[str, str]]]:
+    """Each scenario's body file and the extra headers wrk sends with it."""
+    bodies = {}
     for scenario in SCENARIOS:
         x = rows[: scenario.rows]
         path = folder / f"scenario{scenario.number}"
-        if scenario.media == JSON:
-            path.write_bytes(orjson.dumps({"inputs": x.tolist()}))
+        headers: dict[str, str] = {}
+        if scenario.protocol == "v2":
+            body, headers = _v2_body(x, binary=scenario.media == V2_BINARY)
+        elif scenario.media == JSON:
+            body = orjson.dumps({"inputs": x.tolist()})
         else:
             buffer = io.BytesIO()
             np.save(buffer, x)
-            path.write_bytes(buffer.getvalue())
-        paths[scenario.number] = path
-    return paths
+            body = buffer.getvalue()
+        path.write_bytes(body)
+        bodies[scenario.number] = (path, headers)
+    return bodies
+
+
+def _v2_body(x: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str]]:
+    """A V2 infer request for the score alone (what the MLServer peer answers): flat JSON data, as MLServer
+    takes it, or the binary tensor extension, as tritonclient sends it."""
+    tensor = {"name": "x", "shape": list(x.shape), "datatype": "FP32"}
+    output = {"name": "score"}
+    if not binary:
+        return orjson.dumps({"inputs": [tensor | {"data": x.ravel().tolist()}], "outputs": [output]}), {}
+    data = np.ascontiguousarray(x, "<f4").tobytes()
+    tensor["parameters"] = {"binary_data_size": len(data)}
+    header = orjson.dumps({"inputs": [tensor], "outputs": [output | {"parameters": {"binary_data": True}}]})
+    return header + data, {V2_HEADER: str(len(header))}
 
 
 def _inprocess_rows_per_s(scorer: Path, x: np.ndarray, seconds: float) -> float:
@@ -211,18 +247,21 @@ def _batch_rows(port: int) -> tuple[float, float]:
     return found["sum"], found["count"]
 
 
-def _wrk(target: Target, scenario: Scenario, body: Path, seconds: float) -> Measurement:
-    env = os.environ | {"BODY": str(body), "CTYPE": scenario.media}
+def _wrk(name: str, url: str, scenario: Scenario, body: tuple[Path, dict[str, str]], seconds: float) -> Measurement:
+    path, headers = body
+    env = os.environ | {"BODY": str(path), "CTYPE": scenario.media}
     if scenario.media == NPY:
         env["ACCEPT"] = NPY
-    command = ["wrk", "-t1", f"-c{scenario.connections}", f"-d{seconds}s", "-s", str(LUA), target.url]
+    for header, value in headers.items():  # post.lua sends one extra header
+        env |= {"HNAME": header, "HVALUE": value}
+    command = ["wrk", "-t1", f"-c{scenario.connections}", f"-d{seconds}s", "-s", str(LUA), url]
     subprocess.run([*command[:3], "-d1s", *command[4:]], env=env, capture_output=True, check=True)  # warm-up
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     values = dict(re.findall(r"(\w+)=([\d.]+)", next(line for line in output.splitlines() if "RESULT" in line)))
     rps = float(values["rps"])
     return Measurement(
         scenario=scenario.number,
-        target=target.name,
+        target=name,
         rps=rps,
         rows_per_s=rps * scenario.rows,
         p50_ms=float(values["p50_ms"]),
@@ -265,6 +304,24 @@ def _targets(results: list[Measurement], inprocess: dict[int, float], startup: d
             ratio = ours[0].rows_per_s / inprocess[batch]
             key = f"{scenario}: >= {goal:.0%} of in-process onnxruntime at batch {batch}"
             checks[key] = {"ratio": round(ratio, 3), "met": ratio >= goal}
+    ours, peers = of(5, True), of(5, False)
+    if ours and peers:
+        best = max(peers, key=lambda r: r.rps)
+        ratio = ours[0].rps / best.rps
+        checks["5: V2 JSON >= 3x the V2 peer's req/s, lower p99"] = {
+            "ratio": round(ratio, 2),
+            "p99_ms": ours[0].p99_ms,
+            "peer_p99_ms": best.p99_ms,
+            "met": ratio >= 3 and ours[0].p99_ms < best.p99_ms,
+        }
+    ours, peers = of(6, True), of(6, False)
+    if ours and peers:
+        ratio = ours[0].rows_per_s / max(r.rows_per_s for r in peers)
+        checks["6: V2 JSON >= 2.5x the V2 peer's rows/s"] = {"ratio": round(ratio, 2), "met": ratio >= 2.5}
+    binary, npy = of(7, True), of(3, True)
+    if binary and npy:
+        ratio = binary[0].rows_per_s / npy[0].rows_per_s
+        checks["7: V2 binary >= 90% of the .npy route's rows/s"] = {"ratio": round(ratio, 3), "met": ratio >= 0.9}
     rss = startup.get("rss_ready_mb")
     checks["resident memory < 250 MB"] = {"mb": rss, "met": rss is not None and rss < 250}
     checks["ready within 3 s"] = {"seconds": startup["ready_s"], "met": startup["ready_s"] < 3}
@@ -278,7 +335,7 @@ def _chart(results: list[Measurement], inprocess: dict[int, float], path: Path) 
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(r.target for r in results))
-    figure, axis = plt.subplots(figsize=(10, 5))
+    figure, axis = plt.subplots(figsize=(13, 5.5))
     width = 0.8 / (len(names) + 1)
     labelled: set[str] = set()
     for i, name in enumerate(names):
@@ -292,10 +349,11 @@ def _chart(results: list[Measurement], inprocess: dict[int, float], path: Path) 
     axis.bar(
         [j + len(names) * width for j in range(len(SCENARIOS))], limits, width, color="grey", label="in-process ORT"
     )
-    axis.set_xticks([j + len(names) * width / 2 for j in range(len(SCENARIOS))], [s.name for s in SCENARIOS])
+    ticks = [s.name.replace(", ", "\n") for s in SCENARIOS]
+    axis.set_xticks([j + len(names) * width / 2 for j in range(len(SCENARIOS))], ticks, fontsize=8)
     axis.set_yscale("log")
     axis.set_ylabel("rows/s (log scale)")
-    axis.set_title("POST /score, dense MNIST autoencoder, 2-core machine (wrk on the same machine)")
+    axis.set_title("POST /score and V2 infer, dense MNIST autoencoder, 2 cores (wrk on the same machine)")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
