@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service import fastjson
 from service.errors import ServiceError
 
 JSON = "application/json"
@@ -57,6 +58,13 @@ def load_json(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ServiceError(422, "invalid_request", 'the body must be a JSON object, e.g. {"inputs": [...]}')
     return value
+
+
+def load_json_with_rows(body: bytes, key: str) -> dict[str, Any]:
+    """load_json, with the rows in field `key` read by simdjson straight into numpy whenever the body allows
+    that exactly (service.fastjson); the same answer and the same errors either way."""
+    value = fastjson.loads(body, lambda path: path == (key,))
+    return value if isinstance(value, dict) else load_json(body)
 
 
 def _lenient_json(body: bytes, error: orjson.JSONDecodeError) -> Any:

@@ -67,7 +67,7 @@ async def read_json(request: Request, required: list[str], options: Options) -> 
 
 
 async def _json_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
-    body = codecs.load_json(await request.body())
+    body = codecs.load_json_with_rows(await request.body(), spec.key)
     codecs.check_fields(body, [spec.key], list(spec.options))
     rows = codecs.as_batch(body[spec.key], spec.row_shape, spec.key, spec.max_rows)
     options = {name: codecs.option(body, name, kind, default) for name, (kind, default) in spec.options.items()}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service import fastjson
 from service.codecs import MAX_DIMS
 from service.errors import ServiceError
 
@@ -59,10 +60,12 @@ def bad(message: str) -> ServiceError:
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     """The infer request in `body`; every way it can be malformed is a 400 that says where."""
     header, binary = _split(body, header_length)
-    try:
-        document = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise bad(f"the inference header is not JSON: {exc}") from None
+    document = fastjson.loads(header, _is_data)
+    if document is None:
+        try:
+            document = orjson.loads(header)
+        except orjson.JSONDecodeError as exc:
+            raise bad(f"the inference header is not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise bad("the inference header must be a JSON object")
     unknown = sorted(set(document) - {"id", "parameters", "inputs", "outputs"})
@@ -88,6 +91,10 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     if not isinstance(binary_default, bool):
         raise bad("parameters.binary_data_output must be true or false")
     return InferRequest(request_id, inputs, _outputs(document.get("outputs")), binary_default, parameters)
+
+
+def _is_data(path: fastjson.Path) -> bool:
+    return len(path) == 3 and path[0] == "inputs" and path[2] == "data"
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
