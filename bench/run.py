@@ -146,7 +146,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--seconds", type=int, default=6, help="wrk duration per scenario and server")
     parser.add_argument("--ort-seconds", type=float, default=2.0, help="in-process timing per batch size")
-    parser.add_argument("--service-args", default="--intra-op-threads 1", help="extra `python -m service` flags")
+    parser.add_argument("--service-args", default="", help="extra `python -m service` flags (none: the defaults)")
     parser.add_argument("--compare", type=_target, action="append", default=[], metavar="NAME=URL[@1,2]")
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench"))
     return parser.parse_args()

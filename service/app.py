@@ -28,7 +28,7 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
     `dependencies` run before every route (e.g. an embedding application's own authentication)."""
     sessions = SessionConfig(
         providers=tuple(settings.execution_providers()),
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=settings.onnxruntime_threads(),
         inter_op_threads=settings.inter_op_threads,
         batch_rows=settings.batch_rows,
         batch_wait_s=settings.batch_wait_ms / 1000,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,8 +41,9 @@ class Settings(BaseSettings):
     providers: Annotated[tuple[str, ...], NoDecode] = ()
     """onnxruntime execution providers, comma-separated, most preferred first; empty means CUDA when
     onnxruntime can use it, else CPU."""
-    intra_op_threads: int = Field(0, ge=0)
-    """Threads onnxruntime uses inside one operator; 0 lets onnxruntime choose."""
+    intra_op_threads: int | None = Field(None, ge=0)
+    """Threads onnxruntime uses inside one operator; unset: one less than the cores this process may use
+    (affinity and cgroup quota), at least 1, so the event loop keeps a core; 0 lets onnxruntime choose."""
     inter_op_threads: int = Field(0, ge=0)
     """Threads onnxruntime uses across independent operators; 0 lets onnxruntime choose."""
     max_batch_rows: int = Field(1024, ge=1)
@@ -98,6 +101,12 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown onnxruntime providers {unknown}; known: {ort.get_all_providers()}")
         return value
 
+    def onnxruntime_threads(self) -> int:
+        """The intra-op thread count sessions get: the setting, else from the cores available."""
+        if self.intra_op_threads is not None:
+            return self.intra_op_threads
+        return max(1, available_cores() - 1)
+
     def execution_providers(self) -> list[str]:
         """The providers asked of every session: the setting, else CUDA when available, else CPU."""
         if self.providers:
@@ -113,3 +122,26 @@ class Settings(BaseSettings):
             f"AE_{name.upper()}": ",".join(value) if isinstance(value, tuple) else str(value)
             for name, value in values.items()
         }
+
+
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (containers, Kubernetes
+    limits), which os.cpu_count() does not see."""
+    cores = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def _cgroup_cpu_quota(cgroup: Path) -> float | None:
+    """CPUs' worth of time per period the cgroup allows; None when unlimited or unknown."""
+    try:
+        limit, period = (cgroup / "cpu.max").read_text().split()  # cgroup v2: "200000 100000" or "max 100000"
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            limit = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if limit in ("max", "-1") or not limit.isdigit() or not period.isdigit() or int(period) == 0:
+        return None
+    return int(limit) / int(period)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
-from service.settings import Settings
+from service.settings import Settings, available_cores
 
 
 def test_environment_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,3 +50,27 @@ def test_settings_survive_the_trip_through_the_environment(models_dir: Path, mon
     for name, value in settings.as_environment().items():
         monkeypatch.setenv(name, value)
     assert Settings() == settings
+
+
+@pytest.mark.parametrize(
+    ("files", "cores"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: round up
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_available_cores_follow_the_cgroup_quota(tmp_path: Path, files: dict[str, str], cores: int | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path) == (affinity if cores is None else min(cores, affinity))
+
+
+def test_threads_default_to_one_less_than_the_cores(tmp_path: Path) -> None:
+    assert Settings(models_dir=tmp_path).onnxruntime_threads() == max(1, available_cores() - 1)
+    assert Settings(models_dir=tmp_path, intra_op_threads=0).onnxruntime_threads() == 0
