@@ -36,16 +36,17 @@ def _tensors(runtime: ModelRuntime) -> tuple[list[dict[str, Any]], list[dict[str
     manifest = runtime.manifest
     row, latent = [-1, *manifest.row_shape], [-1, manifest.latent.dim]
     inputs = [{"name": "x", "datatype": "FP32", "shape": row}, {"name": "z", "datatype": "FP32", "shape": latent}]
-    outputs = [{"name": "z", "datatype": "FP32", "shape": latent}]
-    if manifest.architecture.variational:
-        outputs.append({"name": "z_logvar", "datatype": "FP32", "shape": latent})
-    outputs += [
-        {"name": "x_hat", "datatype": "FP32", "shape": row},
-        {"name": "score", "datatype": "FP32", "shape": [-1]},
-        {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]},
-        {"name": "sq_err", "datatype": "FP32", "shape": row},
+    shapes = {"z": latent, "z_logvar": latent, "x_hat": row, "score": [-1], "is_anomaly": [-1], "sq_err": row}
+    outputs = [
+        {"name": name, "datatype": "BOOL" if name == "is_anomaly" else "FP32", "shape": shapes[name]}
+        for name in _outputs_from_x(runtime)
     ]
     return inputs, outputs
+
+
+def _outputs_from_x(runtime: ModelRuntime) -> list[str]:
+    logvar = ["z_logvar"] if runtime.manifest.architecture.variational else []
+    return ["z", *logvar, "x_hat", "score", "is_anomaly", "sq_err"]
 
 
 def _registry(request: Request) -> Registry:
@@ -130,8 +131,7 @@ async def _run(
     [(name, array)] = request.inputs.items()
     shape = runtime.manifest.row_shape if name == "x" else (runtime.manifest.latent.dim,)
     rows = codecs.shaped(array.astype(np.float32, copy=False), shape, name, max_rows)
-    _, outputs = _tensors(runtime)
-    offered = [tensor["name"] for tensor in outputs] if name == "x" else ["x_hat"]
+    offered = _outputs_from_x(runtime) if name == "x" else ["x_hat"]
     wanted = list(request.outputs) or offered
     refused = [output for output in wanted if output not in offered]
     if refused:
@@ -149,7 +149,9 @@ async def _from_rows(
         jobs["encoded"] = dataplane.encode(runtime, x, return_logvar="z_logvar" in wanted)
     if SCORER_OUTPUTS & set(wanted):
         jobs["scored"] = dataplane.score(runtime, x)
-    done = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+    # Both graphs at once when both are needed; one awaited alone skips gather's task overhead.
+    results = await asyncio.gather(*jobs.values()) if len(jobs) > 1 else [await next(iter(jobs.values()))]
+    done = dict(zip(jobs, results, strict=True))
     computed: dict[str, np.ndarray | None] = {}
     if "encoded" in done:
         computed |= {"z": done["encoded"].latents, "z_logvar": done["encoded"].logvar}
@@ -179,6 +181,10 @@ def register(router: APIRouter) -> None:
             **extra,
         )
 
+    # Infer first: routes are matched in order, and it is the one under load.
+    for prefix, style in _MODEL_PREFIXES.items():
+        # The name's "infer-" prefix is the operation label of the request metrics (service.middleware).
+        add(f"{prefix}/infer", infer, "POST", name=f"infer-{style}", operation_id=f"infer_{style.replace('-', '_')}")
     add("/v2", server_metadata)
     add("/v2/health/live", live)
     add("/v2/health/ready", ready)
@@ -186,5 +192,3 @@ def register(router: APIRouter) -> None:
         add(prefix, model_metadata, name=f"metadata_{style}")
         add(f"{prefix}/ready", model_ready, name=f"ready_{style}")
         add(f"{prefix}/config", model_config, name=f"config_{style}")
-        # The name's "infer-" prefix is the operation label of the request metrics (service.middleware).
-        add(f"{prefix}/infer", infer, "POST", name=f"infer-{style}", operation_id=f"infer_{style.replace('-', '_')}")
