@@ -29,6 +29,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = Path(__file__).with_name("post.lua")
@@ -242,8 +243,11 @@ def _batch_rows(port: int) -> tuple[float, float]:
     """Sum and count of the scorer's batch-size histogram, summed over models."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     found = {part: 0.0 for part in ("sum", "count")}
-    for part, value in re.findall(r'^ae_batch_rows_(sum|count)\{[^}]*graph="scorer"\} (\S+)$', text, re.MULTILINE):
-        found[part] += float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            part = sample.name.removeprefix("ae_batch_rows_")
+            if part in found and sample.name != part and sample.labels.get("graph") == "scorer":
+                found[part] += sample.value
     return found["sum"], found["count"]
 
 
@@ -280,45 +284,48 @@ def _line(scenario: Scenario, r: Measurement) -> str:
 
 
 def _targets(results: list[Measurement], inprocess: dict[int, float], startup: dict) -> dict[str, dict]:
-    def of(scenario: int, service: bool) -> list[Measurement]:
-        return [r for r in results if r.scenario == scenario and (r.target == "service") == service]
+    """The throughput targets (issues: throughput II, and V2 against MLServer), from this run alone."""
+
+    def of(*scenarios: int, service: bool) -> list[Measurement]:
+        return [r for r in results if r.scenario in scenarios and (r.target == "service") == service]
 
     checks: dict[str, dict] = {}
-    ours, peers = of(1, True), of(1, False)
+    ours, peers = of(1, 5, service=True), of(1, 5, service=False)
     if ours and peers:
-        best = max(peers, key=lambda r: r.rps)
-        ratio = ours[0].rps / best.rps
-        lowest_p99 = min(r.p99_ms for r in peers)
-        checks["1: >= 5x req/s of the better peer, lower p99 than both"] = {
+        best, fastest = max(peers, key=lambda r: r.rps), max(ours, key=lambda r: r.rps)
+        ratio = fastest.rps / best.rps
+        highest_p99 = max(r.p99_ms for r in ours)
+        checks["1 row: faster JSON form >= 3x the best peer's req/s, p99 below every peer's"] = {
             "ratio": round(ratio, 2),
-            "p99_ms": ours[0].p99_ms,
-            "peers_lowest_p99_ms": lowest_p99,
-            "met": ratio >= 5 and ours[0].p99_ms < lowest_p99,
+            "p99_ms": highest_p99,
+            "peers_lowest_p99_ms": min(r.p99_ms for r in peers),
+            "met": ratio >= 3 and highest_p99 < min(r.p99_ms for r in peers),
         }
-    ours, peers = of(2, True), of(2, False)
+    ours, peers, rest = of(2, 6, service=True), of(2, 6, service=False), of(2, service=True)
     if ours and peers:
-        ratio = ours[0].rows_per_s / max(r.rows_per_s for r in peers)
-        checks["2: >= 5x rows/s of the better peer"] = {"ratio": round(ratio, 2), "met": ratio >= 5}
-    for scenario, batch, goal in ((3, 64, 0.5), (4, 1024, 0.7)):
-        if ours := of(scenario, True):
-            ratio = ours[0].rows_per_s / inprocess[batch]
-            key = f"{scenario}: >= {goal:.0%} of in-process onnxruntime at batch {batch}"
+        best = max(r.rows_per_s for r in peers)
+        ratio = max(r.rows_per_s for r in ours) / best
+        checks["64 rows: faster JSON form >= 2.5x the best peer's rows/s"] = {
+            "ratio": round(ratio, 2),
+            "met": ratio >= 2.5,
+        }
+        if rest:
+            ratio = rest[0].rows_per_s / best
+            checks["64 rows: REST JSON >= 2x the best peer's rows/s"] = {"ratio": round(ratio, 2), "met": ratio >= 2}
+    for scenario, batch, goal in ((3, 64, 0.6), (4, 1024, 0.85)):
+        if found := of(scenario, service=True):
+            ratio = found[0].rows_per_s / inprocess[batch]
+            key = f"{scenario}: .npy >= {goal:.0%} of in-process onnxruntime at batch {batch}"
             checks[key] = {"ratio": round(ratio, 3), "met": ratio >= goal}
-    ours, peers = of(5, True), of(5, False)
-    if ours and peers:
-        best = max(peers, key=lambda r: r.rps)
-        ratio = ours[0].rps / best.rps
-        checks["5: V2 JSON >= 3x the V2 peer's req/s, lower p99"] = {
-            "ratio": round(ratio, 2),
-            "p99_ms": ours[0].p99_ms,
-            "peer_p99_ms": best.p99_ms,
-            "met": ratio >= 3 and ours[0].p99_ms < best.p99_ms,
-        }
-    ours, peers = of(6, True), of(6, False)
-    if ours and peers:
-        ratio = ours[0].rows_per_s / max(r.rows_per_s for r in peers)
-        checks["6: V2 JSON >= 2.5x the V2 peer's rows/s"] = {"ratio": round(ratio, 2), "met": ratio >= 2.5}
-    binary, npy = of(7, True), of(3, True)
+    for scenario, goal in ((5, 3), (6, 2.5)):
+        ours, peers = of(scenario, service=True), of(scenario, service=False)
+        if ours and peers:
+            ratio = ours[0].rows_per_s / max(r.rows_per_s for r in peers)
+            checks[f"{scenario}: V2 JSON >= {goal}x the V2 peer's rows/s"] = {
+                "ratio": round(ratio, 2),
+                "met": ratio >= goal,
+            }
+    binary, npy = of(7, service=True), of(3, service=True)
     if binary and npy:
         ratio = binary[0].rows_per_s / npy[0].rows_per_s
         checks["7: V2 binary >= 90% of the .npy route's rows/s"] = {"ratio": round(ratio, 3), "met": ratio >= 0.9}
