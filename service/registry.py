@@ -73,6 +73,7 @@ class Registry:
         self._entries: dict[str, dict[int, Entry]] = {}
         self._unloaded: set[str] = set()
         self._settled = False
+        self._missing: set[Key] = set()  # missing from the last scan, removed if missing from the next
         self._lock = anyio.Lock()
 
     # --- what serves -------------------------------------------------------------------------------------
@@ -168,8 +169,13 @@ class Registry:
             if found is None:
                 return
             self._add_pending(found)
-            for key in self._gone(found, only):
+            # `training fit --replace` moves the old folder aside and the new one in: a scan can fall between
+            # the two renames. So a folder goes only when two scans in a row miss it.
+            gone = set(self._gone(found, only))
+            for key in gone & self._missing:
                 self._remove(key)
+            scanned = {key for key in self._missing if only is None or key[0] == only}
+            self._missing = (self._missing - scanned) | (gone - self._missing)
             for folder in found.values():
                 if folder.name not in self._unloaded and self._entries[folder.name][folder.version].fingerprint != (
                     folder.fingerprint

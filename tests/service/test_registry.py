@@ -155,6 +155,8 @@ async def test_a_removed_version_stops_serving_once_its_requests_are_done(
         assert in_flight.manifest.version == 2
         shutil.rmtree(models / "tab" / "2")
         await registry.refresh()
+        assert registry.runtime("tab", "2") is in_flight  # one scan may fall inside a --replace's two renames
+        await registry.refresh()
 
         with pytest.raises(ServiceError) as gone:
             registry.runtime("tab", "2")
@@ -222,3 +224,21 @@ async def test_not_ready_when_no_model_serves(models: Path, stage: Any) -> None:
     publish(stage("tab", 1, broken=True), models)
     registry = await started(models)
     assert registry.readiness() == (False, "no model serves: every package is broken, unloaded or gone")
+
+
+async def test_a_folder_back_by_the_next_scan_never_stops_serving(
+    models: Path, stage: Any, tabular_rows: np.ndarray
+) -> None:
+    registry = await started(models)
+    aside = models / "tab" / ".old-1"
+    (models / "tab" / "1").rename(aside)  # what `training fit --replace` does, caught between its renames
+    await registry.refresh()
+    aside.rename(models / "tab" / "1")
+    await registry.refresh()
+    await registry.refresh()
+
+    assert (await answer(registry, tabular_rows))[0] == 1
+    assert (
+        sample(registry.metrics.render().decode(), "ae_model_loads_total", model="tab", version="1", outcome="loaded")
+        == 1
+    )
