@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/datasets
 MODELS_DIR ?= models
 
-.PHONY: serve test lint models evaluate bench install-service install-dev install-bench system-deps clean
+.PHONY: serve test lint models evaluate bench screenshots install-service install-dev install-bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,13 @@ install-bench: $(VENV)/.bench-installed
 serve: install-service
 	$(BIN)/python -m service --models-dir $(MODELS_DIR)
 
-# Tools the tests call that pip cannot install: docker-compose (Debian's package) checks docker-compose.yml.
+# Tools the tests call that pip cannot install, Debian's packages: docker-compose checks docker-compose.yml,
+# chromium is the browser tests/ui drives (Playwright with executable_path: no browser download).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+SYSTEM_TOOLS := docker-compose chromium
 system-deps:
-	@command -v docker-compose >/dev/null || \
-		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends docker-compose; }
+	@missing="$(strip $(foreach tool,$(SYSTEM_TOOLS),$(if $(shell command -v $(tool)),,$(tool))))"; \
+		[ -z "$$missing" ] || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $$missing; }
 
 test: install-dev system-deps
 	$(BIN)/ruff check .
@@ -62,6 +64,10 @@ BENCH_SECONDS ?= 6
 bench: install-bench
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk; }
 	$(BIN)/python bench/run.py --seconds $(BENCH_SECONDS) $(foreach target,$(COMPARE),--compare $(target))
+
+# The README's screenshots of the page and /docs, taken by the browser tests.
+screenshots: install-dev system-deps
+	UI_SCREENSHOTS=docs/ui $(BIN)/python -m pytest tests/ui
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

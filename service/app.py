@@ -17,7 +17,7 @@ from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics
 from service.registry import Registry
 from service.repository import Repository
-from service.routes import catalog, repository, rest, v2
+from service.routes import catalog, repository, rest, v2, web
 from service.runtime import SessionConfig
 from service.settings import Settings
 
@@ -40,6 +40,9 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
         version="1",
         lifespan=_lifespan,
         dependencies=list(dependencies),
+        # service.routes.web serves both from local assets instead of a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     metrics = app.state.metrics = Metrics()
     registry = Registry(Repository(settings.models_dir), sessions, metrics, settings.default_model)
@@ -49,7 +52,7 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
     app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
     # Routes go straight into the app's router: an included router costs a route lookup of its own per
     # request (about a quarter of a one-row request). Inference first: routes are matched in order.
-    for protocol in (rest, v2, catalog, repository):
+    for protocol in (rest, v2, catalog, repository, web):
         protocol.register(app.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customise it
     return app

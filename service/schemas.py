@@ -152,10 +152,10 @@ def example_bodies(manifest: Manifest) -> dict[str, dict[str, Any]]:
     """A request body per operation that this model accepts: a row in the middle of its preprocessing's
     range (for images, mid-grey), and its latent mean."""
     offset, scale = manifest.normalisation()
-    row = np.broadcast_to(offset + 0.5 * scale, manifest.row_shape).round(4).tolist()
+    row = np.broadcast_to(offset + 0.5 * scale, manifest.row_shape).astype(np.float64).round(4).tolist()
     bodies: dict[str, dict[str, Any]] = {
         "encode": {"inputs": [row]},
-        "decode": {"latents": [np.round(manifest.latent.mean, 4).tolist()]},
+        "decode": {"latents": [np.round(np.asarray(manifest.latent.mean, np.float64), 4).tolist()]},
         "reconstruct": {"inputs": [row]},
         "score": {"inputs": [row], "return_sq_err": False},
         "generate": {"n": 4, "seed": 0},

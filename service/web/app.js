@@ -1,0 +1,545 @@
+// The page to try every served model. It only calls the public API (the same routes and keys a client
+// uses): GET /models for the picker, the V2 infer route and the REST routes for everything else.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { models: [], model: null, latentRanges: null, lastLatent: null, distribution: null };
+const MAX_SLIDERS = 8;
+
+// --- the API -------------------------------------------------------------------------------------------
+
+function headers(extra = {}) {
+  const key = $("api-key").value.trim();
+  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
+}
+
+async function call(path, { json, form } = {}) {
+  const options = { method: json || form ? "POST" : "GET", headers: headers() };
+  if (json) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(json);
+  } else if (form) {
+    options.body = form;
+  }
+  const response = await fetch(path, options);
+  const text = await response.text();
+  let body = null;
+  try { body = JSON.parse(text); } catch { /* not JSON: shown as text below */ }
+  if (!response.ok) {
+    // REST errors are {"error": {"code", "message"}}, V2 errors {"error": "message"}.
+    const error = body && body.error;
+    const message = error ? (typeof error === "string" ? error : error.message) : text || response.statusText;
+    throw new Error(`${response.status}: ${message}`);
+  }
+  return body;
+}
+
+function showError(error) {
+  $("error").textContent = error instanceof Error ? error.message : String(error);
+  $("error").hidden = false;
+}
+
+function clearError() { $("error").hidden = true; }
+
+async function guarded(action) {
+  clearError();
+  try { await action(); } catch (error) { showError(error); }
+}
+
+const route = (model, operation) => `/models/${encodeURIComponent(model.name)}/versions/${model.version}/${operation}`;
+
+// --- the model picker ----------------------------------------------------------------------------------
+
+async function loadModels() {
+  let listing;
+  try {
+    listing = await call("/models");
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  const previous = $("model").value;
+  state.models = listing.models;
+  const select = $("model");
+  select.replaceChildren(...state.models.map((m, index) => {
+    const option = new Option(`${m.name} v${m.version}${m.default ? " (default)" : ""}: ${m.status}`, String(index));
+    option.dataset.key = `${m.name}/${m.version}`;
+    return option;
+  }));
+  const keep = [...select.options].find((o) => o.dataset.key === previous);
+  const firstReady = state.models.findIndex((m) => m.status === "ready");
+  if (keep) select.value = keep.value;
+  else if (firstReady >= 0) select.value = String(firstReady);
+  if (!keep || !state.model || keep.dataset.key !== `${state.model.name}/${state.model.version}`) selectModel();
+  else renderFacts(state.models[Number(select.value)]);
+}
+
+function renderFacts(model) {
+  const facts = {
+    status: model.status + (model.reason ? ` (${model.reason})` : ""),
+    version: model.version,
+    "execution provider": (model.providers || [])[0] || "none",
+    threshold: model.score ? format(model.score.threshold) : "",
+    input: model.input ? `${model.input.kind} [${model.input.shape.join(" x ")}]` : "",
+    latent: model.latent ? `${model.latent.dim} (${model.architecture.kind})` : "",
+  };
+  $("facts").replaceChildren(...Object.entries(facts).map(([name, value]) => {
+    const item = document.createElement("div");
+    const term = document.createElement("dt");
+    const detail = document.createElement("dd");
+    term.textContent = name;
+    detail.textContent = value;
+    item.append(term, detail);
+    return item;
+  }));
+}
+
+function selectModel() {
+  clearError();
+  const model = state.models[Number($("model").value)];
+  state.model = model || null;
+  state.latentRanges = null;
+  $("image-panel").hidden = true;
+  $("table-panel").hidden = true;
+  if (!model) return;
+  renderFacts(model);
+  if (model.status !== "ready") {
+    showError(`${model.name} v${model.version} is ${model.status}${model.reason ? `: ${model.reason}` : ""}`);
+    return;
+  }
+  if (model.input.kind === "image") openImagePanel(model);
+  else openTablePanel(model);
+}
+
+// --- numbers and pictures ------------------------------------------------------------------------------
+
+function format(value) {
+  return Number(value).toPrecision(4);
+}
+
+function imageShape(model) {
+  const [height, width, channels = 1] = model.input.shape;
+  return { height, width, channels };
+}
+
+function flat(array) { return array.flat(Infinity); }
+
+// Draws raw-scale values (0..255) of shape H x W [x C] onto a canvas, scaled up without smoothing.
+function paint(canvas, values, model, colour = null) {
+  const { height, width, channels } = imageShape(model);
+  const data = flat(values);
+  const small = new ImageData(width, height);
+  for (let pixel = 0; pixel < width * height; pixel++) {
+    const rgb = colour ? colour(data[pixel]) : channels === 3
+      ? [data[3 * pixel], data[3 * pixel + 1], data[3 * pixel + 2]]
+      : [data[pixel], data[pixel], data[pixel]];
+    small.data.set([...rgb.map((v) => Math.max(0, Math.min(255, Math.round(v)))), 255], 4 * pixel);
+  }
+  const scratch = document.createElement("canvas");
+  scratch.width = width;
+  scratch.height = height;
+  scratch.getContext("2d").putImageData(small, 0, 0);
+  const context = canvas.getContext("2d");
+  context.imageSmoothingEnabled = false;
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  context.drawImage(scratch, 0, 0, canvas.width, canvas.height);
+}
+
+// Black -> red -> yellow -> white, for a value already scaled to 0..1.
+function heatColour(share) {
+  const t = Math.max(0, Math.min(1, share));
+  return [255 * Math.min(1, 3 * t), 255 * Math.max(0, Math.min(1, 3 * t - 1)), 255 * Math.max(0, 3 * t - 2)];
+}
+
+function verdict(score, threshold, anomaly) {
+  const box = document.createElement("div");
+  const line = document.createElement("p");
+  line.innerHTML = `score <strong class="mono" data-testid="score"></strong> against threshold
+    <span class="mono"></span>: <span class="verdict"></span>`;
+  line.querySelector("strong").textContent = format(score);
+  line.querySelector("strong").dataset.value = String(score);
+  line.querySelector("span.mono").textContent = format(threshold);
+  const word = line.querySelector(".verdict");
+  word.textContent = anomaly ? "anomaly" : "normal";
+  word.classList.add(anomaly ? "anomaly" : "normal");
+  const meter = document.createElement("div");
+  meter.className = "meter";
+  meter.setAttribute("aria-hidden", "true");
+  const top = Math.max(score, threshold) * 1.25;
+  meter.innerHTML = `<span style="width:${(100 * score) / top}%"></span><i style="left:${(100 * threshold) / top}%"></i>`;
+  box.append(line, meter);
+  return box;
+}
+
+// --- images --------------------------------------------------------------------------------------------
+
+const drawing = { active: false, last: null };
+
+function resetCanvas() {
+  const context = $("draw").getContext("2d");
+  context.fillStyle = "#000";
+  context.fillRect(0, 0, $("draw").width, $("draw").height);
+}
+
+function strokeTo(event) {
+  const canvas = $("draw");
+  const box = canvas.getBoundingClientRect();
+  const point = [(event.clientX - box.left) * (canvas.width / box.width), (event.clientY - box.top) * (canvas.height / box.height)];
+  const context = canvas.getContext("2d");
+  context.strokeStyle = "#fff";
+  context.lineWidth = Number($("brush").value);
+  context.lineCap = "round";
+  context.lineJoin = "round";
+  context.beginPath();
+  context.moveTo(...(drawing.last || point));
+  context.lineTo(...point);
+  context.stroke();
+  drawing.last = point;
+}
+
+// The drawing as the model's rows: H x W [x C] pixels, 0..255, the canvas scaled down by the browser.
+function drawingPixels() {
+  const { height, width, channels } = imageShape(state.model);
+  const scratch = document.createElement("canvas");
+  scratch.width = width;
+  scratch.height = height;
+  const context = scratch.getContext("2d");
+  context.drawImage($("draw"), 0, 0, width, height);
+  const data = context.getImageData(0, 0, width, height).data;
+  const rows = [];
+  for (let y = 0; y < height; y++) {
+    const row = [];
+    for (let x = 0; x < width; x++) {
+      const i = 4 * (y * width + x);
+      const rgb = [data[i], data[i + 1], data[i + 2]];
+      row.push(channels === 3 ? rgb : Math.round((rgb[0] + rgb[1] + rgb[2]) / 3));
+    }
+    rows.push(row);
+  }
+  return rows;
+}
+window.drawingPixels = drawingPixels;  // for the browser tests: the exact pixels a score is computed from
+
+async function scoreDrawing() {
+  const model = state.model;
+  const pixels = drawingPixels();
+  const shape = [1, ...model.input.shape];
+  // One V2 infer request gives everything the panel shows.
+  const answer = await call(`/v2/models/${encodeURIComponent(model.name)}/versions/${model.version}/infer`, {
+    json: {
+      inputs: [{ name: "x", shape, datatype: "FP32", data: flat(pixels) }],
+      outputs: ["z", "x_hat", "score", "is_anomaly", "sq_err"].map((name) => ({ name })),
+    },
+  });
+  const out = Object.fromEntries(answer.outputs.map((o) => [o.name, o.data]));
+  showImageResult(model, out.x_hat, out.sq_err, out.score[0], answer.parameters.threshold, out.is_anomaly[0], out.z);
+}
+
+function showImageResult(model, reconstruction, squaredError, score, threshold, anomaly, latent) {
+  paint($("reconstruction"), reconstruction, model);
+  const errors = flat(squaredError);
+  const top = Math.max(...errors, 1e-12);
+  paint($("heat"), errors, model, (value) => heatColour(value / top));
+  $("image-result").replaceChildren(verdict(score, threshold, anomaly));
+  state.lastLatent = flat(latent);
+  $("latent").textContent = state.lastLatent.map((v) => v.toFixed(3)).join("  ");
+  buildSliders();
+}
+
+async function scoreUpload(file) {
+  const model = state.model;
+  const picture = await createImageBitmap(file);
+  resetCanvas();
+  const canvas = $("draw");
+  const scale = Math.min(canvas.width / picture.width, canvas.height / picture.height);
+  const [w, h] = [picture.width * scale, picture.height * scale];
+  canvas.getContext("2d").drawImage(picture, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+  // The service converts and resizes the file itself, exactly as it does for any client's upload.
+  const form = () => { const f = new FormData(); f.append("file", file); return f; };
+  const scoring = form();
+  scoring.append("return_sq_err", "true");
+  const [scored, reconstructed, encoded] = await Promise.all([
+    call(route(model, "score"), { form: scoring }),
+    call(route(model, "reconstruct"), { form: form() }),
+    call(route(model, "encode"), { form: form() }),
+  ]);
+  showImageResult(model, reconstructed.reconstructions, scored.sq_err, scored.scores[0], scored.threshold,
+    scored.is_anomaly[0], encoded.latents);
+}
+
+async function generate(n, seed) {
+  return call(route(state.model, "generate"), { json: { n, seed } });
+}
+
+async function showSamples() {
+  const model = state.model;
+  const seed = Math.max(0, Number($("seed").value) || 0);
+  const { samples } = await generate(16, seed);
+  const canvas = $("samples");
+  const context = canvas.getContext("2d");
+  const cell = canvas.width / 4;
+  const tile = document.createElement("canvas");
+  tile.width = cell;
+  tile.height = cell;
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  samples.forEach((sample, index) => {
+    paint(tile, sample, model);
+    context.drawImage(tile, (index % 4) * cell, Math.floor(index / 4) * cell);
+  });
+}
+
+async function useSample() {
+  const model = state.model;
+  const seed = Math.max(0, Number($("seed").value) || 0);
+  const { samples } = await generate(1, seed);
+  paint($("draw"), samples[0], model);
+  await scoreDrawing();
+}
+
+// Slider ranges: the spread of 64 latents drawn from the model's prior, widened by a quarter.
+async function latentRanges() {
+  if (!state.latentRanges) {
+    const { latents } = await generate(64, 0);
+    state.latentRanges = latents[0].map((_, d) => {
+      const values = latents.map((z) => z[d]);
+      const [low, high] = [Math.min(...values), Math.max(...values)];
+      const margin = 0.25 * (high - low || 1);
+      return [low - margin, high + margin];
+    });
+  }
+  return state.latentRanges;
+}
+
+async function buildSliders() {
+  const ranges = await latentRanges();
+  const latent = state.lastLatent;
+  const box = $("sliders");
+  box.replaceChildren();
+  latent.slice(0, MAX_SLIDERS).forEach((value, d) => {
+    const [low, high] = [Math.min(ranges[d][0], value), Math.max(ranges[d][1], value)];
+    const label = document.createElement("label");
+    label.htmlFor = `latent-${d}`;
+    label.textContent = `z${d}`;
+    const slider = Object.assign(document.createElement("input"), {
+      type: "range", id: `latent-${d}`, min: low, max: high, step: (high - low) / 200, value,
+    });
+    const shown = document.createElement("output");
+    shown.htmlFor = slider.id;
+    shown.textContent = value.toFixed(2);
+    slider.addEventListener("input", () => {
+      shown.textContent = Number(slider.value).toFixed(2);
+      latent[d] = Number(slider.value);
+      decodeLatent(latent);
+    });
+    box.append(label, slider, shown);
+  });
+  decodeLatent(latent);
+}
+
+let decoding = null;
+function decodeLatent(latent) {
+  // Coalesces slider moves: one request in flight, the latest vector sent next.
+  if (decoding) { decoding.next = [...latent]; return; }
+  decoding = { next: null };
+  guarded(async () => {
+    const { reconstructions } = await call(route(state.model, "decode"), { json: { latents: [latent] } });
+    paint($("explore"), reconstructions[0], state.model);
+  }).finally(() => {
+    const next = decoding.next;
+    decoding = null;
+    if (next) decodeLatent(next);
+  });
+}
+
+function openImagePanel(model) {
+  $("image-panel").hidden = false;
+  resetCanvas();
+  for (const id of ["reconstruction", "heat", "explore", "samples"]) {
+    $(id).getContext("2d").clearRect(0, 0, $(id).width, $(id).height);
+  }
+  $("image-result").replaceChildren();
+  $("latent").textContent = "";
+  $("sliders").replaceChildren();
+  guarded(showSamples);
+}
+
+// --- tables --------------------------------------------------------------------------------------------
+
+function featureNames(model) {
+  const count = model.input.shape[0];
+  const names = model.input.feature_names;
+  return Array.isArray(names) && names.length === count ? names : Array.from({ length: count }, (_, i) => `f${i}`);
+}
+
+function splitLine(line) {
+  return line.split(/[,;\t]/).map((cell) => cell.trim().replace(/^"(.*)"$/, "$1"));
+}
+
+// Rows of numbers from CSV text; a header line of feature names, in any order, is mapped onto the model's.
+function parseCsv(text, names) {
+  const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+  if (!lines.length) throw new Error("paste at least one row of numbers");
+  let order = null;
+  const first = splitLine(lines[0]);
+  if (first.some((cell) => cell === "" || Number.isNaN(Number(cell)))) {
+    const unknown = first.filter((cell) => !names.includes(cell));
+    const missing = names.filter((name) => !first.includes(name));
+    if (unknown.length || missing.length) {
+      throw new Error(`the header does not name this model's features: unknown ${JSON.stringify(unknown)}, ` +
+        `missing ${JSON.stringify(missing)}; the features are ${names.join(", ")}`);
+    }
+    order = names.map((name) => first.indexOf(name));
+    lines.shift();
+  }
+  return lines.map((line, index) => {
+    const cells = splitLine(line);
+    if (cells.length !== names.length) {
+      throw new Error(`row ${index + 1} has ${cells.length} values; this model takes ${names.length}`);
+    }
+    const values = (order ? order.map((i) => cells[i]) : cells).map(Number);
+    if (values.some(Number.isNaN)) throw new Error(`row ${index + 1} holds something that is not a number`);
+    return values;
+  });
+}
+
+async function scoreRows() {
+  const model = state.model;
+  const names = featureNames(model);
+  const rows = parseCsv($("csv").value, names);
+  const answer = await call(route(model, "score"), { json: { inputs: rows, return_sq_err: true } });
+  renderTable(names, rows, answer);
+  drawDistribution(answer.scores, answer.threshold);
+  const flagged = answer.is_anomaly.filter(Boolean).length;
+  $("table-result").textContent = `${rows.length} rows scored: ${flagged} above the threshold ` +
+    `${format(answer.threshold)}.`;
+}
+
+function renderTable(names, rows, answer) {
+  const table = $("rows-table");
+  const head = document.createElement("tr");
+  for (const title of ["row", "score", "verdict", ...names]) {
+    const cell = document.createElement("th");
+    cell.scope = "col";
+    cell.textContent = title;
+    head.append(cell);
+  }
+  const body = rows.map((row, r) => {
+    const line = document.createElement("tr");
+    const anomaly = answer.is_anomaly[r];
+    if (anomaly) line.classList.add("anomaly");
+    const total = answer.sq_err[r].reduce((a, b) => a + b, 0) || 1;
+    const cells = [String(r + 1), format(answer.scores[r]), anomaly ? "anomaly" : "normal"];
+    cells.forEach((text, c) => {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      if (c === 2) cell.className = "flag";
+      line.append(cell);
+    });
+    row.forEach((value, f) => {
+      const share = answer.sq_err[r][f] / total;
+      const cell = document.createElement("td");
+      cell.textContent = format(value);
+      cell.className = "heat";
+      cell.dataset.share = share.toFixed(4);
+      cell.title = `${names[f]}: squared error ${format(answer.sq_err[r][f])} (${(100 * share).toFixed(1)}% of the row's)`;
+      const [red, green, blue] = heatColour(Math.sqrt(share));
+      cell.style.background = `rgba(${red}, ${green}, ${blue}, ${0.15 + 0.7 * Math.sqrt(share)})`;
+      line.append(cell);
+    });
+    return line;
+  });
+  table.replaceChildren(head, ...body);
+}
+
+function drawDistribution(scores, threshold) {
+  state.distribution = [scores, threshold];
+  const canvas = $("distribution");
+  // Drawn at the size it is shown, so the text stays crisp at any window width.
+  const ratio = window.devicePixelRatio || 1;
+  canvas.width = Math.round(canvas.clientWidth * ratio);
+  canvas.height = Math.round(canvas.clientHeight * ratio);
+  const context = canvas.getContext("2d");
+  context.scale(ratio, ratio);
+  const [width, height, pad] = [canvas.clientWidth, canvas.clientHeight, 24];
+  context.clearRect(0, 0, width, height);
+  // A log axis: scores of normal and anomalous rows often differ by orders of magnitude.
+  const values = [...scores, threshold].map((v) => Math.log10(Math.max(v, 1e-12)));
+  const [low, high] = [Math.min(...values) - 0.2, Math.max(...values) + 0.2];
+  const x = (v) => pad + ((Math.log10(Math.max(v, 1e-12)) - low) / (high - low)) * (width - 2 * pad);
+  context.strokeStyle = "#5a6272";
+  context.beginPath();
+  context.moveTo(pad, height - pad);
+  context.lineTo(width - pad, height - pad);
+  context.stroke();
+  for (const score of scores) {
+    context.fillStyle = score > threshold ? "#b3261e" : "#1f5fbf";
+    context.fillRect(x(score) - 2, pad, 4, height - 2 * pad);
+  }
+  context.strokeStyle = "#b3261e";
+  context.setLineDash([5, 4]);
+  context.beginPath();
+  context.moveTo(x(threshold), 6);
+  context.lineTo(x(threshold), height - pad);
+  context.stroke();
+  context.setLineDash([]);
+  context.fillStyle = "#1d2330";
+  context.font = "12px system-ui, sans-serif";
+  context.fillText(`threshold ${format(threshold)}`, Math.min(x(threshold) + 4, width - 110), 16);
+  context.fillText(`score (log scale) ${format(10 ** low)} .. ${format(10 ** high)}`, pad, height - 6);
+}
+
+function openTablePanel(model) {
+  $("table-panel").hidden = false;
+  const names = featureNames(model);
+  $("csv").placeholder = `${names.join(",")}\n${names.map(() => "0").join(",")}`;
+  $("rows-table").replaceChildren();
+  $("table-result").textContent = "";
+  state.distribution = null;
+  $("distribution").getContext("2d").clearRect(0, 0, $("distribution").width, $("distribution").height);
+}
+
+// --- wiring --------------------------------------------------------------------------------------------
+
+function wire() {
+  $("model").addEventListener("change", selectModel);
+  const canvas = $("draw");
+  canvas.addEventListener("pointerdown", (event) => {
+    drawing.active = true;
+    drawing.last = null;
+    canvas.setPointerCapture(event.pointerId);
+    strokeTo(event);
+  });
+  canvas.addEventListener("pointermove", (event) => { if (drawing.active) strokeTo(event); });
+  canvas.addEventListener("pointerup", () => {
+    drawing.active = false;
+    guarded(scoreDrawing);
+  });
+  canvas.addEventListener("dragover", (event) => event.preventDefault());
+  canvas.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer.files[0];
+    if (file) guarded(() => scoreUpload(file));
+  });
+  $("score-image").addEventListener("click", () => guarded(scoreDrawing));
+  $("clear").addEventListener("click", resetCanvas);
+  $("image-file").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    if (file) guarded(() => scoreUpload(file));
+  });
+  $("use-sample").addEventListener("click", () => guarded(useSample));
+  $("generate").addEventListener("click", () => guarded(showSamples));
+  $("score-rows").addEventListener("click", () => guarded(scoreRows));
+  $("csv-file").addEventListener("change", async (event) => {
+    const file = event.target.files[0];
+    if (!file) return;
+    $("csv").value = await file.text();
+    guarded(scoreRows);
+  });
+  $("api-key").addEventListener("change", loadModels);
+  window.addEventListener("resize", () => { if (state.distribution) drawDistribution(...state.distribution); });
+}
+
+wire();
+loadModels();
+// Follow the registry: a newly published model appears, a removed one goes.
+setInterval(loadModels, 5000);

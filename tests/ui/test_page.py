@@ -1,0 +1,220 @@
+"""The browser page (GET /ui) and the offline API docs, in a real headless Chromium (Debian's, driven by
+Playwright) against a real `python -m service` on a copy of the committed models. The numbers the page
+shows are checked against the REST routes for the same pixels and rows.
+
+UI_SCREENSHOTS=docs/ui writes the README's screenshots; otherwise they go to the test's temporary folder."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+
+from tests.deploy.tools import find_tool
+from tests.service.servers import running_server
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+FEATURES = 21  # the committed cardio model's
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path]]:
+    """The service on a copy of the committed models (the registry tests publish into it)."""
+    root = tmp_path_factory.mktemp("ui")
+    models = root / "models"
+    shutil.copytree(ROOT / "models", models)
+    with running_server(models, root / "server.log", "--reload-interval", "0.5") as client:
+        yield client, models
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    chromium = find_tool("chromium", "run `make system-deps` (apt-get install chromium)")
+    browser = playwright.chromium.launch(executable_path=chromium)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, served: tuple[httpx.Client, Path]) -> Iterator[Page]:
+    """A page on /ui at 1280 px that fails the test on any script error or request to another host."""
+    server, _ = served
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=str(server.base_url))
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: errors.extend(_elsewhere(request.url, str(server.base_url))))
+    page.goto("/ui")
+    page.wait_for_selector("#model option", state="attached")
+    yield page
+    context.close()
+    assert errors == []
+
+
+def _elsewhere(url: str, base: str) -> list[str]:
+    parsed = urlparse(url)
+    if parsed.scheme in ("data", "blob") or parsed.netloc == urlparse(base).netloc:
+        return []
+    return [f"request to another host: {url}"]
+
+
+def screenshot(page: Page, name: str, tmp_path: Path, full_page: bool = True) -> None:
+    folder = Path(os.environ.get("UI_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=full_page)
+
+
+def choose(page: Page, model: str) -> None:
+    label = page.locator("#model option", has_text=f"{model} v").first.text_content()
+    page.select_option("#model", label=label)
+
+
+def shown_score(page: Page) -> float:
+    page.wait_for_selector("[data-testid=score]")
+    return float(page.locator("[data-testid=score]").get_attribute("data-value") or "nan")
+
+
+def test_a_drawn_stroke_scores_what_post_score_gives_for_its_pixels(
+    page: Page, served: tuple[httpx.Client, Path], tmp_path: Path
+) -> None:
+    server, _ = served
+    choose(page, "mnist-dense")
+    box = page.locator("#draw").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 90, box["y"] + 70)
+    page.mouse.down()
+    for step in range(25):
+        page.mouse.move(box["x"] + 90 + 4 * step, box["y"] + 70 + 6 * step)
+    page.mouse.up()
+
+    score = shown_score(page)
+
+    pixels = page.evaluate("drawingPixels()")
+    assert np.asarray(pixels).shape == (28, 28) and np.asarray(pixels).max() > 200
+    expected = server.post("/models/mnist-dense/score", json={"inputs": [pixels]}).json()["scores"][0]
+    assert score == pytest.approx(expected, rel=1e-6)
+    assert page.locator("#latent").text_content().count(".") == 32  # the latent vector, 32 numbers
+    page.wait_for_selector("#sliders input[type=range]")
+    assert page.locator("#sliders input[type=range]").count() == 8
+    screenshot(page, "image-model", tmp_path)
+
+
+def test_an_uploaded_png_scores_what_the_upload_route_gives(
+    page: Page, served: tuple[httpx.Client, Path], tmp_path: Path
+) -> None:
+    server, _ = served
+    image = np.zeros((56, 56), np.uint8)
+    image[10:46, 24:32] = 255  # a thick "1", twice MNIST's size: the service resizes it
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    choose(page, "mnist-conv")
+
+    page.set_input_files(
+        "#image-file", files=[{"name": "one.png", "mimeType": "image/png", "buffer": buffer.getvalue()}]
+    )
+
+    expected = server.post("/models/mnist-conv/score", files={"file": ("one.png", buffer.getvalue(), "image/png")})
+    assert shown_score(page) == pytest.approx(expected.json()["scores"][0], rel=1e-6)
+
+
+def test_pasted_rows_are_scored_marked_and_mapped(
+    page: Page, served: tuple[httpx.Client, Path], tmp_path: Path
+) -> None:
+    server, _ = served
+    normal, odd = [0.0] * FEATURES, [5.0] * FEATURES
+    names = [f"f{i}" for i in range(FEATURES)]
+    choose(page, "cardio")
+    # A header in another order than the model's: the page maps the columns by name.
+    header = list(reversed(names))
+    csv = "\n".join([",".join(header), ",".join(map(str, reversed(normal))), ",".join(map(str, reversed(odd)))])
+    page.fill("#csv", csv)
+    page.click("#score-rows")
+    page.wait_for_selector("#rows-table td")
+
+    expected = server.post("/models/cardio/score", json={"inputs": [normal, odd], "return_sq_err": True}).json()
+    rows = page.locator("#rows-table tr")
+    assert rows.count() == 3  # the header and two rows
+    assert [page.locator("#rows-table th").nth(3 + i).text_content() for i in range(FEATURES)] == names
+    marked = [rows.nth(r).get_attribute("class") == "anomaly" for r in (1, 2)]
+    assert marked == expected["is_anomaly"] == [False, True]
+    for r in (1, 2):
+        shares = [
+            float(s) for s in rows.nth(r).locator("td.heat").evaluate_all("cells => cells.map(c => c.dataset.share)")
+        ]
+        errors = np.asarray(expected["sq_err"][r - 1])
+        np.testing.assert_allclose(shares, errors / errors.sum(), atol=1e-4)
+    assert "1 above the threshold" in (page.locator("#table-result").text_content() or "")
+    screenshot(page, "table-model", tmp_path)
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than a phone
+    screenshot(page, "phone", tmp_path)
+
+
+def test_errors_are_shown_as_messages(page: Page) -> None:
+    choose(page, "cardio")
+    page.fill("#csv", "1,2,3")
+    page.click("#score-rows")
+    assert page.locator("#error").text_content() == "row 1 has 3 values; this model takes 21"
+    page.fill("#csv", ",".join(["1e999"] * FEATURES))  # Infinity in the browser, null in JSON
+    page.click("#score-rows")
+    page.wait_for_selector("#error:has-text('422')")
+    assert "inputs must hold numbers only" in (page.locator("#error").text_content() or "")
+    assert page.locator("#table-panel").is_visible()
+
+
+def test_every_control_works_from_the_keyboard(page: Page) -> None:
+    choose(page, "mnist-conv")
+    page.focus("#use-sample")
+    page.keyboard.press("Enter")
+    assert shown_score(page) > 0
+    page.focus("#latent-0")
+    page.keyboard.press("ArrowRight")
+    unlabelled = page.evaluate(
+        """[...document.querySelectorAll('input, select, textarea')]
+             .filter(e => !e.labels || e.labels.length === 0).map(e => e.id)"""
+    )
+    assert unlabelled == []
+
+
+def test_a_published_model_appears_in_the_picker(page: Page, served: tuple[httpx.Client, Path]) -> None:
+    _, models = served
+    staging = models / "cardio-copy" / ".tmp-1"
+    shutil.copytree(models / "cardio" / "1", staging)
+    manifest = json.loads((staging / "manifest.json").read_text())
+    (staging / "manifest.json").write_text(json.dumps(manifest | {"name": "cardio-copy"}))
+    staging.rename(models / "cardio-copy" / "1")
+
+    page.wait_for_selector("#model option:has-text('cardio-copy v1')", state="attached", timeout=20_000)
+
+
+def test_docs_work_offline_and_the_score_example_answers(page: Page, tmp_path: Path) -> None:
+    page.goto("/docs")
+    operation = page.locator("#operations-inference-score_default")
+    operation.locator(".opblock-summary").click()
+    operation.get_by_role("button", name="Execute").click()  # "Try it out" is on from the start
+    status = operation.locator(".live-responses-table tbody .response-col_status").first
+    status.wait_for()
+    assert (status.text_content() or "").strip().startswith("200")
+    page.set_viewport_size({"width": 1280, "height": 700})
+    operation.locator(".live-responses-table").first.scroll_into_view_if_needed()
+    screenshot(page, "docs", tmp_path, full_page=False)
+    page.goto("/redoc")
+    page.wait_for_selector("text=Autoencoder service")
