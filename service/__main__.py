@@ -17,6 +17,8 @@ from service.app import create_app
 from service.metrics import MULTIPROCESS_DIR
 from service.settings import Settings
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
 
 def main(argv: list[str] | None = None) -> None:
     try:
@@ -25,6 +27,12 @@ def main(argv: list[str] | None = None) -> None:
         problems = "\n".join(f"  --{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
         sys.exit(f"python -m service: invalid settings\n{problems}")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.host not in LOOPBACK and not settings.all_api_keys():
+        logging.getLogger("service").warning(
+            "listening on %s without API keys: anyone who reaches this port can use every model "
+            "(set AE_API_KEYS or AE_API_KEYS_FILE)",
+            settings.host,
+        )
     with ExitStack() as cleanup:
         if settings.workers == 1:
             app: Any = create_app(settings)

@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from service import schemas
 from service.errors import install_error_handlers
 from service.metrics import Metrics
-from service.middleware import BodyLimit, RequestMetrics
+from service.middleware import ApiKeys, BodyLimit, RequestMetrics
 from service.registry import Registry
 from service.repository import Repository
 from service.routes import catalog, repository, rest, v2, web
@@ -50,6 +50,8 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
+    # Added last, so it runs first: a request without a key goes no further.
+    app.add_middleware(ApiKeys, keys=settings.all_api_keys(), metrics_need_key=settings.metrics_need_key)
     # Routes go straight into the app's router: an included router costs a route lookup of its own per
     # request (about a quarter of a one-row request). Inference first: routes are matched in order.
     for protocol in (rest, v2, catalog, repository, web):

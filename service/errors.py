@@ -84,11 +84,15 @@ _CONVERTERS: dict[type[Exception], Callable[[Exception], ServiceError]] = {
 }
 
 
+def render(path: str, error: ServiceError) -> Response:
+    """The error in the shape of the protocol that `path` belongs to."""
+    v2 = path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+    return (v2_error_response if v2 else error_response)(error)
+
+
 async def handle_error(request: Request, exc: Exception) -> Response:
     convert = next(convert for kind, convert in _CONVERTERS.items() if isinstance(exc, kind))
-    path = request.url.path
-    v2 = path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
-    return (v2_error_response if v2 else error_response)(convert(exc))
+    return render(request.url.path, convert(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,14 +1,16 @@
-"""ASGI middleware that every route passes through: the request body limit and the request metrics."""
+"""ASGI middleware that every route passes through: API keys, the request body limit and the request
+metrics."""
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ServiceError
+from service.errors import ServiceError, render
 from service.metrics import Metrics
 from service.registry import Registry
 
@@ -91,3 +93,41 @@ class RequestMetrics:
 def _query_model(scope: Scope) -> str | None:
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("model")
     return values[0] if values else None
+
+
+# Always open: probes (Kubernetes, KServe), and the page's static shell, which asks for a key itself. The
+# repository API checks its own admin keys (service.routes.repository).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/", "/ui"})
+OPEN_PREFIXES = ("/ui/assets/", "/v2/repository/")
+UNAUTHORIZED = ServiceError(
+    401,
+    "unauthorized",
+    "send an API key as `Authorization: Bearer KEY` or `X-API-Key: KEY`",
+    {"WWW-Authenticate": "Bearer"},
+)
+
+
+class ApiKeys:
+    """Refuses requests without one of `keys` (401 in the route's error shape) on every route but the open
+    ones; /metrics too when `metrics_need_key`. Keys are compared in constant time, every one of them."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], metrics_need_key: bool) -> None:
+        self.app = app
+        self.keys = [key.encode() for key in keys]
+        self.open = OPEN_PATHS if metrics_need_key else OPEN_PATHS | {"/metrics"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or self._open(scope["path"]) or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        await render(scope["path"], UNAUTHORIZED)(scope, receive, send)
+
+    def _open(self, path: str) -> bool:
+        return path in self.open or path.startswith(OPEN_PREFIXES)
+
+    def _allowed(self, scope: Scope) -> bool:
+        headers = dict(scope["headers"])
+        scheme, _, bearer = headers.get(b"authorization", b"").partition(b" ")
+        given = [bearer.strip()] if scheme.lower() == b"bearer" else []
+        given += [headers[b"x-api-key"].strip()] if b"x-api-key" in headers else []
+        return any([hmac.compare_digest(offered, key) for offered in given for key in self.keys])

@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     admin_keys: Annotated[tuple[str, ...], NoDecode] = ()
     """Keys of the repository API (POST /v2/repository/...), comma-separated, sent as `Authorization: Bearer
     KEY`; empty turns that API off."""
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    """Keys every other route asks for, comma-separated, sent as `Authorization: Bearer KEY` or `X-API-Key:
+    KEY`; empty (and no api-keys-file) leaves the routes open. Health, readiness and the page's static files
+    stay open."""
+    api_keys_file: Path | None = None
+    """A file of API keys, one per line (blank lines and lines starting with # ignored), added to api-keys;
+    read at start-up (e.g. a Kubernetes Secret mounted as a file)."""
+    metrics_need_key: bool = False
+    """Whether GET /metrics asks for an API key too (it names the models and their traffic)."""
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -85,7 +94,7 @@ class Settings(BaseSettings):
             raise ValueError(f"models directory {str(value)!r} does not exist")
         return value
 
-    @field_validator("providers", "admin_keys", mode="before")
+    @field_validator("providers", "admin_keys", "api_keys", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -100,6 +109,20 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown onnxruntime providers {unknown}; known: {ort.get_all_providers()}")
         return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _readable_keys_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"API keys file {str(value)!r} does not exist")
+        return value
+
+    def all_api_keys(self) -> tuple[str, ...]:
+        """api-keys and the keys in api-keys-file."""
+        if self.api_keys_file is None:
+            return self.api_keys
+        lines = (line.strip() for line in self.api_keys_file.read_text().splitlines())
+        return (*self.api_keys, *(line for line in lines if line and not line.startswith("#")))
 
     def onnxruntime_threads(self) -> int:
         """The intra-op thread count sessions get: the setting, else from the cores available."""

@@ -58,9 +58,9 @@ async function loadModels() {
     showError(error);
     return;
   }
-  const previous = $("model").value;
-  state.models = listing.models;
   const select = $("model");
+  const previous = select.selectedOptions[0] ? select.selectedOptions[0].dataset.key : null;
+  state.models = listing.models;
   select.replaceChildren(...state.models.map((m, index) => {
     const option = new Option(`${m.name} v${m.version}${m.default ? " (default)" : ""}: ${m.status}`, String(index));
     option.dataset.key = `${m.name}/${m.version}`;

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from service.settings import Settings
+from tests.service.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,3 +40,16 @@ def test_bad_setting_stops_the_start_with_a_message() -> None:
     assert result.returncode == 1
     assert "--models-dir: Value error, models directory '/no/such/folder' does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_warning_when_listening_beyond_loopback_without_keys(tmp_path: Path) -> None:
+    port = str(free_port())
+    command = [sys.executable, "-m", "service", "--host", "0.0.0.0", "--port", port, "--models-dir", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert "listening on 0.0.0.0 without API keys" in first and "AE_API_KEYS" in first
