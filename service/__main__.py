@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             log_level=settings.log_level,
             loop=settings.loop,
             http=settings.http,
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
 
 

@@ -33,6 +33,7 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
         batch_rows=settings.batch_rows,
         batch_wait_s=settings.batch_wait_ms / 1000,
         batch_in_flight=settings.batch_in_flight,
+        max_queue_wait_s=settings.max_queue_wait_ms / 1000,
     )
     app = FastAPI(
         title="Autoencoder service",

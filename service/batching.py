@@ -3,11 +3,17 @@
 At most `max_in_flight` batches compute at once per graph. While they do, new requests queue; when one
 finishes, the queue goes out as the next batch at once. An idle graph waits at most `max_wait_s` for
 company before it runs. A request of more rows than `max_rows` is split into several batches and put back
-together in order."""
+together in order.
+
+Admission control: the queue is bounded by time, not by a count. The batcher keeps a running estimate of
+the seconds one row takes; a request whose rows could not start within `max_queue_wait_s` behind the rows
+already queued and computing is refused at once with 503 `overloaded` and a Retry-After, instead of
+joining a queue that only grows."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from service.errors import ServiceError
 
 Outputs = list[np.ndarray]  # every output batch-first, in the graph's order
 
@@ -38,23 +46,47 @@ class Batcher:
         max_wait_s: float,
         observer: BatchObserver | None = None,
         max_in_flight: int = 1,
+        max_queue_wait_s: float = 0.0,
     ) -> None:
         self.run = run
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         self.observer = observer
+        self.max_queue_wait_s = max_queue_wait_s  # 0: no admission control
         self._queue: list[_Waiting] = []
         self._queued_rows = 0
         self.max_in_flight = max_in_flight
         self._in_flight = 0
+        self._in_flight_rows = 0
+        self._seconds_per_row = 0.0  # running estimate; 0 until a batch has run
         self._timer: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="batcher")
 
     async def submit(self, x: np.ndarray) -> Outputs:
-        """The graph's outputs for exactly these rows, in order."""
+        """The graph's outputs for exactly these rows, in order; 503 `overloaded` when they could not start
+        within the queue wait budget."""
+        self._admit(len(x))
+        return await self._submit(x)
+
+    def _admit(self, rows: int) -> None:
+        if not self.max_queue_wait_s or not self._seconds_per_row:
+            return
+        # Rows ahead of these: queued ones, and those computing (half done, on average).
+        ahead = self._queued_rows + self._in_flight_rows / 2
+        wait = ahead * self._seconds_per_row / self.max_in_flight
+        if wait > self.max_queue_wait_s:
+            raise ServiceError(
+                503,
+                "overloaded",
+                f"the model is busy: about {wait:.2f} s of work is queued, over the {self.max_queue_wait_s:g} s "
+                "the service lets a request wait; retry later",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+
+    async def _submit(self, x: np.ndarray) -> Outputs:
         if len(x) > self.max_rows:
             parts = [x[i : i + self.max_rows] for i in range(0, len(x), self.max_rows)]
-            results = await asyncio.gather(*(self.submit(part) for part in parts))
+            results = await asyncio.gather(*(self._submit(part) for part in parts))
             return [np.concatenate(outputs) for outputs in zip(*results, strict=True)]
         loop = asyncio.get_running_loop()
         waiting = _Waiting(x, loop.create_future(), time.perf_counter())
@@ -81,6 +113,7 @@ class Batcher:
             rows += len(item.x)
         self._queued_rows -= rows
         self._in_flight += 1
+        self._in_flight_rows += rows
         started = time.perf_counter()
         waits = [started - item.since for item in batch]
         x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
@@ -99,12 +132,18 @@ class Batcher:
         waits: list[float],
         done: asyncio.Future[tuple[Outputs, float]],
     ) -> None:
+        rows = sum(len(item.x) for item in batch)
         self._in_flight -= 1
+        self._in_flight_rows -= rows
         error = done.exception()
         if error is None:
             outputs, compute = done.result()
+            # A moving average over the last batches or so: it follows the load and the machine.
+            self._seconds_per_row = (
+                0.8 * self._seconds_per_row + 0.2 * compute / rows if self._seconds_per_row else compute / rows
+            )
             if self.observer is not None:
-                self.observer.observe_batch(sum(len(item.x) for item in batch), waits, compute)
+                self.observer.observe_batch(rows, waits, compute)
         start = 0
         for item in batch:
             stop = start + len(item.x)

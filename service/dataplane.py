@@ -39,6 +39,7 @@ async def encode(runtime: ModelRuntime, x: np.ndarray, return_logvar: bool = Fal
     if return_logvar and not runtime.manifest.architecture.variational:
         raise ServiceError(422, "invalid_request", f"{runtime.manifest.name} is not a VAE: it has no log-variance")
     latents, logvar = await runtime.encode_batched(x)
+    _check_finite(latents, "latent vectors")
     return Encoded(latents, logvar if return_logvar else None)
 
 
@@ -49,6 +50,7 @@ async def decode(runtime: ModelRuntime, z: np.ndarray) -> np.ndarray:
 async def score(runtime: ModelRuntime, x: np.ndarray) -> Scored:
     """Reconstructions and anomaly scores in one pass of the scorer graph (what reconstruct answers too)."""
     scores = await runtime.score_batched(x)
+    _check_finite(scores.score, "scores")
     threshold = runtime.manifest.score.threshold
     return Scored(scores.x_hat, scores.score, scores.sq_err, threshold, scores.score > threshold)
 
@@ -66,3 +68,16 @@ async def generate(runtime: ModelRuntime, n: object, seed: object, max_rows: int
         raise ServiceError(413, "too_many_rows", f"n is {n}; at most {max_rows} per request")
     latents = runtime.sample_latents(n, seed)
     return Generated(latents, await runtime.decode_batched(latents))
+
+
+def _check_finite(array: np.ndarray, what: str) -> None:
+    # Inputs are finite (service.codecs), but values far outside the model's range can still overflow
+    # float32 inside the graph; an answer of NaN or inf (null in JSON) would claim a number it is not.
+    finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)[:10].tolist()
+        raise ServiceError(
+            422,
+            "non_finite_result",
+            f"the {what} of rows {rows} overflow float32: their values are too far out of range",
+        )

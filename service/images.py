@@ -10,7 +10,7 @@ import math
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from service.errors import ServiceError
 
@@ -32,7 +32,7 @@ def decode_image(data: bytes, row_shape: tuple[int, ...], max_pixels: int) -> np
             opened = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise _too_large(max_pixels) from None
-    except (UnidentifiedImageError, OSError):
+    except Exception:  # PIL's parsers raise many types on malformed files (SyntaxError, ValueError, struct.error)
         raise ServiceError(422, "invalid_image", "the file is not a readable PNG or JPEG image") from None
     if opened.format not in FORMATS:
         raise ServiceError(415, "unsupported_media_type", f"{opened.format} images are not accepted; send PNG or JPEG")
@@ -43,7 +43,7 @@ def decode_image(data: bytes, row_shape: tuple[int, ...], max_pixels: int) -> np
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.BILINEAR)
         pixels = np.asarray(image, dtype=np.float32)
-    except (OSError, ValueError):  # truncated or corrupt data only shows when the pixels are decoded
+    except Exception:  # truncated or corrupt data only shows when the pixels are decoded, in any of PIL's types
         raise ServiceError(422, "invalid_image", "the image data is truncated or corrupt") from None
     return pixels.reshape(row_shape)
 

@@ -118,6 +118,8 @@ def _read_file(folder: Path, file: str) -> bytes:
         info = path.stat()
     except FileNotFoundError:
         raise PackageError(f"{file} is missing") from None
+    if path.resolve().parent != folder.resolve():
+        raise PackageError(f"{file} is a link that leaves the package")
     # Opening a FIFO or a device would block or never end; only regular files are read.
     if not stat.S_ISREG(info.st_mode):
         raise PackageError(f"{file} is not a regular file")

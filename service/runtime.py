@@ -32,6 +32,7 @@ class SessionConfig:
     batch_rows: int = 1024
     batch_wait_s: float = 0.001
     batch_in_flight: int = 1
+    max_queue_wait_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class ModelRuntime:
                 self.config.batch_wait_s,
                 self._metrics.for_graph(self.manifest.name, self.manifest.version, role) if self._metrics else None,
                 self.config.batch_in_flight,
+                self.config.max_queue_wait_s,
             )
             for role in GRAPH_ROLES
         }

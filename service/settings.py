@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     batch_in_flight: int = Field(1, ge=1)
     """Batches of one model's graph computing at once, each in its own thread. More than one overlaps
     computing with reading the next requests, at the cost of a core per batch."""
+    max_queue_wait_ms: float = Field(1000.0, ge=0)
+    """Longest a request's rows may wait for a model's batch to start, estimated from the work queued ahead
+    of them; a request over it is refused at once with 503 `overloaded` and Retry-After. 0: no limit."""
+    request_timeout_s: float = Field(30.0, gt=0)
+    """Longest an inference request may take, reading its body included; 504 `timeout` after it."""
+    shutdown_timeout_s: int = Field(30, ge=0)
+    """Longest a shutdown waits for requests in flight before the process exits."""
     workers: int = Field(1, ge=1)
     """uvicorn worker processes; each loads every model and batches on its own."""
     loop: Literal["auto", "asyncio", "uvloop"] = "uvloop"

@@ -5,11 +5,15 @@ what serves and a FastAPI dependency added to the app or a router runs for every
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Request, Response, routing
 from fastapi.routing import APIRoute
+
+from service.errors import ServiceError
 
 
 class ServiceRoute(APIRoute):
@@ -30,3 +34,13 @@ class ServiceRoute(APIRoute):
         if needs.cookie_params or needs.body_params or needs.request_param_name != "request":
             return super().get_route_handler()
         return self.endpoint
+
+
+@asynccontextmanager
+async def deadline(seconds: float) -> AsyncIterator[None]:
+    """504 `timeout` when the block (reading the body, waiting for a batch, computing) takes too long."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise ServiceError(504, "timeout", f"the request took longer than {seconds:g} s") from None

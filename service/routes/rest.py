@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 
 from service import dataplane, schemas
 from service.payloads import Result, RowsRequest, read_json, read_rows, respond
-from service.routes import ServiceRoute
+from service.routes import ServiceRoute, deadline
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
@@ -110,8 +110,9 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         state, path, query = request.app.state, request.path_params, request.query_params
         model, version = path.get("model") or query.get("model"), path.get("version") or query.get("version")
-        with state.registry.lease(model, version) as runtime:
-            return await handler(request, runtime, state.settings)
+        async with deadline(state.settings.request_timeout_s):
+            with state.registry.lease(model, version) as runtime:
+                return await handler(request, runtime, state.settings)
 
     endpoint.__doc__ = handler.__doc__
     return endpoint

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request, Response
 from service import codecs, dataplane
 from service.errors import ServiceError
 from service.registry import Registry
-from service.routes import ServiceRoute
+from service.routes import ServiceRoute, deadline
 from service.routes.catalog import json_response
 from service.runtime import ModelRuntime
 from service.v2_codec import HEADER_LENGTH, InferRequest, bad, parse_request, render_response
@@ -115,10 +115,12 @@ async def model_config(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     """Runs the model on x (any requested outputs; all when none are named) or on z (x_hat)."""
     path, state = request.path_params, request.app.state
-    with state.registry.lease(path["model"], path.get("version")) as runtime:
-        parsed = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
-        outputs, parameters = await _run(runtime, parsed, state.settings.max_batch_rows)
-        body, headers = render_response(parsed, runtime.manifest.name, runtime.manifest.version, outputs, parameters)
+    async with deadline(state.settings.request_timeout_s):
+        with state.registry.lease(path["model"], path.get("version")) as runtime:
+            parsed = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+            outputs, parameters = await _run(runtime, parsed, state.settings.max_batch_rows)
+            manifest = runtime.manifest
+            body, headers = render_response(parsed, manifest.name, manifest.version, outputs, parameters)
     return Response(body, headers=headers)
 
 

@@ -110,3 +110,25 @@ async def test_openapi_documents_every_route_with_examples_the_served_models_acc
     assert "multipart/form-data" in uploads
     assert "image/png" in operations["POST", "/generate"]["responses"]["200"]["content"]
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_a_request_over_its_deadline_gets_504(
+    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(request_timeout_s=0.2)
+    runtime = app.state.registry.runtime("tab")
+
+    async def stuck(x: np.ndarray) -> None:
+        await anyio.sleep(5)
+
+    monkeypatch.setattr(runtime, "score_batched", stuck)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
+        with anyio.fail_after(3):
+            rest = await client.post("/models/tab/score", json={"inputs": [0.0] * 5})
+            v2 = await client.post(
+                "/v2/models/tab/infer",
+                json={"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP32", "data": [0.0] * 5}]},
+            )
+    message = "the request took longer than 0.2 s"
+    assert (rest.status_code, rest.json()) == (504, {"error": {"code": "timeout", "message": message}})
+    assert (v2.status_code, v2.json()) == (504, {"error": message})

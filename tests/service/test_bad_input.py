@@ -109,6 +109,8 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
     ("duplicate rows field", "POST", TAB, {"content": b'{"inputs": [[1,2,3,4,5]], "inputs": [[1,2]]}',
      "headers": {"content-type": "application/json"}}, 422, "invalid_shape",
      "inputs has shape [1, 2]; expected one row of shape [5] or a batch of shape [n, 5]"),
+    ("values that overflow the score", "POST", TAB, {"json": {"inputs": [ROW, [1e30] * 5]}}, 422, "non_finite_result",
+     "the scores of rows [1] overflow float32: their values are too far out of range"),
     ("empty .npy batch", "POST", TAB, {"content": npy(np.zeros((0, 5), np.float32)), "headers": NPY}, 422,
      "empty_batch", "inputs has no rows: send at least one"),
     ("empty raw batch", "POST", TAB, {"content": b"", "headers": raw("0,5")}, 422, "empty_batch",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from service.batching import Batcher
+from service.errors import ServiceError
 from tests.service.conftest import AppMaker
 from tests.service.scrape import sample
 
@@ -111,4 +113,33 @@ async def test_two_batches_in_flight_still_return_each_callers_rows() -> None:
     results = await asyncio.gather(*(batcher.submit(x) for x in inputs))
     for x, (out,) in zip(inputs, results, strict=True):
         np.testing.assert_array_equal(out, x * 3)
+    batcher.close()
+
+
+async def test_requests_that_could_not_start_within_the_budget_are_refused_at_once() -> None:
+    seconds_per_batch, budget = 0.05, 0.2
+
+    def slow(x: np.ndarray) -> list[np.ndarray]:
+        time.sleep(seconds_per_batch)
+        return [x]
+
+    batcher = Batcher(slow, max_rows=4, max_wait_s=0.0, max_queue_wait_s=budget)
+    await batcher.submit(np.ones((4, 1)))  # one run teaches it the cost of a row
+
+    async def timed(x: np.ndarray) -> tuple[float, object]:
+        started = time.perf_counter()
+        try:
+            await batcher.submit(x)
+        except ServiceError as error:
+            return time.perf_counter() - started, error
+        return time.perf_counter() - started, None
+
+    # 40 batches' worth at once: ~2 s of work against a 0.2 s budget.
+    results = await asyncio.gather(*(timed(np.ones((4, 1))) for _ in range(40)))
+    refused = [(seconds, error) for seconds, error in results if isinstance(error, ServiceError)]
+    served = [seconds for seconds, error in results if error is None]
+    assert refused and served
+    assert all(e.status == 503 and e.code == "overloaded" and int(e.headers["Retry-After"]) >= 1 for _, e in refused)
+    assert max(seconds for seconds, _ in refused) < 0.01  # refused at once, not after queueing
+    assert max(served) < budget + 3 * seconds_per_batch  # who got in started within the budget (plus timer noise)
     batcher.close()

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from service import images
 from service.errors import ServiceError
@@ -56,3 +56,35 @@ def test_grid_tiles_images_in_a_near_square() -> None:
     grid = np.asarray(Image.open(io.BytesIO(images.png_grid(tiles))))
     assert grid.shape == (2 * 4 + 2, 3 * 5 + 4)  # 3 columns, 2 rows, 2 px gaps
     assert grid[0, 0] == 0 and grid[0, 7] == 40 and grid[6, 0] == 120
+
+
+def _png_with_text(size: int) -> bytes:
+    buffer = io.BytesIO()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * size, zip=True)
+    Image.new("L", (8, 8)).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def test_a_huge_text_chunk_is_a_clean_422() -> None:
+    with pytest.raises(ServiceError) as refused:
+        images.decode_image(_png_with_text(2 * 1024 * 1024), (8, 8), 1 << 24)
+    assert (refused.value.status, refused.value.code) == (422, "invalid_image")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_mutated_images_never_escape_as_anything_but_a_service_error(fmt: str) -> None:
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(buffer, format=fmt)
+    original = np.frombuffer(buffer.getvalue(), np.uint8)
+    for _ in range(5000):  # a deterministic mutation fuzz (about 0.5 s): flipped bytes, truncation, duplication
+        data = original.copy()
+        flips = rng.integers(0, len(data), rng.integers(1, 8))
+        data[flips] = rng.integers(0, 256, len(flips))
+        cut = data[: rng.integers(8, len(data) + 1)].tobytes()
+        body = cut + cut[-rng.integers(0, 64) :] if rng.random() < 0.3 else cut
+        try:
+            images.decode_image(body, (8, 8, 3), 1 << 24)
+        except ServiceError as error:
+            assert 400 <= error.status < 500

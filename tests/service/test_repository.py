@@ -126,6 +126,15 @@ def test_files_outside_the_package_and_special_files_are_refused(tmp_path: Path,
     assert registry.find("fifo").reason == "report.json is not a regular file"
 
 
+def test_a_link_that_leaves_the_package_is_refused(tmp_path: Path, copy_package: Any) -> None:
+    folder = copy_package("tab", tmp_path, "linked")
+    outside = tmp_path / "report.json"
+    shutil.move(folder / "report.json", outside)
+    (folder / "report.json").symlink_to(outside)
+
+    assert serving(tmp_path).find("linked").reason == "report.json is a link that leaves the package"
+
+
 def test_reasons_name_packages_relative_to_the_models_folder(tmp_path: Path, copy_package: Any) -> None:
     (copy_package("tab", tmp_path, "pkg") / "scorer.onnx").write_bytes(b"garbage")
     edit_manifest(lambda m: m["files"].update({"scorer.onnx": hashlib.sha256(b"garbage").hexdigest()}))(
