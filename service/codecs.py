@@ -67,9 +67,16 @@ def load_json_with_rows(body: bytes, key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else load_json(body)
 
 
+# Python's json module takes about 100 ms per MB: above this, a body orjson refuses is just malformed.
+LENIENT_MAX_BYTES = 256 * 1024
+
+
 def _lenient_json(body: bytes, error: orjson.JSONDecodeError) -> Any:
     # orjson refuses NaN, Infinity and 1e400. Python's json module reads them, so a client that sends them
-    # gets the precise 422 (non-finite values) instead of a vague 400. Only the failure path pays for this.
+    # gets the precise 422 (non-finite values) instead of a vague 400. Only the failure path pays for this,
+    # and only for bodies small enough not to hold up the event loop.
+    if len(body) > LENIENT_MAX_BYTES:
+        raise ServiceError(400, "malformed_json", f"the body is not valid JSON: {error}")
     try:
         return json.loads(body)
     except (ValueError, RecursionError):
@@ -196,10 +203,15 @@ def dump_json(payload: Any) -> bytes:
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+MAX_ACCEPT_CHARS = 1024
+
+
 def negotiate(accept: str | None, offered: Sequence[str]) -> str | None:
     """The offered media type the Accept header prefers (ties: the first offered); None when none fits."""
     if not accept:
         return offered[0]
+    if len(accept) > MAX_ACCEPT_CHARS:  # real ones are a few dozen characters; parsing megabytes stalls the loop
+        raise ServiceError(400, "invalid_request", f"the Accept header is longer than {MAX_ACCEPT_CHARS} characters")
     ranges = [_media_range(part) for part in accept.split(",") if part.strip()]
     best, best_q = None, 0.0
     for media in offered:

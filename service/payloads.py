@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import orjson
+from anyio import to_thread
 from fastapi import Request, Response
 from starlette.datastructures import UploadFile
 
@@ -35,6 +37,7 @@ class RowsRequest:
     options: Options = field(default_factory=dict)
     uploads: bool = False
     max_image_pixels: int = 0
+    max_request_pixels: int = 0
 
 
 @dataclass
@@ -82,7 +85,11 @@ async def _upload_rows(request: Request, spec: RowsRequest, runtime: ModelRuntim
     files = [item for item in form.getlist("file") if isinstance(item, UploadFile)]
     if not files:
         raise ServiceError(422, "invalid_request", 'send the image in the multipart field "file"')
-    pixels = np.stack([images.decode_image(await f.read(), spec.row_shape, spec.max_image_pixels) for f in files])
+    blobs = [await f.read() for f in files]
+    images.check_total_pixels(blobs, spec.max_request_pixels)
+    # Decoding and resizing run in a worker thread (PIL releases the GIL), so the event loop keeps answering.
+    decode = partial(images.decode_image, row_shape=spec.row_shape, max_pixels=spec.max_image_pixels)
+    pixels = np.stack([await to_thread.run_sync(decode, blob) for blob in blobs])
     offset, scale = runtime.manifest.normalisation()
     rows = codecs.checked_rows(images.from_pixels(pixels, offset, scale), "file", spec.max_rows)
     fields = {name: _form_value(name, value) for name, value in form.items() if name != "file"}

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     """Largest request body in bytes, uploads included; larger is refused with 413."""
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     """Largest uploaded image (width x height) decoded before resizing; larger is refused with 413."""
+    max_request_pixels: int = Field(4 * 4096 * 4096, ge=1)
+    """Most pixels all the images of one request may hold together; more is refused with 413 before any is
+    decoded."""
     reload_interval: float = Field(2.0, ge=0)
     """Seconds between two scans of the models directory for new, changed and removed packages; 0 turns
     polling off (the repository API can still load and unload)."""

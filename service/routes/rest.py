@@ -30,6 +30,7 @@ def _inputs(settings: Settings, runtime: ModelRuntime, **options: tuple[type, An
         options=options,
         uploads=True,
         max_image_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
     )
 
 

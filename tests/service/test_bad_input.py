@@ -15,7 +15,12 @@ from PIL import Image
 pytestmark = pytest.mark.anyio
 
 # Small limits, so the limit cases need small payloads.
-LIMITS = {"max_batch_rows": 64, "max_body_bytes": 256 * 1024, "max_image_pixels": 512 * 512}
+LIMITS = {
+    "max_batch_rows": 64,
+    "max_body_bytes": 256 * 1024,
+    "max_image_pixels": 512 * 512,
+    "max_request_pixels": 2 * 512 * 512,
+}
 
 TAB = "/score?model=tab"
 ROW = [1.0, 2.0, 3.0, 4.0, 5.0]
@@ -139,6 +144,12 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
      "unsupported_media_type", "GIF images are not accepted; send PNG or JPEG"),
     ("huge image", "POST", "/score?model=conv", {"files": {"file": ("a.png", png((600, 600)), "image/png")}}, 413,
      "image_too_large", f"the image has more than {LIMITS['max_image_pixels']} pixels"),
+    ("images over the per-request pixel budget", "POST", "/score?model=conv",
+     {"files": [("file", ("a.png", png((500, 500)), "image/png"))] * 3}, 413, "image_too_large",
+     "the images hold 750000 pixels in all; at most 524288 per request"),
+    ("an Accept header of 2,000 characters", "POST", TAB,
+     {"json": {"inputs": [ROW]}, "headers": {"accept": "application/json;q=0.9," * 80}}, 400, "invalid_request",
+     "the Accept header is longer than 1024 characters"),
     ("upload in the wrong field", "POST", "/score?model=conv", {"files": {"image": ("a.png", png(), "image/png")}},
      422, "invalid_request", 'send the image in the multipart field "file"'),
     ("unknown model", "POST", "/score?model=nope", {"json": {"inputs": [ROW]}}, 404, "model_not_found",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +67,30 @@ def test_bad_requests_get_the_error_shape_and_the_server_keeps_serving(server: h
     }
     assert (unavailable.status_code, unavailable.json()["error"]["code"]) == (503, "model_unavailable")
     assert server.post("/score?model=tab", json={"inputs": [0.0] * 5}).status_code == 200
+
+
+def test_a_heavy_upload_does_not_stall_the_event_loop(models_dir: Path, tmp_path: Path) -> None:
+    with running_server(models_dir, tmp_path / "server.log") as server:  # default limits
+        _probe_while_uploading(server)
+
+
+def _probe_while_uploading(server: httpx.Client) -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (2000, 2000), color=90).save(buffer, format="PNG")  # small to send, 4 Mpx to decode
+    files = [("file", (f"{i}.png", buffer.getvalue(), "image/png")) for i in range(12)]
+    answers: list[int] = []
+    upload = threading.Thread(
+        target=lambda: answers.append(server.post("/models/conv/score", files=files, timeout=60).status_code)
+    )
+    upload.start()
+    probes = []
+    with httpx.Client(base_url=server.base_url, timeout=10) as probe:
+        while upload.is_alive():
+            started = time.perf_counter()
+            assert probe.get("/healthz").status_code == 200
+            probes.append(time.perf_counter() - started)
+            time.sleep(0.005)
+    upload.join()
+    assert answers == [200]
+    assert max(probes) < 0.1, f"/healthz took {max(probes):.3f} s while images were decoded"
+    assert len(probes) >= 5, "the upload finished before the probes could measure anything"
