@@ -66,3 +66,4 @@ def test_service_is_hardened_checked_and_restarted(compose: dict[str, Any], name
     assert service["restart"] == "unless-stopped"
     assert service["healthcheck"]["test"] == ["CMD", "python", "/app/healthcheck.py"]
     assert "start_period" in service["healthcheck"]
+    assert service["mem_limit"] and 0 < service["pids_limit"] <= 1024  # a flood cannot take the host with it

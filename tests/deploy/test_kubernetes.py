@@ -136,3 +136,14 @@ def test_models_pvc_variant_mounts_the_claim_read_only_over_the_baked_models() -
     }
     (base,) = containers(render(KUSTOMIZE / "base"))
     assert all(m["mountPath"] != "/models" for m in base["volumeMounts"]), "the base serves the image's models"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_network_policy_lets_in_http_only_and_out_dns_only(variant: str) -> None:
+    objects = by_kind(render(KUSTOMIZE / variant))
+    policy, deployment = objects["NetworkPolicy"]["spec"], objects["Deployment"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    [port] = containers([deployment])[0]["ports"]
+    assert policy["ingress"] == [{"ports": [{"protocol": "TCP", "port": port["containerPort"]}]}]
+    assert {p["port"] for rule in policy["egress"] for p in rule["ports"]} == {53}
