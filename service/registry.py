@@ -177,9 +177,9 @@ class Registry:
             scanned = {key for key in self._missing if only is None or key[0] == only}
             self._missing = (self._missing - scanned) | (gone - self._missing)
             for folder in found.values():
-                if folder.name not in self._unloaded and self._entries[folder.name][folder.version].fingerprint != (
-                    folder.fingerprint
-                ):
+                if folder.name in self._unloaded:
+                    continue
+                if self._entries[folder.name][folder.version].fingerprint != folder.fingerprint:
                     outcome = await to_thread.run_sync(self._prepare, folder, abandon_on_cancel=True)
                     self._install(folder, outcome)
             self._settled = True

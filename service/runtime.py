@@ -167,9 +167,6 @@ class ModelRuntime:
         noise = np.random.default_rng(seed).standard_normal((n, self.manifest.latent.dim))
         return (self._latent_mean + noise @ self._latent_factor.T).astype(np.float32)
 
-    def generate(self, n: int, seed: int | None) -> np.ndarray:
-        return self.decode(self.sample_latents(n, seed))
-
     def _session(self, role: str) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.config.intra_op_threads
