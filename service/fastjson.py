@@ -26,14 +26,10 @@ class _NotExact(Exception):
 def loads(body: bytes, numeric: Callable[[Path], bool]) -> Any | None:
     """The JSON document, with each non-empty array at a path where `numeric(path)` holds as a float64
     ndarray shaped as np.asarray would shape the nested lists; None when that cannot be done exactly."""
-    try:
-        document = _parse(body)
-    except ValueError:
-        return None
     brackets = [0]
     try:
-        value = _convert(document, (), numeric, brackets)
-    except (_NotExact, TypeError, ValueError):
+        value = _convert(_parse(body), (), numeric, brackets)
+    except Exception:  # simdjson's refusals come as several types (ValueError, RuntimeError, KeyError...)
         return None
     return value if body.count(b"[") == brackets[0] else None
 
@@ -46,8 +42,10 @@ def _parse(body: bytes) -> Any:
     # document is still referenced (another thread's, or one a traceback holds): a fresh parser then.
     try:
         return _PARSER.parse(body)
-    except RuntimeError:
-        return simdjson.Parser().parse(body)
+    except RuntimeError as exc:
+        if "re-use a parser" not in str(exc):
+            raise
+    return simdjson.Parser().parse(body)
 
 
 def _convert(element: Any, path: Path, numeric: Callable[[Path], bool], brackets: list[int]) -> Any:

@@ -148,6 +148,42 @@ def openapi_for(operation: str, style: str, uploads: bool, png: bool) -> dict[st
     return {"openapi_extra": extra, "responses": responses}
 
 
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string", "enum": ["x", "z"]},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "maxItems": 8},
+        "datatype": {"type": "string", "enum": ["FP32", "FP64", "FP16", "UINT8", "INT32", "INT64"]},
+        "data": {"type": "array", "description": "the values, row-major, flat or nested"},
+        "parameters": {"type": "object", "description": "binary_data_size, with the binary extension"},
+    },
+}
+V2_INFER_REQUEST = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object", "description": "binary_data_output: answer every output as binary"},
+        "inputs": {"type": "array", "items": _TENSOR, "minItems": 1, "maxItems": 1},
+        "outputs": {
+            "type": "array",
+            "description": "z, z_logvar, x_hat, score, is_anomaly, sq_err (from x), x_hat (from z); none: all",
+            "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+        },
+    },
+}
+
+
+def v2_openapi(style: str, infer: bool) -> dict[str, Any]:
+    """`openapi_extra` of a V2 model route: its path parameters and, for infer, the request body."""
+    extra: dict[str, Any] = {"parameters": _PARAMETERS[style]}
+    if infer:
+        content = {JSON: {"schema": V2_INFER_REQUEST}, "application/octet-stream": {"schema": {"type": "string"}}}
+        extra["requestBody"] = {"required": True, "content": content}
+    return extra
+
+
 def example_bodies(manifest: Manifest) -> dict[str, dict[str, Any]]:
     """A request body per operation that this model accepts: a row in the middle of its preprocessing's
     range (for images, mid-grey), and its latent mean."""
@@ -159,6 +195,10 @@ def example_bodies(manifest: Manifest) -> dict[str, dict[str, Any]]:
         "reconstruct": {"inputs": [row]},
         "score": {"inputs": [row], "return_sq_err": False},
         "generate": {"n": 4, "seed": 0},
+        "infer": {
+            "inputs": [{"name": "x", "shape": [1, *manifest.row_shape], "datatype": "FP32", "data": [row]}],
+            "outputs": [{"name": "score"}, {"name": "is_anomaly"}],
+        },
     }
     if manifest.architecture.variational:
         bodies["encode"]["return_logvar"] = True
@@ -172,7 +212,7 @@ def add_examples(openapi: dict[str, Any], manifests: list[Manifest], default_mod
     for path, methods in openapi["paths"].items():
         operation = path.rsplit("/", 1)[-1]
         content = methods.get("post", {}).get("requestBody", {}).get("content", {}).get(JSON)
-        if content is None or operation not in REQUESTS:
+        if content is None or operation not in (*REQUESTS, "infer"):
             continue
         names = [default_model] if "{model}" not in path else sorted(bodies)
         content["examples"] = {

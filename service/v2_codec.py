@@ -128,7 +128,7 @@ def _input(tensor: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, in
     datatype = tensor.get("datatype")
     if datatype == "BYTES":
         raise bad(f"{where}: BYTES tensors are not taken here; send numbers ({sorted(NUMERIC_INPUTS)})")
-    if datatype not in NUMERIC_INPUTS:
+    if not isinstance(datatype, str) or datatype not in NUMERIC_INPUTS:
         raise bad(f"{where}: datatype {str(datatype)[:20]!r} is not one of {sorted(NUMERIC_INPUTS)}")
     dtype, size = DATATYPES[datatype], math.prod(shape)
     size_in_bytes = _parameters(tensor, where).get("binary_data_size")

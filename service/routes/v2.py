@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from service import codecs, dataplane
+from service import codecs, dataplane, schemas
 from service.errors import ServiceError
 from service.registry import Registry
 from service.routes import ServiceRoute, deadline
@@ -186,11 +186,14 @@ def register(router: APIRouter) -> None:
     # Infer first: routes are matched in order, and it is the one under load.
     for prefix, style in _MODEL_PREFIXES.items():
         # The name's "infer-" prefix is the operation label of the request metrics (service.middleware).
-        add(f"{prefix}/infer", infer, "POST", name=f"infer-{style}", operation_id=f"infer_{style.replace('-', '_')}")
+        operation = f"infer_{style.replace('-', '_')}"
+        extra = schemas.v2_openapi(style, infer=True)
+        add(f"{prefix}/infer", infer, "POST", name=f"infer-{style}", operation_id=operation, openapi_extra=extra)
     add("/v2", server_metadata)
     add("/v2/health/live", live)
     add("/v2/health/ready", ready)
     for prefix, style in _MODEL_PREFIXES.items():
-        add(prefix, model_metadata, name=f"metadata_{style}")
-        add(f"{prefix}/ready", model_ready, name=f"ready_{style}")
-        add(f"{prefix}/config", model_config, name=f"config_{style}")
+        extra = schemas.v2_openapi(style, infer=False)
+        add(prefix, model_metadata, name=f"metadata_{style}", openapi_extra=extra)
+        add(f"{prefix}/ready", model_ready, name=f"ready_{style}", openapi_extra=extra)
+        add(f"{prefix}/config", model_config, name=f"config_{style}", openapi_extra=extra)

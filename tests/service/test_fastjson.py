@@ -40,6 +40,9 @@ def test_well_formed_rows_match_orjson_exactly(shape: tuple[int, ...]) -> None:
         b'{"inputs": [[1]], "inputs": [[2]]}',  # duplicate keys: orjson keeps the last
         b'{"inputs": [[1]], "key\\u005b": 1}',  # an escaped bracket: the count cannot prove anything
         b'{"inputs": [[1, 2]]} trailing',
+        b'{"inputs": [[1, 123456789012345678901234567890]]}',  # beyond 64 bits (simdjson: RuntimeError)
+        b'{"a\\u0000b": [], "inputs": [[1]]}',  # a key simdjson cannot look up (found by schemathesis)
+        b'{"\\ud800": 1, "inputs": [[1]]}',  # a lone surrogate
         b"[1, 2]",
     ],
 )
@@ -51,3 +54,18 @@ def test_anything_else_is_declined(body: bytes) -> None:
 def test_other_arrays_stay_lists() -> None:
     fast = fastjson.loads(b'{"inputs": [[1, 2]], "shape": [1, [2]]}', rows)
     assert fast is not None and fast["shape"] == [1, [2]]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"\\udabd\\ude5c\\u00c9": 1, "inputs": [[1]]}',
+        b'{"x\\"y": [1], "inputs": [[1, 2]]}',
+        b'{"inputs": [[-0.0, 1e-300]]}',
+    ],
+)
+def test_escapes_in_other_fields_match_orjson(body: bytes) -> None:
+    fast, expected = fastjson.loads(body, rows), orjson.loads(body)
+    assert fast is not None
+    assert {k: v for k, v in fast.items() if k != "inputs"} == {k: v for k, v in expected.items() if k != "inputs"}
+    np.testing.assert_array_equal(fast["inputs"], expected["inputs"])

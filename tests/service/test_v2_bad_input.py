@@ -62,6 +62,7 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("no data", INFER, plain({"inputs": [tensor()]}), 400, "give its values"),
     ("BYTES tensor", INFER, plain({"inputs": [tensor(datatype="BYTES", data=["a"] * 5)]}), 400, "BYTES"),
     ("unknown datatype", INFER, plain({"inputs": [tensor(datatype="FP99", data=ROW)]}), 400, "not one of"),
+    ("datatype an object", INFER, plain({"inputs": [tensor(datatype={"a": 1}, data=ROW)]}), 400, "is not one of"),
     ("negative dimension", INFER, plain({"inputs": [tensor(shape=[-1, 5], data=ROW)]}), 400, "non-negative"),
     ("too many dimensions", INFER, plain({"inputs": [tensor(shape=[1] * 100, data=[1.0])]}), 400, "at most 8"),
     ("non-finite", INFER,
