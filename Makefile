@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/datasets
 MODELS_DIR ?= models
 
-.PHONY: serve test lint models evaluate bench screenshots install-service install-dev install-bench system-deps clean
+.PHONY: serve test lint models evaluate bench screenshots install-service install-train install-dev install-bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,19 @@ $(VENV)/.service-installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,dev]'
-	touch $@ $(VENV)/.service-installed
+	touch $@ $(VENV)/.service-installed $(VENV)/.train-installed
 
 $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[bench]'
 	touch $@ $(VENV)/.service-installed
 
+$(VENV)/.train-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[train]'
+	touch $@ $(VENV)/.service-installed
+
 install-service: $(VENV)/.service-installed
+# torch (CPU wheel, pinned), onnx, scikit-learn...: what `python -m training` needs beside the service.
+install-train: $(VENV)/.train-installed
 install-dev: $(VENV)/.dev-installed
 install-bench: $(VENV)/.bench-installed
 

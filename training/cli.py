@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,8 +163,20 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
     )
 
 
+TRAIN_EXTRA = ("torch", "onnx", "sklearn")
+INSTALL_TRAIN = "make install-train (or: pip install -e '.[train]')"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # `make serve` installs the service alone: say how to get the training extra instead of a traceback.
+    missing = [name for name in TRAIN_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"error: the training extra is not installed (missing: {', '.join(missing)}); run {INSTALL_TRAIN}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     # Imported late so `--help` and argument errors answer without loading torch.
     from training.data import DataError
     from training.export import ExportParityError

@@ -53,9 +53,18 @@ def staging_folder(models_dir: Path, name: str, version: int) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=parent))
     try:
         yield staging
+        _readable_by_all(staging)
         _move_into_place(staging, parent / str(version))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _readable_by_all(folder: Path) -> None:
+    # mkdtemp makes the folder 0700 and the umask may narrow the files: a service running as another user (a
+    # container's, a Kubernetes pod's) must read the package, so folders 0755 and files 0644, whatever the umask.
+    folder.chmod(0o755)
+    for path in folder.iterdir():
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _move_into_place(staging: Path, destination: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +158,26 @@ def test_same_seed_same_model(tabular_npz: Path, tmp_path: Path) -> None:
     hashes = [json.loads((tmp_path / run / "tab" / "1" / "manifest.json").read_text())["files"] for run in ("a", "b")]
     for graph in ("encoder.onnx", "decoder.onnx", "scorer.onnx", "checkpoint.pt"):
         assert hashes[0][graph] == hashes[1][graph]
+
+
+def test_without_the_training_extra_it_says_what_to_install(tmp_path: Path) -> None:
+    # What `make serve` leaves: the service's packages only. Hiding torch stands in for not having it.
+    code = "import sys; sys.modules['torch'] = None; from training.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = ["fit", "--data", str(tmp_path / "rows.csv"), "--name", "x", "--models-dir", str(tmp_path)]
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    install = "run make install-train (or: pip install -e '.[train]')"
+    assert result.stderr.strip().splitlines() == [
+        f"error: the training extra is not installed (missing: torch); {install}"
+    ]
+
+
+def test_packages_are_readable_by_other_users(tabular_npz: Path, tmp_path: Path) -> None:
+    previous = os.umask(0o077)  # the strictest common umask
+    try:
+        assert _fit("--data", str(tabular_npz), "--name", "shared", "--models-dir", str(tmp_path), "--epochs", "1") == 0
+    finally:
+        os.umask(previous)
+    folder = tmp_path / "shared" / "1"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()} == {0o644}
