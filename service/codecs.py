@@ -3,6 +3,7 @@ objects); media types are looked up in tables, so a binary codec is one more row
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -20,6 +21,7 @@ PNG = "image/png"
 MULTIPART = "multipart/form-data"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
+CSV = "text/csv"
 RAW = "application/octet-stream"
 
 # Raw bodies are little-endian float32 unless X-Dtype names another of these.
@@ -101,15 +103,43 @@ def option(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     return value
 
 
-def as_batch(value: Any, row_shape: tuple[int, ...], field: str, max_rows: int) -> np.ndarray:
-    """Rows [n, *row_shape] float32 from nested lists; a single row may come without the outer list."""
+def as_batch(
+    value: Any, row_shape: tuple[int, ...], field: str, max_rows: int, names: Sequence[str] | None = None
+) -> np.ndarray:
+    """Rows [n, *row_shape] float32 from nested lists; a single row may come without the outer list. A
+    model with feature names also takes rows as objects of name -> value."""
     if isinstance(value, list) and not value:
         raise ServiceError(422, "empty_batch", f"{field} is empty: send at least one row")
+    if isinstance(value, dict) or (isinstance(value, list) and isinstance(value[0], dict)):
+        value = rows_by_name([value] if isinstance(value, dict) else value, names, field)
     try:
         array = np.asarray(value)
     except (ValueError, OverflowError):
         raise ServiceError(422, "invalid_shape", f"{field}: rows are ragged; {_expected(row_shape)}") from None
     return shaped(array, row_shape, field, max_rows)
+
+
+def rows_by_name(rows: list[Any], names: Sequence[str] | None, field: str) -> list[list[Any]]:
+    """Rows given as {feature name: value} objects, as lists in the model's feature order."""
+    if names is None:
+        raise ServiceError(422, "invalid_request", f"{field}: this model has no feature names; send rows as lists")
+    expected = set(names)
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ServiceError(422, "invalid_shape", f"{field}: row {index} is not an object like the rows before it")
+        missing, unknown = sorted(expected - row.keys()), sorted(row.keys() - expected)
+        problems = [f"lacks {_few(missing)}"] * bool(missing) + [f"has unknown {_few(unknown)}"] * bool(unknown)
+        if problems:
+            raise ServiceError(
+                422,
+                "invalid_request",
+                f"{field}: row {index} {' and '.join(problems)}; the features are {_few(list(names))}",
+            )
+    return [[row[name] for name in names] for row in rows]
+
+
+def _few(names: list[str]) -> str:
+    return str(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
 def shaped(array: np.ndarray, row_shape: tuple[int, ...], field: str, max_rows: int) -> np.ndarray:
@@ -126,6 +156,54 @@ def shaped(array: np.ndarray, row_shape: tuple[int, ...], field: str, max_rows: 
     if array.shape[1:] != row_shape:
         raise ServiceError(422, "invalid_shape", f"{field} has shape {list(array.shape)}; {_expected(row_shape)}")
     return checked_rows(array, field, max_rows)
+
+
+def load_csv(body: bytes, names: Sequence[str] | None, features: int) -> np.ndarray:
+    """Rows from CSV text: numbers only, or a first line of the model's feature names in any order."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ServiceError(400, "malformed_csv", "the CSV body is not UTF-8 text") from None
+    lines = [row for row in csv.reader(io.StringIO(text)) if row and any(cell.strip() for cell in row)]
+    if not lines:
+        raise ServiceError(422, "empty_batch", "the CSV body has no rows: send at least one")
+    order = None
+    header = [cell.strip() for cell in lines[0]]
+    if not any(_is_number(cell) for cell in header):  # a header: names only
+        order = _csv_columns(header, names)
+        lines = lines[1:]
+    rows = []
+    for index, line in enumerate(lines, start=1 if order is None else 2):
+        if len(line) != features:
+            raise ServiceError(
+                422, "invalid_shape", f"CSV line {index} has {len(line)} values; the model takes {features}"
+            )
+        cells = line if order is None else [line[i] for i in order]
+        if not all(_is_number(cell) for cell in cells):
+            raise ServiceError(422, "invalid_dtype", f"CSV line {index} holds a value that is not a number")
+        rows.append([float(cell) for cell in cells])
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), features)
+
+
+def _csv_columns(header: list[str], names: Sequence[str] | None) -> list[int]:
+    if names is None:
+        raise ServiceError(422, "invalid_request", "this model has no feature names: send CSV rows without a header")
+    missing, unknown = sorted(set(names) - set(header)), sorted(set(header) - set(names))
+    if missing or unknown or len(header) != len(names):
+        raise ServiceError(
+            422,
+            "invalid_request",
+            f"the CSV header must name each feature once: missing {_few(missing)}, unknown {_few(unknown)}",
+        )
+    return [header.index(name) for name in names]
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def load_npy(body: bytes) -> np.ndarray:

@@ -33,6 +33,7 @@ class Architecture(_Part):
 class Input(_Part):
     kind: Literal["image", "tabular"]
     shape: list[PositiveInt] = Field(min_length=1)
+    feature_names: list[str] | None = None
 
 
 class Latent(_Part):
@@ -78,6 +79,9 @@ class Manifest(_Part):
             raise ValueError(f"latent.mean must have {dim} values and latent.cov be {dim} x {dim}")
         if self.input.kind == "image" and len(self.input.shape) not in (2, 3):
             raise ValueError(f"an image input has shape [H, W] or [H, W, C], not {self.input.shape}")
+        names = self.input.feature_names
+        if names is not None and (len(names) != self.features or len(set(names)) != len(names)):
+            raise ValueError(f"input.feature_names must name each of the {self.features} features once")
         for name in ("offset", "scale"):
             size = len(getattr(self.preprocessing, name))
             if size not in (1, self.features):

@@ -8,6 +8,7 @@ X-Version and, from /score, X-Threshold headers; application/x-npz carries every
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,6 +39,7 @@ class RowsRequest:
     uploads: bool = False
     max_image_pixels: int = 0
     max_request_pixels: int = 0
+    feature_names: tuple[str, ...] | None = None  # rows may then come as {name: value} objects, and CSV headed
 
 
 @dataclass
@@ -72,7 +74,7 @@ async def read_json(request: Request, required: list[str], options: Options) -> 
 async def _json_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
     body = codecs.load_json_with_rows(await request.body(), spec.key)
     codecs.check_fields(body, [spec.key], list(spec.options))
-    rows = codecs.as_batch(body[spec.key], spec.row_shape, spec.key, spec.max_rows)
+    rows = codecs.as_batch(body[spec.key], spec.row_shape, spec.key, spec.max_rows, spec.feature_names)
     options = {name: codecs.option(body, name, kind, default) for name, (kind, default) in spec.options.items()}
     return rows, options
 
@@ -103,6 +105,13 @@ async def _npy_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) 
     return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), _query_options(request, spec)
 
 
+async def _csv_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
+    # The csv module is Python: parsing runs in a thread, where the event loop can interleave with it.
+    body, features = await request.body(), math.prod(spec.row_shape)
+    array = await to_thread.run_sync(codecs.load_csv, body, spec.feature_names, features)
+    return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), _query_options(request, spec)
+
+
 async def _raw_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
     headers = request.headers
     array = codecs.load_raw(await request.body(), headers.get("x-shape"), headers.get("x-dtype"))
@@ -129,6 +138,7 @@ _READERS: dict[str, _Reader] = {
     codecs.JSON: _json_rows,
     codecs.NPY: _npy_rows,
     codecs.RAW: _raw_rows,
+    codecs.CSV: _csv_rows,
     codecs.MULTIPART: _upload_rows,
 }
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from service.codecs import JSON, MULTIPART, NPY, NPZ, PNG, RAW
+from service.codecs import CSV, JSON, MULTIPART, NPY, NPZ, PNG, RAW
 from service.manifest import Manifest
 
 Rows = list[Any]
@@ -130,7 +130,7 @@ def openapi_for(operation: str, style: str, uploads: bool, png: bool) -> dict[st
     content: dict[str, Any] = {JSON: {"schema": REQUESTS[operation].model_json_schema()}}
     binary = {"schema": {"type": "string", "format": "binary"}}
     if operation != "generate":
-        content |= {NPY: binary, RAW: binary}
+        content |= {NPY: binary, RAW: binary, CSV: {"schema": {"type": "string"}}}
     if uploads:
         content[MULTIPART] = {"schema": UploadRequest.model_json_schema()}
     success: dict[str, Any] = {

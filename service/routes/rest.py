@@ -31,7 +31,13 @@ def _inputs(settings: Settings, runtime: ModelRuntime, **options: tuple[type, An
         uploads=True,
         max_image_pixels=settings.max_image_pixels,
         max_request_pixels=settings.max_request_pixels,
+        feature_names=_names(runtime),
     )
+
+
+def _names(runtime: ModelRuntime) -> tuple[str, ...] | None:
+    names = runtime.manifest.input.feature_names
+    return tuple(names) if names is not None else None
 
 
 def _latents(settings: Settings, runtime: ModelRuntime) -> RowsRequest:

@@ -26,7 +26,7 @@ TAB = "/score?model=tab"
 ROW = [1.0, 2.0, 3.0, 4.0, 5.0]
 TAB_SHAPES = "expected one row of shape [5] or a batch of shape [n, 5]"
 JSON_OR_BINARY = "send ['application/json', 'application/octet-stream', 'application/x-npy'"
-JSON_OR_UPLOAD = f"{JSON_OR_BINARY}, 'multipart/form-data']"
+JSON_OR_UPLOAD = f"{JSON_OR_BINARY}, 'multipart/form-data', 'text/csv']"
 MAX_ROWS, MAX_BYTES = LIMITS["max_batch_rows"], LIMITS["max_body_bytes"]
 
 
@@ -137,7 +137,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
     ("upload to a tabular model", "POST", TAB, {"files": {"file": ("a.png", png(), "image/png")}}, 415,
      "unsupported_media_type", "multipart/form-data uploads are for image models only"),
     ("upload to /decode", "POST", "/decode?model=conv", {"files": {"file": ("a.png", png(), "image/png")}}, 415,
-     "unsupported_media_type", f"multipart/form-data is not accepted here; {JSON_OR_BINARY}]"),
+     "unsupported_media_type", f"multipart/form-data is not accepted here; {JSON_OR_BINARY}, 'text/csv']"),
     ("upload that is no image", "POST", "/score?model=conv", {"files": {"file": ("a.png", b"GIF89", "image/png")}},
      422, "invalid_image", "the file is not a readable PNG or JPEG image"),
     ("GIF upload", "POST", "/score?model=conv", {"files": {"file": ("a.gif", png(fmt="GIF"), "image/gif")}}, 415,
