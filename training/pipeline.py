@@ -40,12 +40,15 @@ class Split:
     val: np.ndarray
     val_normal: np.ndarray  # the validation rows the threshold is calibrated on
     val_is_anomaly: np.ndarray | None  # per validation row, when labels say so
+    left_out: int = 0  # training-part rows not trained on, and why
+    left_out_because: str | None = None
 
 
 def fit(config: FitConfig) -> Path:
     """Trains one model and writes its package; returns the package folder."""
     check_name(config.name)
     data = load_dataset(config.data, config.label_column)
+    _warn_of_label_like_features(data, config)
     split = split_rows(data, config)
     config = resolve_training(config, data, len(split.train))
     version = choose_version(config.models_dir, config.name, config.version, config.replace)
@@ -79,14 +82,19 @@ def split_rows(data: Dataset, config: FitConfig) -> Split:
     n_val = max(1, round(rows * config.val_fraction))
     train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
     normal = normal_mask(data, config.normal_label)
+    left_out, because = 0, None
     if normal is not None:
+        left_out = int((~normal[train]).sum())
+        because = (
+            f"label is not {config.normal_label!r}" if config.normal_label is not None else "labelled anomalous (1)"
+        )
         train = train[normal[train]]
     if len(train) < 2:
         raise DataError(f"{data.source}: only {len(train)} training rows after the split; need at least 2")
     val_normal = val if normal is None else val[normal[val]]
     if len(val_normal) == 0:
         raise DataError(f"{data.source}: no normal rows in the validation split; raise --val-fraction")
-    return Split(train, val, val_normal, None if normal is None else ~normal[val])
+    return Split(train, val, val_normal, None if normal is None else ~normal[val], left_out, because)
 
 
 def _trainer_config(config: FitConfig, device: str) -> TrainerConfig:
@@ -136,7 +144,8 @@ def _write_package(
     }
     latent_mean, latent_cov = latent_moments(_run_graph(folder, "encoder.onnx", "z", data.x[split.train]))
 
-    report_body = {"history": vars(history), "metrics": metrics, "config": config.to_json()}
+    used = _data_used(data, split, config)
+    report_body = {"history": vars(history), "metrics": metrics, "data": used, "config": config.to_json()}
     write_json(folder / "report.json", report_body)
     latent = {"mean": latent_mean, "cov": latent_cov}
     _draw_pictures(folder, config.name, data, x_val, norm, spec, history, latent)
@@ -172,15 +181,7 @@ def _write_package(
             "max_abs_diff": parity,
         },
         "training": {
-            "data": {
-                "file": data.source.name,
-                "sha256": data.sha256,
-                "rows_total": len(data.x),
-                "rows_train": len(split.train),
-                "rows_val": len(split.val),
-                "normal_label": config.normal_label,
-                "label_column": config.label_column,
-            },
+            "data": used,
             "config": config.to_json(),
             "device": pick_device(config.device),
             "epochs_run": history.epochs_run,
@@ -193,6 +194,38 @@ def _write_package(
     }
     write_json(folder / MANIFEST, manifest)
     return manifest
+
+
+# Column names that usually hold labels rather than features.
+LABEL_LIKE = {"label", "labels", "class", "target", "y", "is_anomaly", "anomaly", "outlier", "is_outlier"}
+
+
+def _warn_of_label_like_features(data: Dataset, config: FitConfig) -> None:
+    for name in data.feature_names or []:
+        if name.strip().lower() in LABEL_LIKE:
+            print(
+                f"warning: column {name!r} is used as a feature but is named like a label; "
+                f"if it is one, pass --label-column {name}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _data_used(data: Dataset, split: Split, config: FitConfig) -> dict[str, Any]:
+    """What the model was trained on, in the manifest and report.json: rows, what was left out and why,
+    the features and the label column."""
+    return {
+        "file": data.source.name,
+        "sha256": data.sha256,
+        "rows_total": len(data.x),
+        "rows_train": len(split.train),
+        "rows_val": len(split.val),
+        "rows_train_left_out": split.left_out,
+        "left_out_because": split.left_out_because,
+        "features": data.feature_names if data.feature_names is not None else int(np.prod(data.shape)),
+        "normal_label": config.normal_label,
+        "label_column": config.label_column,
+    }
 
 
 def _run_graph(folder: Path, file: str, output: str, x: np.ndarray) -> np.ndarray:
@@ -251,6 +284,7 @@ def summary(manifest: dict[str, Any], destination: Path) -> str:
     return "\n".join(
         [
             f"model package {destination} ({size:.1f} MB)",
+            f"  data           {_data_line(manifest['training']['data'])}",
             f"  architecture   {manifest['architecture']['kind']}, input {manifest['input']['shape']}, "
             f"latent {manifest['latent']['dim']}, loss {manifest['loss']}",
             f"  epochs         {manifest['training']['epochs_run']} (best {manifest['training']['best_epoch']}), "
@@ -264,6 +298,19 @@ def summary(manifest: dict[str, Any], destination: Path) -> str:
             f"  parity         max |onnxruntime - torch| = {parity:.2e}",
         ]
     )
+
+
+def _data_line(used: dict[str, Any]) -> str:
+    features = used["features"]
+    if isinstance(features, list):
+        features = f"{len(features)} features ({', '.join(features[:6])}{', ...' if len(features) > 6 else ''})"
+    else:
+        features = f"{features} values per row"
+    line = f"{used['rows_train']} training rows of {used['rows_total']}"
+    if used["rows_train_left_out"]:
+        line += f", {used['rows_train_left_out']} left out ({used['left_out_because']})"
+    line += f"; {features}"
+    return line + (f"; label column {used['label_column']!r}" if used["label_column"] else "")
 
 
 def _say(config: FitConfig, message: str) -> None:

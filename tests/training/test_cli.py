@@ -181,3 +181,29 @@ def test_packages_are_readable_by_other_users(tabular_npz: Path, tmp_path: Path)
     folder = tmp_path / "shared" / "1"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert {stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()} == {0o644}
+
+
+def test_the_summary_and_report_say_what_was_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(120, 3)) + 3.0
+    flags = (np.arange(120) % 10 == 0).astype(int)  # every tenth row labelled anomalous
+    table = tmp_path / "rows.csv"
+    lines = ["a,b,class,is_anomaly"] + [f"{r[0]},{r[1]},{r[2]},{f}" for r, f in zip(rows, flags, strict=True)]
+    table.write_text("\n".join(lines) + "\n")
+
+    code = _fit("--data", str(table), "--label-column", "is_anomaly", "--name", "used", "--models-dir", str(tmp_path))
+
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert "warning: column 'class' is used as a feature but is named like a label; " in err
+    assert "if it is one, pass --label-column class" in err
+    manifest = json.loads((tmp_path / "used" / "1" / "manifest.json").read_text())
+    used = manifest["training"]["data"]
+    train_part = used["rows_train"] + used["rows_train_left_out"]
+    assert used["rows_train_left_out"] > 0 and train_part + used["rows_val"] == 120
+    assert used["left_out_because"] == "labelled anomalous (1)"
+    assert (used["features"], used["label_column"]) == (["a", "b", "class"], "is_anomaly")
+    report = json.loads((tmp_path / "used" / "1" / "report.json").read_text())
+    assert report["data"] == used
+    line = f"{used['rows_train']} training rows of 120, {used['rows_train_left_out']} left out (labelled anomalous (1))"
+    assert line in out and "3 features (a, b, class); label column 'is_anomaly'" in out
