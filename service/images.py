@@ -1,4 +1,7 @@
-"""Images to rows and rows to images: PNG/JPEG uploads in, a PNG grid out.
+"""Images to rows and rows to images: PNG/JPEG/BMP uploads in, a PNG grid out.
+
+`decode_image` is the one definition of how a file becomes a model's row, shared by the service (uploads)
+and the training side (image folders), so a served model sees an uploaded file exactly as training saw it.
 
 Pixels map to model inputs through the model's own normalisation: a pixel p in 0..255 is the normalised
 value p / 255, so `x = offset + scale * p / 255` (for the usual `x / 255` models, x = p)."""
@@ -14,7 +17,7 @@ from PIL import Image
 
 from service.errors import ServiceError
 
-FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg"}
+FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "BMP": "image/bmp"}
 # The PIL mode that yields the model's channel count; None is an H x W model (grayscale, no channel axis).
 _MODES = {None: "L", 1: "L", 3: "RGB", 4: "RGBA"}
 _GRID_GAP = 2
@@ -35,7 +38,9 @@ def decode_image(data: bytes, row_shape: tuple[int, ...], max_pixels: int) -> np
     except Exception:  # PIL's parsers raise many types on malformed files (SyntaxError, ValueError, struct.error)
         raise ServiceError(422, "invalid_image", "the file is not a readable PNG or JPEG image") from None
     if opened.format not in FORMATS:
-        raise ServiceError(415, "unsupported_media_type", f"{opened.format} images are not accepted; send PNG or JPEG")
+        raise ServiceError(
+            415, "unsupported_media_type", f"{opened.format} images are not accepted; send PNG, JPEG or BMP"
+        )
     if opened.width * opened.height > max_pixels:
         raise _too_large(max_pixels)
     try:

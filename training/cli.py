@@ -26,6 +26,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H x W, like 28x28, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return height, width
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -36,8 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = fit.add_argument_group("data")
-    data.add_argument("--data", type=Path, required=True, help="IDX (gz or raw), .npz, .npy, .csv or .parquet")
+    data.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="IDX (gz or raw), .npz, .npy, .csv or .parquet; or a folder of PNG/JPEG/BMP images, labelled by "
+        "their first-level subfolders when there are any",
+    )
     data.add_argument("--label-column", help="CSV/Parquet column holding labels (never a feature)")
+    data.add_argument(
+        "--image-size", type=_image_size, help="folders of images: H x W rows, e.g. 28x28 (default: the most common)"
+    )
+    data.add_argument(
+        "--image-channels",
+        type=int,
+        choices=(1, 3),
+        help="folders of images: 1 (grey) or 3 (RGB); default: most files'",
+    )
     data.add_argument("--normal-label", help="train only on rows with this label (one-class setting)")
     data.add_argument("--val-fraction", type=float, default=0.1, help="share of rows held out for validation")
     data.add_argument(
@@ -141,6 +166,8 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         replace=args.replace,
         label_column=args.label_column,
         normal_label=args.normal_label,
+        image_size=args.image_size,
+        image_channels=args.image_channels,
         scaling=args.scaling,
         val_fraction=args.val_fraction,
         arch=args.arch,

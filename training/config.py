@@ -21,6 +21,8 @@ class FitConfig:
     # Data selection.
     label_column: str | None = None
     normal_label: str | None = None
+    image_size: tuple[int, int] | None = None  # folders of images: H x W; None: the most common size
+    image_channels: int | None = None  # folders of images: 1 or 3; None: what most files have
     val_fraction: float = 0.1
     scaling: Scaling | None = None  # tables only; images are divided by their peak value
     # Model; None means "chosen from the data" (see training.recipes).

@@ -1,4 +1,5 @@
-"""Loading training data from IDX, .npz, .npy, .csv and .parquet files into one `Dataset` shape.
+"""Loading training data from IDX, .npz, .npy, .csv and .parquet files, and folders of images, into one
+`Dataset` shape.
 
 Every failure a user can cause (missing file, empty table, text in a feature column, NaN, ragged rows,
 unknown label) is a `DataError` whose message names the file and, where there is one, the column.
@@ -10,6 +11,7 @@ import gzip
 import hashlib
 import struct
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,10 +49,23 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_dataset(path: Path, label_column: str | None = None) -> Dataset:
+def load_dataset(
+    path: Path,
+    label_column: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    image_channels: int | None = None,
+) -> Dataset:
     path = Path(path)
+    if path.is_dir():
+        if label_column is not None:
+            raise DataError(
+                f"{path}: --label-column applies to .csv and .parquet files; a folder's labels are its subfolders"
+            )
+        return load_image_folder(path, image_size, image_channels)
+    if image_size is not None or image_channels is not None:
+        raise DataError(f"{path}: --image-size and --image-channels apply to folders of images")
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file or folder")
     loader = _loader_for(path)
     if label_column is not None and loader not in (_load_csv, _load_parquet):
         raise DataError(f"{path}: --label-column applies to .csv and .parquet files only")
@@ -218,3 +233,54 @@ _LOADERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray | None, list[str]
     "-ubyte": _load_idx,
     ".idx": _load_idx,
 }
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# PIL modes that hold one channel; any other (RGB, RGBA, P, CMYK, ...) becomes three.
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def load_image_folder(
+    folder: Path, image_size: tuple[int, int] | None = None, image_channels: int | None = None
+) -> Dataset:
+    """A folder of PNG, JPEG or BMP files (recursive). With first-level subfolders, each file's label is its
+    subfolder's name (the ImageFolder convention). Every file becomes one row of the same size and channel
+    count, converted by service.images.decode_image, exactly as the service converts an upload."""
+    from PIL import Image
+
+    from service.errors import ServiceError
+    from service.images import decode_image
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no PNG, JPEG or BMP images in this folder or below")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    labels = [p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else None for p in files]
+    if classes and None in labels:
+        stray = files[labels.index(None)]
+        raise DataError(f"{stray}: with class subfolders, every image must be in one of them ({', '.join(classes)})")
+    headers = {}
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                headers[path] = (image.size, image.mode)
+        except Exception:  # PIL raises many types on unreadable files
+            raise DataError(f"{path}: not a readable PNG, JPEG or BMP image") from None
+    width, height = (
+        image_size[::-1] if image_size else Counter(size for size, _ in headers.values()).most_common(1)[0][0]
+    )
+    if image_channels is None:
+        grey = sum(mode in _GREY_MODES for _, mode in headers.values())
+        image_channels = 1 if 2 * grey >= len(headers) else 3
+    row_shape = (height, width) if image_channels == 1 else (height, width, 3)
+    rows = []
+    for path in files:
+        try:
+            rows.append(decode_image(path.read_bytes(), row_shape, max_pixels=1 << 31))
+        except ServiceError as err:
+            raise DataError(f"{path}: {err.message}") from None
+    y = np.asarray(labels) if classes else None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(folder)}\0{file_sha256(path)}\n".encode())
+    return Dataset(x=np.stack(rows), y=y, kind="image", source=folder, sha256=digest.hexdigest())

@@ -47,7 +47,7 @@ class Split:
 def fit(config: FitConfig) -> Path:
     """Trains one model and writes its package; returns the package folder."""
     check_name(config.name)
-    data = load_dataset(config.data, config.label_column)
+    data = load_dataset(config.data, config.label_column, config.image_size, config.image_channels)
     _warn_of_label_like_features(data, config)
     split = split_rows(data, config)
     config = resolve_training(config, data, len(split.train))

@@ -141,7 +141,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
     ("upload that is no image", "POST", "/score?model=conv", {"files": {"file": ("a.png", b"GIF89", "image/png")}},
      422, "invalid_image", "the file is not a readable PNG or JPEG image"),
     ("GIF upload", "POST", "/score?model=conv", {"files": {"file": ("a.gif", png(fmt="GIF"), "image/gif")}}, 415,
-     "unsupported_media_type", "GIF images are not accepted; send PNG or JPEG"),
+     "unsupported_media_type", "GIF images are not accepted; send PNG, JPEG or BMP"),
     ("huge image", "POST", "/score?model=conv", {"files": {"file": ("a.png", png((600, 600)), "image/png")}}, 413,
      "image_too_large", f"the image has more than {LIMITS['max_image_pixels']} pixels"),
     ("images over the per-request pixel budget", "POST", "/score?model=conv",
