@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -16,6 +16,7 @@ import onnxruntime as ort
 from training import report
 from training.config import FitConfig
 from training.data import DataError, Dataset, load_dataset, normal_mask
+from training.distributed import World, join
 from training.export import PARITY_ATOL, PARITY_ROWS, PARITY_RTOL, check_parity, export_graphs, graph_specs
 from training.metrics import auroc, calibrate_threshold, latent_moments, pca_scores
 from training.models import Autoencoder, ModelSpec, build_model, save_checkpoint
@@ -45,31 +46,44 @@ class Split:
 
 
 def fit(config: FitConfig) -> Path:
-    """Trains one model and writes its package; returns the package folder."""
-    check_name(config.name)
-    data = load_dataset(config.data, config.label_column, config.image_size, config.image_channels)
-    _warn_of_label_like_features(data, config)
-    split = split_rows(data, config)
-    config = resolve_training(config, data, len(split.train))
-    version = choose_version(config.models_dir, config.name, config.version, config.replace)
-    norm, model, history = train_model(config, data, split)
-    with staging_folder(config.models_dir, config.name, version) as folder:
-        manifest = _write_package(folder, config, version, data, split, norm, model, history)
-    destination = config.models_dir / config.name / str(version)
-    print(summary(manifest, destination), flush=True)
-    return destination
+    """Trains one model and writes its package; returns the package folder. Under torchrun every rank
+    trains (training.distributed) and rank 0 alone exports and writes."""
+    world = join()
+    try:
+        if not world.is_main:
+            config = replace(config, progress=False)
+        check_name(config.name)
+        data = load_dataset(config.data, config.label_column, config.image_size, config.image_channels)
+        if world.is_main:
+            _warn_of_label_like_features(data, config)
+        split = split_rows(data, config)
+        config = resolve_training(config, data, len(split.train))
+        version = choose_version(config.models_dir, config.name, config.version, config.replace)
+        norm, model, history = train_model(config, data, split, world)
+        destination = config.models_dir / config.name / str(version)
+        if world.is_main:
+            with staging_folder(config.models_dir, config.name, version) as folder:
+                manifest = _write_package(folder, config, version, data, split, norm, model, history, world)
+            print(summary(manifest, destination), flush=True)
+        return destination
+    finally:
+        world.close()
 
 
-def train_model(config: FitConfig, data: Dataset, split: Split) -> tuple[Normalisation, Autoencoder, History]:
+def train_model(
+    config: FitConfig, data: Dataset, split: Split, world: World | None = None
+) -> tuple[Normalisation, Autoencoder, History]:
     """The recipe chosen from the data, trained on the split's training rows: what `fit` exports and
     what `python -m training evaluate` measures. `config` has been through `resolve_training`."""
+    world = world or World()
     norm = fit_normalisation(data, data.x[split.train], config.scaling)
     spec = model_spec(config, data)
     set_seed(config.seed)
     model = build_model(spec)
-    device = pick_device(config.device)
-    _say(config, f"training {spec.kind} on {len(split.train)} rows of shape {list(data.shape)} ({device})")
-    trainer = Trainer(model, _trainer_config(config, device))
+    device = world.device(pick_device(config.device))
+    ranks = f", {world.size} processes ({world.backend})" if world.distributed else ""
+    _say(config, f"training {spec.kind} on {len(split.train)} rows of shape {list(data.shape)} ({device}{ranks})")
+    trainer = Trainer(model, _trainer_config(config, device), world)
     history = trainer.fit(norm.apply(data.x[split.train]), norm.apply(data.x[split.val_normal]))
     return norm, model, history
 
@@ -120,6 +134,7 @@ def _write_package(
     norm: Normalisation,
     model: Autoencoder,
     history: History,
+    world: World,
 ) -> dict[str, Any]:
     spec = model.spec
     graphs = graph_specs(model, norm)
@@ -145,7 +160,14 @@ def _write_package(
     latent_mean, latent_cov = latent_moments(_run_graph(folder, "encoder.onnx", "z", data.x[split.train]))
 
     used = _data_used(data, split, config)
-    report_body = {"history": vars(history), "metrics": metrics, "data": used, "config": config.to_json()}
+    distributed = {"world_size": world.size, "backend": world.backend}
+    report_body = {
+        "history": vars(history),
+        "metrics": metrics,
+        "data": used,
+        "distributed": distributed,
+        "config": config.to_json(),
+    }
     write_json(folder / "report.json", report_body)
     latent = {"mean": latent_mean, "cov": latent_cov}
     _draw_pictures(folder, config.name, data, x_val, norm, spec, history, latent)

@@ -9,8 +9,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler, TensorDataset
 from tqdm import tqdm
 
+from training.distributed import World
 from training.models import Autoencoder
 
 
@@ -51,11 +55,29 @@ def pick_device(requested: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class _Loss(nn.Module):
+    """The model's loss as a forward pass: DistributedDataParallel averages gradients only for what goes
+    through its forward."""
+
+    def __init__(self, model: Autoencoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, noisy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(noisy, target)
+
+
 class Trainer:
-    def __init__(self, model: Autoencoder, config: TrainerConfig) -> None:
+    def __init__(self, model: Autoencoder, config: TrainerConfig, world: World | None = None) -> None:
+        self.world = world or World()
         self.model = model.to(config.device)
         self.config = config
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        loss: nn.Module = _Loss(self.model)
+        if self.world.distributed:
+            on_gpu = config.device.startswith("cuda")
+            loss = DistributedDataParallel(loss, device_ids=[self.world.local_rank] if on_gpu else None)
+        self.loss = loss
 
     def fit(self, x_train: np.ndarray, x_val: np.ndarray) -> History:
         """Trains with early stopping on validation loss; leaves the model at its best epoch, in eval mode."""
@@ -83,17 +105,30 @@ class Trainer:
         history.seconds = time.perf_counter() - started
         return history
 
+    def _order(self, rows: int, generator: torch.Generator, epoch: int) -> tuple[torch.Tensor, int]:
+        """This rank's rows for the epoch, and its batch size. Several ranks each take their share
+        (DistributedSampler) in batches of batch_size / ranks, so one step still averages batch_size rows and
+        an epoch has as many steps as in one process."""
+        if not self.world.distributed:
+            return torch.randperm(rows, generator=generator), self.config.batch_size
+        rows_only = TensorDataset(torch.arange(rows))
+        sampler: DistributedSampler[int] = DistributedSampler(
+            rows_only, num_replicas=self.world.size, rank=self.world.rank, shuffle=True, seed=self.config.seed
+        )
+        sampler.set_epoch(epoch)
+        return torch.tensor(list(sampler)), max(1, self.config.batch_size // self.world.size)
+
     def _train_epoch(self, train: torch.Tensor, generator: torch.Generator, epoch: int) -> float:
         cfg = self.config
         self.model.train()
-        order = torch.randperm(len(train), generator=generator)
-        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        order, batch_size = self._order(len(train), generator, epoch)
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         total, seen = 0.0, 0
         bar = tqdm(
             batches,
             desc=f"epoch {epoch}/{cfg.epochs}",
             leave=False,
-            disable=None if cfg.progress else True,
+            disable=None if cfg.progress and self.world.is_main else True,
             unit="batch",
         )
         for index in bar:
@@ -102,24 +137,32 @@ class Trainer:
             if cfg.noise > 0:
                 noise = torch.randn(target.shape, generator=generator).to(cfg.device)
                 noisy = target + cfg.noise * noise
-            loss = self.model.loss(noisy, target).mean()
+            loss = self.loss(noisy, target).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             total += loss.item() * len(index)
             seen += len(index)
             bar.set_postfix(loss=f"{total / seen:.5f}")
-        return total / max(seen, 1)
+        pooled_total, pooled_seen = self.world.sum(total, seen)
+        return pooled_total / max(pooled_seen, 1)
 
     @torch.no_grad()
     def evaluate(self, x: np.ndarray) -> float:
+        """The mean loss over the rows; with several ranks each scores its share and the sums are pooled,
+        so every rank gets the same number (and stops early at the same epoch)."""
         self.model.eval()
+        share = np.ascontiguousarray(x[self.world.rank :: self.world.size])
         losses = [
             self.model.loss(batch, batch)
-            for batch in torch.from_numpy(x).to(self.config.device).split(self.config.batch_size * 4)
+            for batch in torch.from_numpy(share).to(self.config.device).split(self.config.batch_size * 4)
         ]
-        return float(torch.cat(losses).mean())
+        local = torch.cat(losses) if losses else torch.zeros(0)
+        if not self.world.distributed:
+            return float(local.mean())
+        total, count = self.world.sum(float(local.double().sum()), float(len(local)))
+        return total / max(count, 1)
 
     def _say(self, message: str) -> None:
-        if self.config.progress:
+        if self.config.progress and self.world.is_main:
             tqdm.write(message)
