@@ -124,7 +124,7 @@ def _as_features(path: Path, x: np.ndarray, names: list[str] | None) -> np.ndarr
         raise DataError(f"{path}: no data (shape {tuple(x.shape)}); expected rows x features or images")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: features must be numeric, got dtype {x.dtype}")
-    x = x.astype(np.float32)
+    x = x.astype(np.float32, copy=False)
     bad = ~np.isfinite(x)
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
@@ -211,18 +211,19 @@ def _split_table(path: Path, table: Any, label_column: str | None) -> tuple[np.n
     features = [n for n in names if n != label_column]
     if not features or table.num_rows == 0:
         raise DataError(f"{path}: no data rows or no feature columns")
-    columns = []
-    for name in features:
+    # Filled column by column: one float32 table in memory besides Arrow's, not a list of columns and a stack.
+    x = np.empty((table.num_rows, len(features)), dtype=np.float32)
+    for index, name in enumerate(features):
         column = table.column(name)
         if not (pat.is_integer(column.type) or pat.is_floating(column.type) or pat.is_boolean(column.type)):
             raise DataError(f"{path}: column {name!r} is not numeric (type {column.type})")
         if column.null_count:
             raise DataError(f"{path}: column {name!r} has {column.null_count} empty values")
-        columns.append(column.to_numpy(zero_copy_only=False).astype(np.float32))
+        x[:, index] = column.to_numpy(zero_copy_only=False)
     y = None
     if label_column is not None:
         y = table.column(label_column).to_numpy(zero_copy_only=False)
-    return np.stack(columns, axis=1), y, features
+    return x, y, features
 
 
 _LOADERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray | None, list[str] | None]]] = {

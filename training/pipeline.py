@@ -153,7 +153,7 @@ def _write_package(
         "val_loss": min(history.val_loss) if history.val_loss else None,
         "val_mse": float(scores[is_normal].mean()),
         "pca_val_mse": float(
-            pca_scores(norm.apply(data.x[split.train]), norm.apply(x_val[is_normal]), spec.latent_dim).mean()
+            pca_scores(norm.apply(data.x[_pca_rows(split.train)]), norm.apply(x_val[is_normal]), spec.latent_dim).mean()
         ),
         "auroc": None if split.val_is_anomaly is None else auroc(scores, split.val_is_anomaly),
     }
@@ -216,6 +216,17 @@ def _write_package(
     }
     write_json(folder / MANIFEST, manifest)
     return manifest
+
+
+# PCA, the baseline the summary compares with, is fitted on at most this many training rows (a seeded
+# sample): on a million rows its float64 copies would be the largest thing in memory.
+PCA_MAX_ROWS = 100_000
+
+
+def _pca_rows(train: np.ndarray) -> np.ndarray:
+    if len(train) <= PCA_MAX_ROWS:
+        return train
+    return np.sort(np.random.default_rng(0).choice(train, PCA_MAX_ROWS, replace=False))
 
 
 # Column names that usually hold labels rather than features.

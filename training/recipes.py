@@ -23,7 +23,10 @@ class Normalisation:
     description: str
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.offset) / self.scale).astype(np.float32)
+        # In place on the one new array: the same numbers as ((x - offset) / scale), a third of the memory.
+        out = x - self.offset
+        out /= self.scale
+        return out.astype(np.float32, copy=False)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -41,18 +44,25 @@ def fit_normalisation(data: Dataset, x_train: np.ndarray, scaling: Scaling | Non
         peak = 255.0 if float(x_train.max()) > 1.0 else 1.0
         one = np.ones(1, dtype=np.float32)
         return Normalisation("divide", 0 * one, peak * one, f"x / {peak:g}")
-    x = x_train.astype(np.float64)
     if scaling == "minmax":
-        low = x.min(axis=0)
-        span = x.max(axis=0) - low
+        low = x_train.min(axis=0).astype(np.float64)
+        span = x_train.max(axis=0).astype(np.float64) - low
         description = "(x - min) / (max - min) per feature, on the training rows"
     elif scaling == "standardise":
+        x = x_train.astype(np.float64)
         low, span = x.mean(axis=0), x.std(axis=0)
         description = "(x - mean) / std per feature, on the training rows"
     elif scaling == "box":
-        low, high = np.quantile(x, BOX_QUANTILES, axis=0)
+        # Column by column: a float64 copy of one column at a time, not of the whole table.
+        edges = np.array(
+            [np.quantile(x_train[:, j].astype(np.float64), BOX_QUANTILES) for j in range(x_train.shape[1])]
+        )
+        low, high = edges[:, 0], edges[:, 1]
         # A column constant over its central rows (mostly one value) falls back to its spread.
-        span = np.where(high - low > 1e-8, high - low, x.std(axis=0))
+        span = high - low
+        flat = np.flatnonzero(span <= 1e-8)
+        if flat.size:
+            span[flat] = x_train[:, flat].astype(np.float64).std(axis=0)
         low_q, high_q = (f"{100 * q:g}" for q in BOX_QUANTILES)
         description = (
             f"(x - q{low_q}) / (q{high_q} - q{low_q}) per feature, on the training rows; the decoder's "
