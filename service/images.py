@@ -36,7 +36,7 @@ def decode_image(data: bytes, row_shape: tuple[int, ...], max_pixels: int) -> np
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise _too_large(max_pixels) from None
     except Exception:  # PIL's parsers raise many types on malformed files (SyntaxError, ValueError, struct.error)
-        raise ServiceError(422, "invalid_image", "the file is not a readable PNG or JPEG image") from None
+        raise ServiceError(422, "invalid_image", "the file is not a readable PNG, JPEG or BMP image") from None
     if opened.format not in FORMATS:
         raise ServiceError(
             415, "unsupported_media_type", f"{opened.format} images are not accepted; send PNG, JPEG or BMP"

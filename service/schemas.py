@@ -42,7 +42,7 @@ class GenerateRequest(BaseModel):
 
 
 class UploadRequest(BaseModel):
-    file: bytes = Field(description="a PNG or JPEG image; repeat the field for a batch")
+    file: bytes = Field(description="a PNG, JPEG or BMP image; repeat the field for a batch")
 
 
 class Answer(BaseModel):

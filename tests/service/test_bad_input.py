@@ -139,7 +139,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
     ("upload to /decode", "POST", "/decode?model=conv", {"files": {"file": ("a.png", png(), "image/png")}}, 415,
      "unsupported_media_type", f"multipart/form-data is not accepted here; {JSON_OR_BINARY}, 'text/csv']"),
     ("upload that is no image", "POST", "/score?model=conv", {"files": {"file": ("a.png", b"GIF89", "image/png")}},
-     422, "invalid_image", "the file is not a readable PNG or JPEG image"),
+     422, "invalid_image", "the file is not a readable PNG, JPEG or BMP image"),
     ("GIF upload", "POST", "/score?model=conv", {"files": {"file": ("a.gif", png(fmt="GIF"), "image/gif")}}, 415,
      "unsupported_media_type", "GIF images are not accepted; send PNG, JPEG or BMP"),
     ("huge image", "POST", "/score?model=conv", {"files": {"file": ("a.png", png((600, 600)), "image/png")}}, 413,
