@@ -49,7 +49,12 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
     registry = Registry(Repository(settings.models_dir), sessions, metrics, settings.default_model)
     app.state.settings, app.state.registry = settings, registry
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        max_bytes_in_flight=settings.max_body_bytes_in_flight,
+    )
     app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
     # Added last, so it runs first: a request without a key goes no further.
     app.add_middleware(ApiKeys, keys=settings.all_api_keys(), metrics_need_key=settings.metrics_need_key)

@@ -3,6 +3,7 @@ metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from typing import Any
@@ -16,30 +17,57 @@ from service.registry import Registry
 
 
 class BodyLimit:
-    """Refuses request bodies over `max_bytes` with 413, by Content-Length up front or by counting the
-    stream (chunked uploads have no Content-Length). The error is raised where the body is read, so the
-    one error handler renders it."""
+    """Bounds what request bodies can hold: each body to `max_bytes` (413, by Content-Length up front or by
+    counting a chunked stream), its arrival to `timeout_s` from the first byte read (408: a client that
+    promises a body and stalls is dropped), and the bytes of all requests in progress together to
+    `max_bytes_in_flight` (503 `overloaded`), so memory stays bounded whatever clients send. Errors are raised
+    where the body is read, so the one error handler renders them."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float, max_bytes_in_flight: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.max_bytes_in_flight = max_bytes_in_flight
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
-        received = 0
+        received, complete, deadline = 0, False, None
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
+            nonlocal received, complete, deadline
+            if complete:  # after the body, receive() only waits for a disconnect: no deadline there
+                return await receive()
+            deadline = deadline or asyncio.get_running_loop().time() + self.timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise ServiceError(
+                    408, "body_timeout", f"the request body did not arrive within {self.timeout_s:g} s"
+                ) from None
+            chunk = len(message.get("body", b""))
+            complete = not message.get("more_body", False)
+            received += chunk
+            self.in_flight += chunk
             if max(received, int(declared) if declared.isdigit() else 0) > self.max_bytes:
                 raise ServiceError(413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes")
+            if self.in_flight > self.max_bytes_in_flight:
+                raise ServiceError(
+                    503,
+                    "overloaded",
+                    "too many request bytes are being received at once; retry later",
+                    {"Retry-After": "1"},
+                )
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            self.in_flight -= received
 
 
 class RequestMetrics:

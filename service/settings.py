@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     """HTTP parser uvicorn uses."""
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1)
     """Largest request body in bytes, uploads included; larger is refused with 413."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Longest a request body may take to arrive, from its first byte read; a stalled one gets 408."""
+    max_body_bytes_in_flight: int = Field(256 * 1024 * 1024, ge=1)
+    """Most request-body bytes held by all requests in progress together; over it, 503 `overloaded`."""
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     """Largest uploaded image (width x height) decoded before resizing; larger is refused with 413."""
     max_request_pixels: int = Field(4 * 4096 * 4096, ge=1)

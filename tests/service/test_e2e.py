@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -94,3 +95,42 @@ def _probe_while_uploading(server: httpx.Client) -> None:
     assert answers == [200]
     assert max(probes) < 0.1, f"/healthz took {max(probes):.3f} s while images were decoded"
     assert len(probes) >= 5, "the upload finished before the probes could measure anything"
+
+
+def _half_sent(port: int, path: str, declared: int, sent: bytes) -> socket.socket:
+    """A connection that promises `declared` body bytes and sends only `sent`."""
+    connection = socket.create_connection(("127.0.0.1", port))
+    head = f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    connection.sendall(head.encode() + sent)
+    return connection
+
+
+def _answer(connection: socket.socket, within: float) -> bytes:
+    connection.settimeout(within)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        connection.close()
+    return data
+
+
+def test_stalled_bodies_are_dropped_and_held_bytes_are_bounded(models_dir: Path, tmp_path: Path) -> None:
+    env = {"AE_BODY_TIMEOUT_S": "1", "AE_MAX_BODY_BYTES_IN_FLIGHT": "100000"}
+    with running_server(models_dir, tmp_path / "server.log", env=env) as server:
+        port = int(str(server.base_url).rsplit(":", 1)[1].rstrip("/"))
+        started = time.monotonic()
+        stalled = _answer(_half_sent(port, "/models/tab/score", 100, b'{"inputs": '), within=10)
+        assert stalled.startswith(b"HTTP/1.1 408") and b'"code":"body_timeout"' in stalled
+        assert time.monotonic() - started < 5
+
+        holding = _half_sent(port, "/models/tab/score", 200_000, b" " * 80_000)  # 80 KB held, more promised
+        time.sleep(0.3)
+        second = _answer(_half_sent(port, "/models/tab/score", 200_000, b" " * 40_000), within=10)
+        assert second.startswith(b"HTTP/1.1 503") and b'"code":"overloaded"' in second and b"retry-after: 1" in second
+        holding.close()
+        assert server.post("/models/tab/score", json={"inputs": [0.0] * 5}).status_code == 200
