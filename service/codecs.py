@@ -208,6 +208,7 @@ def _is_number(cell: str) -> bool:
 
 def load_npy(body: bytes) -> np.ndarray:
     """An array from a .npy file; object arrays are refused without unpickling anything."""
+    _check_npy_size(body)
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -215,6 +216,33 @@ def load_npy(body: bytes) -> np.ndarray:
     if not isinstance(array, np.ndarray):  # np.load also opens .npz archives
         raise ServiceError(400, "malformed_npy", "the body is an .npz archive; send one .npy array")
     return array
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_npy_size(body: bytes) -> None:
+    # np.load allocates what the header claims before reading: a header promising 2^40 rows must be
+    # refused by comparing it with the bytes that came, not by trying.
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = _NPY_HEADERS.get(version)
+        if read_header is None:
+            return  # other versions: np.load says what is wrong
+        shape, _, dtype = read_header(stream)
+    except (ValueError, OSError, EOFError):
+        return  # not a .npy header: np.load refuses it with its own message
+    if dtype.hasobject:
+        return
+    needed, held = math.prod(shape) * dtype.itemsize, len(body) - stream.tell()
+    if needed != held:
+        raise ServiceError(
+            400,
+            "malformed_npy",
+            f"the body is not a readable .npy file: its header says shape {list(shape)} ({needed} bytes) "
+            f"but {held} bytes follow",
+        )
 
 
 def load_raw(body: bytes, shape: str | None, dtype: str | None) -> np.ndarray:

@@ -49,6 +49,13 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def npy_claiming(rows: int) -> bytes:
+    """A .npy file whose header promises `rows` rows of 5 float32, followed by two rows."""
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, 5), }}".encode()
+    header = header.ljust(118) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + np.zeros(10, np.float32).tobytes()
+
+
 def png(size: tuple[int, int] = (8, 8), mode: str = "L", fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, size).save(buffer, format=fmt)
@@ -116,6 +123,9 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
      "inputs has shape [1, 2]; expected one row of shape [5] or a batch of shape [n, 5]"),
     ("values that overflow the score", "POST", TAB, {"json": {"inputs": [ROW, [1e30] * 5]}}, 422, "non_finite_result",
      "the scores of rows [1] overflow float32: their values are too far out of range"),
+    ("an .npy header claiming 2^40 rows", "POST", TAB, {"content": npy_claiming(2**40), "headers": NPY}, 400,
+     "malformed_npy", "the body is not a readable .npy file: its header says shape [1099511627776, 5] "
+     "(21990232555520 bytes) but 40 bytes follow"),
     ("empty .npy batch", "POST", TAB, {"content": npy(np.zeros((0, 5), np.float32)), "headers": NPY}, 422,
      "empty_batch", "inputs has no rows: send at least one"),
     ("empty raw batch", "POST", TAB, {"content": b"", "headers": raw("0,5")}, 422, "empty_batch",
