@@ -181,7 +181,12 @@ def _write_raw(runtime: ModelRuntime, result: Result) -> Response:
 
 
 def _write_npz(runtime: ModelRuntime, result: Result) -> Response:
-    arrays = {name: np.asarray(value) for name, value in result.body.items() if name not in ("model", "version")}
+    # Arrays and numbers only: explanations (top_features) are JSON's.
+    arrays = {
+        name: np.asarray(value)
+        for name, value in result.body.items()
+        if name not in ("model", "version") and isinstance(value, np.ndarray | float | int | bool)
+    }
     return Response(codecs.dump_npz(arrays), media_type=codecs.NPZ, headers=_binary_headers(result))
 
 

@@ -34,6 +34,12 @@ class ReconstructRequest(BaseModel):
 class ScoreRequest(BaseModel):
     inputs: Rows
     return_sq_err: bool = Field(False, description="also return the per-feature squared errors")
+    top_features: int = Field(
+        0,
+        ge=0,
+        description="also return, per row, the k features (tables) or 4 x 4 pixel regions (images) with the "
+        "largest squared error, and their share of the row's",
+    )
 
 
 class GenerateRequest(BaseModel):
@@ -69,6 +75,7 @@ class ScoreResponse(Answer):
     threshold: float
     is_anomaly: list[bool]
     sq_err: Rows | None = None
+    top_features: list[list[dict[str, Any]]] | None = None
 
 
 class GenerateResponse(Answer):

@@ -78,9 +78,12 @@ async def reconstruct(request: Request, runtime: ModelRuntime, settings: Setting
 
 async def score(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
     """Per-row anomaly scores (mean squared error in normalised space), the threshold, and is_anomaly."""
-    x, options = await read_rows(request, _inputs(settings, runtime, return_sq_err=(bool, False)), runtime)
+    spec = _inputs(settings, runtime, return_sq_err=(bool, False), top_features=(int, 0))
+    x, options = await read_rows(request, spec, runtime)
     scored = await dataplane.score(runtime, x)
-    extra = {"sq_err": scored.sq_err} if options["return_sq_err"] else {}
+    extra: dict[str, Any] = {"sq_err": scored.sq_err} if options["return_sq_err"] else {}
+    if options["top_features"]:
+        extra["top_features"] = dataplane.top_features(runtime, scored.sq_err, options["top_features"])
     body = _answer(runtime, scores=scored.scores, threshold=scored.threshold, is_anomaly=scored.is_anomaly, **extra)
     return respond(request, runtime, Result(body, "scores"))
 

@@ -110,3 +110,9 @@ async def test_naming_mistakes_are_422s_that_say_which(
 ) -> None:
     answer = await client.post(path, **request_)
     assert (answer.status_code, answer.json()) == (status, {"error": {"code": code, "message": message}})
+
+
+async def test_top_features_use_the_feature_names(client: httpx.AsyncClient, tabular_rows: np.ndarray) -> None:
+    body = (await client.post("/models/named/score", json={"inputs": tabular_rows.tolist(), "top_features": 5})).json()
+    assert all(sorted(entry["feature"] for entry in top) == sorted(NAMES) for top in body["top_features"])
+    assert all(NAMES[entry["index"]] == entry["feature"] for top in body["top_features"] for entry in top)
