@@ -292,11 +292,16 @@ def checked_rows(array: np.ndarray, field: str, max_rows: int) -> np.ndarray:
         raise ServiceError(413, "too_many_rows", f"{field} has {len(array)} rows; at most {max_rows} per request")
     with np.errstate(over="ignore"):  # values beyond float32's range become inf, refused just below
         array = np.ascontiguousarray(array, dtype=np.float32)
-    finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
-    if not finite.all():
-        rows = np.flatnonzero(~finite)[:10].tolist()
+    rows = non_finite_rows(array)
+    if rows:
         raise ServiceError(422, "non_finite", f"{field} holds NaN or infinite values (rows {rows})")
     return array
+
+
+def non_finite_rows(array: np.ndarray, limit: int = 10) -> list[int]:
+    """The first `limit` rows holding NaN or an infinity (none: an empty list)."""
+    finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+    return np.flatnonzero(~finite)[:limit].tolist()
 
 
 def _expected(row_shape: tuple[int, ...]) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.codecs import non_finite_rows
 from service.errors import ServiceError
 from service.runtime import ModelRuntime
 
@@ -73,9 +74,8 @@ async def generate(runtime: ModelRuntime, n: object, seed: object, max_rows: int
 def _check_finite(array: np.ndarray, what: str) -> None:
     # Inputs are finite (service.codecs), but values far outside the model's range can still overflow
     # float32 inside the graph; an answer of NaN or inf (null in JSON) would claim a number it is not.
-    finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
-    if not finite.all():
-        rows = np.flatnonzero(~finite)[:10].tolist()
+    rows = non_finite_rows(array)
+    if rows:
         raise ServiceError(
             422,
             "non_finite_result",

@@ -27,8 +27,7 @@ class ServiceError(Exception):
 
 
 def error_response(error: ServiceError) -> Response:
-    body = {"error": {"code": error.code, "message": error.message}}
-    return Response(orjson.dumps(body), status_code=error.status, media_type="application/json", headers=error.headers)
+    return _json(error.status, {"error": {"code": error.code, "message": error.message}}, error)
 
 
 # The Open Inference Protocol knows 400 for every bad request; its limits, keys and states keep their status.
@@ -38,8 +37,10 @@ V2_PREFIX = "/v2"
 
 def v2_error_response(error: ServiceError) -> Response:
     """The protocol's shape, `{"error": "message"}`, which Triton's and KServe's clients read."""
-    status = 400 if error.status in _V2_BAD_REQUEST else error.status
-    body = {"error": error.message}
+    return _json(400 if error.status in _V2_BAD_REQUEST else error.status, {"error": error.message}, error)
+
+
+def _json(status: int, body: dict[str, object], error: ServiceError) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=error.headers)
 
 

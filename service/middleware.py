@@ -155,7 +155,17 @@ class ApiKeys:
 
     def _allowed(self, scope: Scope) -> bool:
         headers = dict(scope["headers"])
-        scheme, _, bearer = headers.get(b"authorization", b"").partition(b" ")
-        given = [bearer.strip()] if scheme.lower() == b"bearer" else []
-        given += [headers[b"x-api-key"].strip()] if b"x-api-key" in headers else []
-        return any([hmac.compare_digest(offered, key) for offered in given for key in self.keys])
+        given = [bearer_key(headers.get(b"authorization", b"")), headers.get(b"x-api-key", b"").strip()]
+        return key_matches([key for key in given if key], self.keys)
+
+
+def bearer_key(authorization: bytes) -> bytes:
+    """The key of an `Authorization: Bearer KEY` header; empty for any other scheme."""
+    scheme, _, key = authorization.partition(b" ")
+    return key.strip() if scheme.lower() == b"bearer" else b""
+
+
+def key_matches(given: list[bytes], keys: list[bytes]) -> bool:
+    """Whether a given key is one of `keys`. Every pair is compared, each in constant time, so the answer's
+    timing says nothing about the keys."""
+    return any([hmac.compare_digest(offered, key) for offered in given for key in keys])

@@ -46,7 +46,7 @@ def describe(entry: Entry, registry: Registry) -> dict[str, Any]:
     }
 
 
-def json_response(body: dict[str, Any], status: int = 200) -> Response:
+def json_response(body: Any, status: int = 200) -> Response:
     return Response(codecs.dump_json(body), status_code=status, media_type=codecs.JSON)
 
 

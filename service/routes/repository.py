@@ -5,16 +5,16 @@ Off unless admin keys are set (AE_ADMIN_KEYS); every call then needs `Authorizat
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from service import codecs, schemas
 from service.errors import ServiceError
+from service.middleware import bearer_key, key_matches
 from service.registry import Entry
 from service.routes import ServiceRoute
-from service.routes.catalog import RegistryDep, json_response
+from service.routes.catalog import ModelName, RegistryDep, json_response
 
 # Triton's names for the states of a model version.
 _STATES = {"ready": "READY", "loading": "LOADING", "unavailable": "UNAVAILABLE", "unloaded": "UNAVAILABLE"}
@@ -24,10 +24,8 @@ async def require_admin(request: Request) -> None:
     keys: tuple[str, ...] = request.app.state.settings.admin_keys
     if not keys:
         raise ServiceError(404, "not_found", "the repository API is off: set AE_ADMIN_KEYS to turn it on")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    # Every key is compared, each in constant time, so the answer's timing says nothing about the keys.
-    matches = [hmac.compare_digest(given.strip().encode(), key.encode()) for key in keys]
-    if scheme.lower() != "bearer" or not any(matches):
+    given = bearer_key(request.headers.get("authorization", "").encode("latin-1"))
+    if not given or not key_matches([given], [key.encode() for key in keys]):
         raise ServiceError(
             401, "unauthorized", "send an admin key as `Authorization: Bearer KEY`", {"WWW-Authenticate": "Bearer"}
         )
@@ -53,24 +51,23 @@ async def index(request: Request, registry: RegistryDep) -> Response:
     options = await _options(request, ["ready"])
     ready_only = codecs.option(options, "ready", bool, False)
     rows = [_index_row(entry) for entry in registry.entries() if entry.serving or not ready_only]
-    return Response(codecs.dump_json(rows), media_type=codecs.JSON)
-
-
-ModelName = Annotated[str, Path(description="model name", examples=["mnist-dense"])]
+    return json_response(rows)
 
 
 async def load(request: Request, model: ModelName, registry: RegistryDep) -> Response:
     """Rescans the model's folder and serves it (again); answers once a version serves, or why none can."""
     await _options(request, ["parameters"])
-    entries = await registry.load(model)
-    return json_response({"name": model, "versions": [_index_row(entry) for entry in entries]})
+    return _versions(model, await registry.load(model))
 
 
 async def unload(request: Request, model: ModelName, registry: RegistryDep) -> Response:
     """Stops serving every version of the model (requests in flight finish); it stays unloaded, whatever the
     folder holds, until it is loaded again."""
     await _options(request, ["parameters"])
-    entries = await registry.unload(model)
+    return _versions(model, await registry.unload(model))
+
+
+def _versions(model: str, entries: list[Entry]) -> Response:
     return json_response({"name": model, "versions": [_index_row(entry) for entry in entries]})
 
 
