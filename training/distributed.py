@@ -43,6 +43,11 @@ class World:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def barrier(self) -> None:
+        """Waits for every rank: a rank that tears down gloo while another still works can abort both."""
+        if self.distributed:
+            dist.barrier()
+
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()

@@ -65,6 +65,7 @@ def fit(config: FitConfig) -> Path:
             with staging_folder(config.models_dir, config.name, version) as folder:
                 manifest = _write_package(folder, config, version, data, split, norm, model, history, world)
             print(summary(manifest, destination), flush=True)
+        world.barrier()
         return destination
     finally:
         world.close()
