@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import CliApp
 
 from service.app import create_app
+from service.http import guarded_protocol
 from service.metrics import MULTIPROCESS_DIR
 from service.settings import Settings
 
@@ -51,7 +52,10 @@ def main(argv: list[str] | None = None) -> None:
             port=settings.port,
             log_level=settings.log_level,
             loop=settings.loop,
-            http=settings.http,
+            http=settings.http
+            if settings.http == "h11"
+            else guarded_protocol(settings.max_header_bytes, settings.header_timeout_s),
+            h11_max_incomplete_event_size=settings.max_header_bytes,
             timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
 

@@ -68,7 +68,13 @@ class Settings(BaseSettings):
     loop: Literal["auto", "asyncio", "uvloop"] = "uvloop"
     """Event loop implementation uvicorn runs."""
     http: Literal["auto", "h11", "httptools"] = "httptools"
-    """HTTP parser uvicorn uses."""
+    """HTTP parser uvicorn uses (auto and httptools: httptools with the header limit and timeout below; h11
+    applies the header limit only)."""
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
+    """Largest request line and headers together, in bytes; larger is refused with 431."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """Longest a request line and headers may take to arrive, from the connection's opening or the previous
+    answer; after it the connection is closed."""
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1)
     """Largest request body in bytes, uploads included; larger is refused with 413."""
     body_timeout_s: float = Field(30.0, gt=0)

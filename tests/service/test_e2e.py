@@ -134,3 +134,56 @@ def test_stalled_bodies_are_dropped_and_held_bytes_are_bounded(models_dir: Path,
         assert second.startswith(b"HTTP/1.1 503") and b'"code":"overloaded"' in second and b"retry-after: 1" in second
         holding.close()
         assert server.post("/models/tab/score", json={"inputs": [0.0] * 5}).status_code == 200
+
+
+def _port(server: httpx.Client) -> int:
+    return int(str(server.base_url).rsplit(":", 1)[1].rstrip("/"))
+
+
+def test_oversized_headers_get_431_at_once_or_trickled(models_dir: Path, tmp_path: Path) -> None:
+    with running_server(models_dir, tmp_path / "server.log", "--max-header-bytes", "4096") as server:
+        port = _port(server)
+        at_once = socket.create_connection(("127.0.0.1", port))
+        at_once.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")
+        answer = _answer(at_once, within=5)
+        assert answer.startswith(b"HTTP/1.1 431") and b'"code":"headers_too_large"' in answer
+
+        # A header that never ends is cut off near the limit, not buffered until the client stops.
+        trickled = socket.create_connection(("127.0.0.1", port))
+        trickled.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: ")
+        sent = 0
+        try:
+            while sent < 1_000_000:
+                trickled.sendall(b"a" * 1000)
+                sent += 1000
+                time.sleep(0.001)
+        except OSError:
+            pass  # the server closed the connection
+        assert sent < 200_000, f"{sent} header bytes accepted"
+        trickled.close()
+
+        fitting = server.get("/healthz", headers={"X-Big": "a" * 3000})
+        assert fitting.status_code == 200
+
+
+def test_connections_that_send_no_headers_in_time_are_closed(models_dir: Path, tmp_path: Path) -> None:
+    with running_server(models_dir, tmp_path / "server.log", "--header-timeout-s", "1") as server:
+        port = _port(server)
+        silent = socket.create_connection(("127.0.0.1", port))
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            for _ in range(40):  # a header line every 0.1 s: never complete within the timeout
+                slow.sendall(b"X-A: b\r\n")
+                time.sleep(0.1)
+        silent.settimeout(5)
+        assert silent.recv(100) == b""  # closed by the server
+        assert time.monotonic() - started < 4
+
+        # The timer stops when the headers are complete: a body may take longer (its own timeout applies).
+        body = b'{"inputs": [0, 0, 0, 0, 0]}'
+        slow_body = _half_sent(port, "/models/tab/score", len(body), b"")
+        time.sleep(1.5)
+        slow_body.sendall(body)
+        assert _answer(slow_body, within=5).startswith(b"HTTP/1.1 200")
