@@ -28,6 +28,7 @@ class Scored:
     sq_err: np.ndarray  # [n, *S], normalised space
     threshold: float
     is_anomaly: np.ndarray  # [n], scores > threshold
+    percentiles: np.ndarray | None  # [n], among the normal validation scores; None: the package has no curve
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ async def score(runtime: ModelRuntime, x: np.ndarray) -> Scored:
     scores = await runtime.score_batched(x)
     _check_finite(scores.score, "scores")
     threshold = runtime.manifest.score.threshold
-    return Scored(scores.x_hat, scores.score, scores.sq_err, threshold, scores.score > threshold)
+    percentiles = runtime.manifest.score.percentiles(scores.score)
+    return Scored(scores.x_hat, scores.score, scores.sq_err, threshold, scores.score > threshold, percentiles)
 
 
 reconstruct = score

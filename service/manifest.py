@@ -6,10 +6,11 @@ Only what serving depends on is typed here; every other field is kept as written
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -50,6 +51,27 @@ class Preprocessing(_Part):
 
 class Score(_Part):
     threshold: float
+    quantiles: list[float] | None = None  # normal validation scores at evenly spaced probabilities 0..1
+
+    @field_validator("quantiles")
+    @classmethod
+    def _a_curve(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (len(value) < 2 or not np.all(np.isfinite(value)) or np.any(np.diff(value) < 0)):
+            raise ValueError("score.quantiles must be at least two finite, non-decreasing numbers")
+        return value
+
+    @cached_property
+    def _curve(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self.quantiles is not None
+        return np.asarray(self.quantiles), np.linspace(0.0, 100.0, len(self.quantiles))
+
+    def percentiles(self, scores: np.ndarray) -> np.ndarray | None:
+        """Each score's percentile (0 to 100) among the normal validation scores; None when the package
+        predates the quantiles."""
+        if self.quantiles is None:
+            return None
+        quantiles, percent = self._curve
+        return np.interp(scores, quantiles, percent).astype(np.float32)
 
 
 class Graph(_Part):

@@ -74,6 +74,9 @@ class ScoreResponse(Answer):
     scores: list[float]
     threshold: float
     is_anomaly: list[bool]
+    percentiles: list[float] | None = Field(
+        None, description="per row, the percentile (0-100) of its score among the normal validation rows' scores"
+    )
     sq_err: Rows | None = None
     top_features: list[list[dict[str, Any]]] | None = None
 

@@ -36,7 +36,7 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 NUMERIC_INPUTS = {name for name in DATATYPES if name != "BOOL"}
-OUTPUT_DATATYPES = {np.dtype("float32"): "FP32", np.dtype("bool"): "BOOL"}
+OUTPUT_DATATYPES = {np.dtype("float32"): "FP32", np.dtype("bool"): "BOOL", np.dtype("O"): "BYTES"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
@@ -178,6 +178,12 @@ def _outputs(raw: Any) -> dict[str, bool | None]:
     return outputs
 
 
+def _bytes_tensor(array: np.ndarray) -> bytes:
+    """BYTES in the binary extension: each element as its 4-byte little-endian length, then its bytes."""
+    parts = [str(item).encode() for item in array.ravel()]
+    return b"".join(len(part).to_bytes(4, "little") + part for part in parts)
+
+
 def render_response(
     request: InferRequest, model: str, version: int, outputs: dict[str, np.ndarray], parameters: dict[str, Any]
 ) -> tuple[bytes, dict[str, str]]:
@@ -186,11 +192,11 @@ def render_response(
     for name, array in outputs.items():
         tensor: dict[str, Any] = {"name": name, "datatype": OUTPUT_DATATYPES[array.dtype], "shape": list(array.shape)}
         if request.binary(name):
-            blob = np.ascontiguousarray(array).tobytes()
+            blob = _bytes_tensor(array) if array.dtype == object else np.ascontiguousarray(array).tobytes()
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = np.ascontiguousarray(array).ravel()
+            tensor["data"] = array.ravel().tolist() if array.dtype == object else np.ascontiguousarray(array).ravel()
         tensors.append(tensor)
     document: dict[str, Any] = {"model_name": model, "model_version": str(version)}
     if request.id is not None:

@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threshold-quantile", type=float, default=0.99, help="of normal validation scores")
     train.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
     _add_evaluate(commands)
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="add the percentile curve to a package written before packages stored one",
+        description="Recompute a package's normal validation scores from the data it was trained on and store "
+        "their quantiles (score.quantiles), which the service turns into a percentile per score.",
+    )
+    calibrate.add_argument("package", type=Path, help="the package folder, e.g. models/cardio/1")
+    calibrate.add_argument("--data", type=Path, required=True, help="the data the package was trained on")
     return parser
 
 
@@ -211,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "calibrate":
+            from training.calibrate import add_quantiles
+
+            quantiles = add_quantiles(args.package, args.data)
+            print(f"{args.package}: percentile curve of {len(quantiles)} points added to manifest.json")
         else:
             from training.pipeline import fit
 

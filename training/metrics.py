@@ -40,6 +40,19 @@ def calibrate_threshold(normal_scores: np.ndarray, quantile: float) -> Threshold
     return Threshold(float(np.quantile(normal_scores, quantile)), quantile, len(normal_scores))
 
 
+# Enough points for a percentile to a tenth of a percent, few enough to keep a manifest small.
+QUANTILE_POINTS = 1001
+
+
+def score_quantiles(normal_scores: np.ndarray) -> list[float]:
+    """The normal validation scores at evenly spaced probabilities from 0 to 1 (at most QUANTILE_POINTS of
+    them): the service reads a score's percentile off this curve."""
+    if len(normal_scores) == 0:
+        raise ValueError("no normal validation rows to calibrate percentiles on")
+    points = min(QUANTILE_POINTS, max(2, len(normal_scores)))
+    return np.quantile(normal_scores.astype(np.float64), np.linspace(0.0, 1.0, points)).tolist()
+
+
 def auroc(scores: np.ndarray, is_anomaly: np.ndarray) -> float | None:
     """AUROC of the score; None when the rows hold only one class (it is undefined then)."""
     from sklearn.metrics import roc_auc_score

@@ -18,7 +18,7 @@ from training.config import FitConfig
 from training.data import DataError, Dataset, load_dataset, normal_mask
 from training.distributed import World, join
 from training.export import PARITY_ATOL, PARITY_ROWS, PARITY_RTOL, check_parity, export_graphs, graph_specs
-from training.metrics import auroc, calibrate_threshold, latent_moments, pca_scores
+from training.metrics import auroc, calibrate_threshold, latent_moments, pca_scores, score_quantiles
 from training.models import Autoencoder, ModelSpec, build_model, save_checkpoint
 from training.package import (
     FORMAT_VERSION,
@@ -146,7 +146,7 @@ def _write_package(
     save_checkpoint(model, folder / "checkpoint.pt", norm.offset, norm.scale)
 
     # Calibrate on the exported scorer, so the threshold fits exactly the score the service computes.
-    scores = _run_graph(folder, "scorer.onnx", "score", x_val)
+    scores = run_graph(folder, "scorer.onnx", "score", x_val)
     is_normal = np.isin(split.val, split.val_normal)
     threshold = calibrate_threshold(scores[is_normal], config.threshold_quantile)
     metrics = {
@@ -158,7 +158,7 @@ def _write_package(
         ),
         "auroc": None if split.val_is_anomaly is None else auroc(scores, split.val_is_anomaly),
     }
-    latent_mean, latent_cov = latent_moments(_run_graph(folder, "encoder.onnx", "z", data.x[split.train]))
+    latent_mean, latent_cov = latent_moments(run_graph(folder, "encoder.onnx", "z", data.x[split.train]))
 
     used = _data_used(data, split, config)
     distributed = {"world_size": world.size, "backend": world.backend}
@@ -195,6 +195,8 @@ def _write_package(
         "score": {
             "definition": "mean over features of the squared error in normalised space",
             **threshold.to_json(config.normal_label),
+            # A score's percentile among the normal validation scores (the service interpolates).
+            "quantiles": score_quantiles(scores[is_normal]),
         },
         "graphs": {name: g.to_json() for name, g in graphs.items()},
         "parity": {
@@ -262,7 +264,7 @@ def _data_used(data: Dataset, split: Split, config: FitConfig) -> dict[str, Any]
     }
 
 
-def _run_graph(folder: Path, file: str, output: str, x: np.ndarray) -> np.ndarray:
+def run_graph(folder: Path, file: str, output: str, x: np.ndarray) -> np.ndarray:
     """Runs an exported graph as the service will, in chunks so large datasets stay in memory bounds."""
     session = ort.InferenceSession(str(folder / file), providers=["CPUExecutionProvider"])
     feed = session.get_inputs()[0].name
@@ -285,7 +287,7 @@ def _draw_pictures(
         return
     # Pictures are drawn in normalised space, where image pixels lie in [0, 1].
     originals = x_val[:10]
-    recon = _run_graph(folder, "scorer.onnx", "x_hat", originals)
+    recon = run_graph(folder, "scorer.onnx", "x_hat", originals)
     report.plot_image_rows(
         [norm.apply(originals), norm.apply(recon)], ["original", "reconstructed"], folder / "reconstructions.png", name
     )
@@ -295,7 +297,7 @@ def _draw_pictures(
     else:
         # From the training codes' mean and covariance, as the service's /generate does.
         z = rng.multivariate_normal(latent["mean"], latent["cov"], size=10, method="eigh")
-    samples = _run_graph(folder, "decoder.onnx", "x_hat", z.astype(np.float32))
+    samples = run_graph(folder, "decoder.onnx", "x_hat", z.astype(np.float32))
     report.plot_image_rows([norm.apply(samples)], ["generated"], folder / "samples.png", f"{name}: samples")
 
 

@@ -81,7 +81,9 @@ async def score(request: Request, runtime: ModelRuntime, settings: Settings) -> 
     spec = _inputs(settings, runtime, return_sq_err=(bool, False), top_features=(int, 0))
     x, options = await read_rows(request, spec, runtime)
     scored = await dataplane.score(runtime, x)
-    extra: dict[str, Any] = {"sq_err": scored.sq_err} if options["return_sq_err"] else {}
+    extra: dict[str, Any] = {} if scored.percentiles is None else {"percentiles": scored.percentiles}
+    if options["return_sq_err"]:
+        extra["sq_err"] = scored.sq_err
     if options["top_features"]:
         extra["top_features"] = dataplane.top_features(runtime, scored.sq_err, options["top_features"])
     body = _answer(runtime, scores=scored.scores, threshold=scored.threshold, is_anomaly=scored.is_anomaly, **extra)

@@ -2,7 +2,13 @@
 infer, with the binary tensor data extension. One V2 model per package; its tensors:
 
     inputs   x  FP32 [-1, *row shape]      z  FP32 [-1, latent]          (exactly one of them per request)
-    outputs  from x: z, z_logvar (a VAE), x_hat, score [-1], is_anomaly BOOL [-1], sq_err;  from z: x_hat
+    outputs  from x: z, z_logvar (a VAE), x_hat, score [-1], is_anomaly BOOL [-1], percentile [-1], sq_err,
+             top_features BYTES [-1, k] and top_features_share [-1, k];  from z: x_hat
+
+percentile is each score's percentile among the normal validation scores (packages that store the curve);
+top_features names the k features (or pixel regions "top,left,bottom,right") with the largest squared
+error, and top_features_share their share of the row's; k is the request's parameters.top_features
+(default 3), and they are computed only when asked for by name.
 
 Infer runs only the graphs the requested outputs need, through the data plane and batchers the REST routes
 use, so both protocols give the same numbers for the same rows. Errors are `{"error": "message"}`
@@ -28,7 +34,10 @@ from service.v2_codec import HEADER_LENGTH, InferRequest, bad, parse_request, re
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 ENCODER_OUTPUTS = {"z", "z_logvar"}
-SCORER_OUTPUTS = {"x_hat", "score", "is_anomaly", "sq_err"}
+SCORER_OUTPUTS = {"x_hat", "score", "is_anomaly", "percentile", "sq_err", "top_features", "top_features_share"}
+ON_REQUEST = ("top_features", "top_features_share")  # never in the default "every output"
+TOP_FEATURES = 3
+DATATYPES = {"is_anomaly": "BOOL", "top_features": "BYTES"}
 
 
 def _tensors(runtime: ModelRuntime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -36,9 +45,10 @@ def _tensors(runtime: ModelRuntime) -> tuple[list[dict[str, Any]], list[dict[str
     manifest = runtime.manifest
     row, latent = [-1, *manifest.row_shape], [-1, manifest.latent.dim]
     inputs = [{"name": "x", "datatype": "FP32", "shape": row}, {"name": "z", "datatype": "FP32", "shape": latent}]
-    shapes = {"z": latent, "z_logvar": latent, "x_hat": row, "score": [-1], "is_anomaly": [-1], "sq_err": row}
+    shapes = {"z": latent, "z_logvar": latent, "x_hat": row, "sq_err": row, "top_features": [-1, -1]}
+    shapes["top_features_share"] = shapes["top_features"]
     outputs = [
-        {"name": name, "datatype": "BOOL" if name == "is_anomaly" else "FP32", "shape": shapes[name]}
+        {"name": name, "datatype": DATATYPES.get(name, "FP32"), "shape": shapes.get(name, [-1])}
         for name in _outputs_from_x(runtime)
     ]
     return inputs, outputs
@@ -46,7 +56,8 @@ def _tensors(runtime: ModelRuntime) -> tuple[list[dict[str, Any]], list[dict[str
 
 def _outputs_from_x(runtime: ModelRuntime) -> list[str]:
     logvar = ["z_logvar"] if runtime.manifest.architecture.variational else []
-    return ["z", *logvar, "x_hat", "score", "is_anomaly", "sq_err"]
+    percentile = ["percentile"] if runtime.manifest.score.quantiles is not None else []
+    return ["z", *logvar, "x_hat", "score", "is_anomaly", *percentile, "sq_err", *ON_REQUEST]
 
 
 def _registry(request: Request) -> Registry:
@@ -134,17 +145,17 @@ async def _run(
     shape = runtime.manifest.row_shape if name == "x" else (runtime.manifest.latent.dim,)
     rows = codecs.shaped(array.astype(np.float32, copy=False), shape, name, max_rows)
     offered = _outputs_from_x(runtime) if name == "x" else ["x_hat"]
-    wanted = list(request.outputs) or offered
+    wanted = list(request.outputs) or [output for output in offered if output not in ON_REQUEST]
     refused = [output for output in wanted if output not in offered]
     if refused:
         raise bad(f"outputs {refused} cannot be computed from {name}; it gives {offered}")
     if name == "z":
         return {"x_hat": await dataplane.decode(runtime, rows)}, {}
-    return await _from_rows(runtime, rows, wanted)
+    return await _from_rows(runtime, rows, wanted, request.parameters.get("top_features", TOP_FEATURES))
 
 
 async def _from_rows(
-    runtime: ModelRuntime, x: np.ndarray, wanted: list[str]
+    runtime: ModelRuntime, x: np.ndarray, wanted: list[str], k: object
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     jobs: dict[str, Awaitable[Any]] = {}
     if ENCODER_OUTPUTS & set(wanted):
@@ -163,10 +174,26 @@ async def _from_rows(
             "x_hat": scored.reconstructions,
             "score": scored.scores,
             "is_anomaly": scored.is_anomaly,
+            "percentile": scored.percentiles,
             "sq_err": scored.sq_err,
         }
+        if set(ON_REQUEST) & set(wanted):
+            computed |= _top_features(runtime, scored.sq_err, k)
     outputs = {name: array for name in wanted if (array := computed[name]) is not None}
     return outputs, {"threshold": runtime.manifest.score.threshold}
+
+
+def _top_features(runtime: ModelRuntime, sq_err: np.ndarray, k: object) -> dict[str, np.ndarray]:
+    if type(k) is not int or k < 1:
+        raise bad(f"parameters.top_features must be a positive integer, got {k!r}")
+    top = dataplane.top_features(runtime, sq_err, k)
+    names = [[_part_name(part) for part in row] for row in top]
+    shares = [[part["share"] for part in row] for row in top]
+    return {"top_features": np.array(names, dtype=object), "top_features_share": np.array(shares, dtype=np.float32)}
+
+
+def _part_name(part: dict[str, Any]) -> str:
+    return str(part["feature"]) if "feature" in part else ",".join(map(str, part["region"]))
 
 
 _MODEL_PREFIXES = {"/v2/models/{model}": "by-name", "/v2/models/{model}/versions/{version}": "by-version"}

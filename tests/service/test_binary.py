@@ -79,7 +79,7 @@ async def test_npz_answer_holds_every_array(client: httpx.AsyncClient, tabular_r
 
     assert response.status_code == 200 and response.headers["content-type"] == NPZ
     arrays = np.load(io.BytesIO(response.content))
-    assert set(arrays.files) == {"scores", "threshold", "is_anomaly", "sq_err"}
+    assert set(arrays.files) == {"scores", "threshold", "is_anomaly", "percentiles", "sq_err"}
     for name in arrays.files:
         np.testing.assert_allclose(arrays[name], expected[name], rtol=1e-6, atol=1e-6)
     assert float(response.headers["x-threshold"]) == expected["threshold"]

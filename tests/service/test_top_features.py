@@ -3,6 +3,9 @@ squared errors the same answer returns."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import httpx
 import numpy as np
 import pytest
@@ -49,3 +52,14 @@ async def test_binary_answers_leave_the_explanation_to_json(client: httpx.AsyncC
         "/models/tab/score", json={"inputs": [[3.0] * 5], "top_features": 1}, headers={"accept": "application/x-npz"}
     )
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/x-npz"
+
+
+async def test_a_planted_single_feature_anomaly_is_named_first(client: httpx.AsyncClient, models_dir: Path) -> None:
+    preprocessing = json.loads((models_dir / "tab" / "1" / "manifest.json").read_text())["preprocessing"]
+    offset, scale = np.asarray(preprocessing["offset"]), np.asarray(preprocessing["scale"])
+    rows = np.tile(offset + 0.5 * scale, (3, 1))  # mid-range rows
+    for row, feature in enumerate((0, 2, 4)):
+        rows[row, feature] += 50 * scale[feature]  # one feature far out of range
+    body = (await client.post("/models/tab/score", json={"inputs": rows.tolist(), "top_features": 1})).json()
+    assert [top[0]["index"] for top in body["top_features"]] == [0, 2, 4]
+    assert all(top[0]["share"] > 0.9 for top in body["top_features"])

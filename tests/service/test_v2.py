@@ -58,11 +58,20 @@ def test_metadata_and_config(client: triton.InferenceServerClient) -> None:
         {"name": "x", "datatype": "FP32", "shape": [-1, 8, 8]},
         {"name": "z", "datatype": "FP32", "shape": [-1, 2]},
     ]
-    assert [o["name"] for o in metadata["outputs"]] == ["z", "z_logvar", "x_hat", "score", "is_anomaly", "sq_err"]
+    names = [
+        "z",
+        "z_logvar",
+        "x_hat",
+        "score",
+        "is_anomaly",
+        "percentile",
+        "sq_err",
+        "top_features",
+        "top_features_share",
+    ]
+    assert [o["name"] for o in metadata["outputs"]] == names
     assert client.get_model_metadata("tab", "1")["name"] == "tab"
-    assert [o["name"] for o in client.get_model_metadata("tab")["outputs"]] == [
-        "z", "x_hat", "score", "is_anomaly", "sq_err"
-    ]  # fmt: skip
+    assert [o["name"] for o in client.get_model_metadata("tab")["outputs"]] == [n for n in names if n != "z_logvar"]
     config = client.get_model_config("tab")
     assert (config["name"], config["max_batch_size"]) == ("tab", 1024)
     assert config["input"][0] == {"name": "x", "data_type": "TYPE_FP32", "dims": [5]}
@@ -88,7 +97,27 @@ def test_all_outputs_equal_the_rest_routes(
     np.testing.assert_allclose(result.as_numpy("sq_err"), scored["sq_err"], rtol=1e-6)
     np.testing.assert_allclose(result.as_numpy("x_hat"), reconstructed["reconstructions"], rtol=1e-6)
     np.testing.assert_allclose(result.as_numpy("z"), encoded["latents"], rtol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("percentile"), scored["percentiles"], rtol=1e-6)
     assert result.as_numpy("is_anomaly").dtype == np.bool_
+    assert result.as_numpy("top_features") is None  # computed only when asked for
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_top_features_as_outputs_equal_the_rest_answer(
+    client: triton.InferenceServerClient, server: httpx.Client, image_rows: np.ndarray, binary: bool
+) -> None:
+    wanted = [triton.InferRequestedOutput(name, binary_data=binary) for name in ("top_features", "top_features_share")]
+    result = client.infer(
+        "conv", [tensor("x", image_rows, "FP32", binary)], outputs=wanted, parameters={"top_features": 2}
+    )
+
+    expected = server.post("/models/conv/score", json={"inputs": image_rows.tolist(), "top_features": 2}).json()
+    names, shares = result.as_numpy("top_features"), result.as_numpy("top_features_share")
+    assert names.shape == shares.shape == (len(image_rows), 2)
+    regions = [[",".join(map(str, part["region"])).encode() for part in row] for row in expected["top_features"]]
+    # tritonclient gives BYTES as bytes from binary data, as str from JSON.
+    assert [[name if isinstance(name, bytes) else name.encode() for name in row] for row in names] == regions
+    np.testing.assert_allclose(shares, [[part["share"] for part in row] for row in expected["top_features"]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])

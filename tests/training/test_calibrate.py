@@ -1,0 +1,41 @@
+"""`python -m training calibrate`: an older package (no percentile curve) gets the curve `fit` would have
+written, from the data it was trained on, and nothing from other data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.cli import EXIT_BAD_INPUT, main
+from training.config import FitConfig
+from training.pipeline import fit
+
+
+@pytest.fixture
+def older_package(tmp_path: Path) -> tuple[Path, Path, list[float]]:
+    rng = np.random.default_rng(0)
+    rows = tmp_path / "rows.npz"
+    np.savez(rows, X=rng.normal(size=(300, 4)).astype(np.float32))
+    package = fit(FitConfig(data=rows, name="old", models_dir=tmp_path / "models", epochs=2, progress=False))
+    manifest = json.loads((package / "manifest.json").read_text())
+    written = manifest["score"].pop("quantiles")
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    return package, rows, written
+
+
+def test_the_curve_fit_would_have_written(older_package: tuple[Path, Path, list[float]]) -> None:
+    package, rows, written = older_package
+    assert main(["calibrate", str(package), "--data", str(rows)]) == 0
+    assert json.loads((package / "manifest.json").read_text())["score"]["quantiles"] == written
+
+
+def test_other_data_writes_nothing(older_package: tuple[Path, Path, list[float]], tmp_path: Path) -> None:
+    package, _, _ = older_package
+    other = tmp_path / "other.npz"
+    np.savez(other, X=np.random.default_rng(1).normal(size=(300, 4)).astype(np.float32))
+    before = (package / "manifest.json").read_bytes()
+    assert main(["calibrate", str(package), "--data", str(other)]) == EXIT_BAD_INPUT
+    assert (package / "manifest.json").read_bytes() == before
