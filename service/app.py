@@ -90,5 +90,5 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     registry: Registry = app.state.registry
     manifests = [entry.manifest for entry in registry.entries() if entry.serving and entry.manifest is not None]
-    schemas.add_examples(document, manifests, registry.default_name)
+    schemas.add_served_models(document, manifests, registry.default_name, app.state.settings.max_batch_rows)
     return document

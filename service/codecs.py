@@ -96,8 +96,17 @@ def check_fields(body: dict[str, Any], required: Sequence[str], optional: Sequen
         raise ServiceError(422, "invalid_request", f"unknown field(s) {unknown}; the fields are {expected}")
 
 
+def integral(value: Any) -> Any:
+    """An integral JSON float (4.0) as the integer it is, as JSON Schema counts it; anything else as given."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
 def option(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     value = body.get(name, default)
+    if kind is int:
+        value = integral(value)
     if value is not default and type(value) is not kind:
         raise ServiceError(422, "invalid_request", f"{name} must be {_OPTION_TYPES[kind]}, got {value!r}")
     return value
@@ -164,7 +173,11 @@ def load_csv(body: bytes, names: Sequence[str] | None, features: int) -> np.ndar
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ServiceError(400, "malformed_csv", "the CSV body is not UTF-8 text") from None
-    lines = [row for row in csv.reader(io.StringIO(text)) if row and any(cell.strip() for cell in row)]
+    try:
+        # newline="" as the csv module asks: a lone \r inside a line is then a line break, not an error.
+        lines = [row for row in csv.reader(io.StringIO(text, newline="")) if row and any(cell.strip() for cell in row)]
+    except csv.Error as error:
+        raise ServiceError(400, "malformed_csv", f"the CSV body cannot be read: {error}") from None
     if not lines:
         raise ServiceError(422, "empty_batch", "the CSV body has no rows: send at least one")
     order = None

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service import codecs
 from service.codecs import non_finite_rows
 from service.errors import ServiceError
 from service.runtime import ModelRuntime
@@ -63,6 +64,7 @@ reconstruct = score
 
 async def generate(runtime: ModelRuntime, n: object, seed: object, max_rows: int) -> Generated:
     """n samples decoded from the latent prior (a VAE: N(0, I); else N(mean, cov) of the training rows)."""
+    n, seed = codecs.integral(n), codecs.integral(seed)
     if type(n) is not int or n < 1:
         raise ServiceError(422, "invalid_request", f"n must be a positive integer, got {n!r}")
     if seed is not None and (type(seed) is not int or seed < 0):

@@ -95,6 +95,17 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class V2ErrorBody(BaseModel):
+    """The Open Inference Protocol's error: what Triton's and KServe's clients read."""
+
+    error: str = Field(examples=["model 'x' not found"])
+
+
+def v2_errors(reasons: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """`responses` of a /v2 route: each status with the protocol's error body."""
+    return {status: {"model": V2ErrorBody, "description": why} for status, why in reasons.items()}
+
+
 REQUESTS: dict[str, type[BaseModel]] = {
     "encode": EncodeRequest,
     "decode": DecodeRequest,
@@ -115,8 +126,10 @@ _ERRORS = {
     406: "the Accept header asks for a type this route cannot answer",
     413: "body, batch or image too large",
     415: "unsupported Content-Type",
+    408: "the body did not arrive within AE_BODY_TIMEOUT_S",
     422: "wrong shape, non-numbers, NaN/Inf, empty batch, unknown or missing fields",
-    503: "the model is loading or unavailable",
+    503: "the model is loading or unavailable, or the service is overloaded (Retry-After)",
+    504: "the request took longer than AE_REQUEST_TIMEOUT_S",
 }
 
 
@@ -215,10 +228,14 @@ def example_bodies(manifest: Manifest) -> dict[str, dict[str, Any]]:
     return bodies
 
 
-def add_examples(openapi: dict[str, Any], manifests: list[Manifest], default_model: str | None) -> None:
-    """Puts the served models' example bodies into every inference route of an OpenAPI document: the default
-    model's on the routes that name no model, one per model on the others."""
+def add_served_models(
+    openapi: dict[str, Any], manifests: list[Manifest], default_model: str | None, max_rows: int
+) -> None:
+    """Puts the served models into every inference route of an OpenAPI document: their example bodies (the
+    default model's on the routes that name no model, one per model on the others), and on the routes that
+    name no model, the default model's exact request schema (the others serve many shapes)."""
     bodies = {manifest.name: example_bodies(manifest) for manifest in manifests}
+    default = next((manifest for manifest in manifests if manifest.name == default_model), None)
     for path, methods in openapi["paths"].items():
         operation = path.rsplit("/", 1)[-1]
         content = methods.get("post", {}).get("requestBody", {}).get("content", {}).get(JSON)
@@ -228,3 +245,51 @@ def add_examples(openapi: dict[str, Any], manifests: list[Manifest], default_mod
         content["examples"] = {
             name: {"summary": f"model {name}", "value": bodies[name][operation]} for name in names if name in bodies
         }
+        if "{model}" not in path and operation in REQUESTS and default is not None:
+            content["schema"] = exact_request(operation, default, max_rows)
+
+
+# What a JSON number may be: float32's range (a larger value cannot be a model input).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_NUMBER = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+
+
+def exact_request(operation: str, manifest: Manifest, max_rows: int) -> dict[str, Any]:
+    """The JSON body one model accepts for one operation, as service.codecs checks it: every form of its
+    rows (a batch or one row; in the model's shape or flattened; by feature name), the options and their
+    ranges, and no other field."""
+    if operation == "generate":
+        properties: dict[str, Any] = {
+            "n": {"type": "integer", "minimum": 1, "maximum": max_rows},
+            "seed": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}]},
+        }
+        return {"type": "object", "required": ["n"], "properties": properties, "additionalProperties": False}
+    shapes: list[tuple[int, ...]]
+    if operation == "decode":
+        key, shapes, names = "latents", [(manifest.latent.dim,)], None
+    else:
+        key, names = "inputs", manifest.input.feature_names
+        shapes = [manifest.row_shape] + ([(manifest.features,)] if len(manifest.row_shape) > 1 else [])
+    properties = {key: _rows(shapes, names, max_rows)}
+    if operation == "encode":
+        properties["return_logvar"] = {"type": "boolean"} if manifest.architecture.variational else {"const": False}
+    if operation == "score":
+        properties["return_sq_err"] = {"type": "boolean"}
+        properties["top_features"] = {"type": "integer", "minimum": 0}
+    return {"type": "object", "required": [key], "properties": properties, "additionalProperties": False}
+
+
+def _rows(shapes: list[tuple[int, ...]], names: list[str] | None, max_rows: int) -> dict[str, Any]:
+    rows = [_nested(shape) for shape in shapes]
+    if names is not None:
+        by_name = {name: _NUMBER for name in names}
+        rows.append({"type": "object", "required": names, "properties": by_name, "additionalProperties": False})
+    batches = [{"type": "array", "items": row, "minItems": 1, "maxItems": max_rows} for row in rows]
+    return {"anyOf": [*batches, *rows], "description": "a batch of rows, or one row"}
+
+
+def _nested(shape: tuple[int, ...]) -> dict[str, Any]:
+    schema: dict[str, Any] = _NUMBER
+    for size in reversed(shape):
+        schema = {"type": "array", "items": schema, "minItems": size, "maxItems": size}
+    return schema

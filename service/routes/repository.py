@@ -71,14 +71,13 @@ def _versions(model: str, entries: list[Entry]) -> Response:
     return json_response({"name": model, "versions": [_index_row(entry) for entry in entries]})
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": schemas.ErrorBody, "description": why}
-    for status, why in {
+_ERRORS = schemas.v2_errors(
+    {
         400: "the model cannot be loaded (the message says why)",
         401: "no admin key, or a wrong one",
         404: "the repository API is off (no AE_ADMIN_KEYS), or the model is unknown",
-    }.items()
-}
+    }
+)
 
 
 def register(router: APIRouter) -> None:

@@ -184,6 +184,7 @@ async def _from_rows(
 
 
 def _top_features(runtime: ModelRuntime, sq_err: np.ndarray, k: object) -> dict[str, np.ndarray]:
+    k = codecs.integral(k)
     if type(k) is not int or k < 1:
         raise bad(f"parameters.top_features must be a positive integer, got {k!r}")
     top = dataplane.top_features(runtime, sq_err, k)
@@ -210,17 +211,36 @@ def register(router: APIRouter) -> None:
             **extra,
         )
 
+    model_errors = {400: "a malformed version", 404: "unknown model or version", 503: "no version serves"}
+    infer_errors = schemas.v2_errors(
+        model_errors
+        | {
+            400: "a malformed request: the message says what is wrong",
+            408: "the body did not arrive within AE_BODY_TIMEOUT_S",
+            413: "body or batch too large",
+            503: "no version serves, or the service is overloaded (Retry-After)",
+            504: "the request took longer than AE_REQUEST_TIMEOUT_S",
+        }
+    )
     # Infer first: routes are matched in order, and it is the one under load.
     for prefix, style in _MODEL_PREFIXES.items():
         # The name's "infer-" prefix is the operation label of the request metrics (service.middleware).
         operation = f"infer_{style.replace('-', '_')}"
         extra = schemas.v2_openapi(style, infer=True)
-        add(f"{prefix}/infer", infer, "POST", name=f"infer-{style}", operation_id=operation, openapi_extra=extra)
+        add(
+            f"{prefix}/infer",
+            infer,
+            "POST",
+            name=f"infer-{style}",
+            operation_id=operation,
+            openapi_extra=extra,
+            responses=infer_errors,
+        )
     add("/v2", server_metadata)
     add("/v2/health/live", live)
-    add("/v2/health/ready", ready)
+    add("/v2/health/ready", ready, responses=schemas.v2_errors({503: "not ready: no model serves"}))
     for prefix, style in _MODEL_PREFIXES.items():
-        extra = schemas.v2_openapi(style, infer=False)
-        add(prefix, model_metadata, name=f"metadata_{style}", openapi_extra=extra)
-        add(f"{prefix}/ready", model_ready, name=f"ready_{style}", openapi_extra=extra)
-        add(f"{prefix}/config", model_config, name=f"config_{style}", openapi_extra=extra)
+        extra, errors = schemas.v2_openapi(style, infer=False), schemas.v2_errors(model_errors)
+        add(prefix, model_metadata, name=f"metadata_{style}", openapi_extra=extra, responses=errors)
+        add(f"{prefix}/ready", model_ready, name=f"ready_{style}", openapi_extra=extra, responses=errors)
+        add(f"{prefix}/config", model_config, name=f"config_{style}", openapi_extra=extra, responses=errors)
