@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -118,6 +119,7 @@ def main() -> None:
                     result.mean_batch_rows = (after[0] - before[0]) / runs if runs else None
                 results.append(result)
                 print(_line(scenario, result), flush=True)
+        overload = _overload(args.port, bodies, args.seconds)
         startup["rss_peak_mb"] = _rss_mb(server.pid, "VmHWM")
     finally:
         server.terminate()
@@ -132,7 +134,9 @@ def main() -> None:
         "inprocess_rows_per_s": inprocess,
         "scenarios": [asdict(s) | {"name": s.name} for s in SCENARIOS],
         "results": [asdict(r) for r in results],
-        "targets": _targets(results, inprocess, startup),
+        "overload": overload,
+        "targets": _targets(results, inprocess, startup)
+        | {f"overload: {o['name']}: p99 <= {OVERLOAD_P99_MS} ms, no socket error": {"met": o["met"]} for o in overload},
     }
     (out / "results.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
     _chart(results, inprocess, out / "throughput.png")
@@ -252,16 +256,7 @@ def _batch_rows(port: int) -> tuple[float, float]:
 
 
 def _wrk(name: str, url: str, scenario: Scenario, body: tuple[Path, dict[str, str]], seconds: float) -> Measurement:
-    path, headers = body
-    env = os.environ | {"BODY": str(path), "CTYPE": scenario.media}
-    if scenario.media == NPY:
-        env["ACCEPT"] = NPY
-    for header, value in headers.items():  # post.lua sends one extra header
-        env |= {"HNAME": header, "HVALUE": value}
-    command = ["wrk", "-t1", f"-c{scenario.connections}", f"-d{seconds}s", "-s", str(LUA), url]
-    subprocess.run([*command[:3], "-d1s", *command[4:]], env=env, capture_output=True, check=True)  # warm-up
-    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-    values = dict(re.findall(r"(\w+)=([\d.]+)", next(line for line in output.splitlines() if "RESULT" in line)))
+    values = _wrk_values(url, _wrk_env(scenario.media, body), scenario.connections, seconds)
     rps = float(values["rps"])
     return Measurement(
         scenario=scenario.number,
@@ -273,6 +268,59 @@ def _wrk(name: str, url: str, scenario: Scenario, body: tuple[Path, dict[str, st
         errors=int(values["sockerr"]) + int(values["non2xx"]),
         requests=int(values["n"]),
     )
+
+
+def _wrk_env(media: str, body: tuple[Path, dict[str, str]]) -> dict[str, str]:
+    path, headers = body
+    env = os.environ | {"BODY": str(path), "CTYPE": media}
+    if media == NPY:
+        env["ACCEPT"] = NPY
+    for header, value in headers.items():  # post.lua sends one extra header
+        env |= {"HNAME": header, "HVALUE": value}
+    return env
+
+
+def _wrk_values(url: str, env: dict[str, str], connections: int, seconds: float) -> dict[str, str]:
+    """wrk's RESULT line (bench/post.lua) after a one-second warm-up."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
+    subprocess.run([*command[:3], "-d1s", *command[4:]], env=env, capture_output=True, check=True)  # warm-up
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    return dict(re.findall(r"(\w+)=([\d.]+)", next(line for line in output.splitlines() if "RESULT" in line)))
+
+
+# Overload (the hardening issue): more than the service can compute, with its default settings. Answers must
+# come back within 2 s at the 99th percentile, without socket errors; what cannot be computed in time is
+# refused at once with 503 and Retry-After.
+OVERLOAD = [
+    ("1-row JSON, 1,024 connections", "/score", 1, 1024),
+    ("1,024-row .npy to mnist-conv, 64 connections", "/models/mnist-conv/score", 4, 64),
+]
+OVERLOAD_P99_MS = 2000
+
+
+def _overload(port: int, bodies: dict[int, tuple[Path, dict[str, str]]], seconds: float) -> list[dict[str, Any]]:
+    results = []
+    for name, path, scenario, connections in OVERLOAD:
+        media = next(s.media for s in SCENARIOS if s.number == scenario)
+        values = _wrk_values(f"http://127.0.0.1:{port}{path}", _wrk_env(media, bodies[scenario]), connections, seconds)
+        requests, refused = int(values["n"]), int(values["non2xx"])
+        result: dict[str, Any] = {
+            "name": name,
+            "requests": requests,
+            "rps": float(values["rps"]),
+            "p50_ms": float(values["p50_ms"]),
+            "p99_ms": float(values["p99_ms"]),
+            "socket_errors": int(values["sockerr"]),
+            "refused_share": round(refused / requests, 3) if requests else None,
+        }
+        result["met"] = result["p99_ms"] <= OVERLOAD_P99_MS and result["socket_errors"] == 0
+        print(
+            f"  overload: {name:<46} p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+            f"socket errors {result['socket_errors']}  refused {result['refused_share']:.1%}",
+            flush=True,
+        )
+        results.append(result)
+    return results
 
 
 def _line(scenario: Scenario, r: Measurement) -> str:
