@@ -34,8 +34,22 @@ install-train: $(VENV)/.train-installed
 install-dev: $(VENV)/.dev-installed
 install-bench: $(VENV)/.bench-installed
 
-serve: install-service
-	$(BIN)/python -m service --models-dir $(MODELS_DIR)
+# On a machine with an NVIDIA GPU (nvidia-smi answers), or with GPU=1, the service runs from its own
+# .venv-gpu with onnxruntime-gpu and CUDA 13 + cuDNN 9 as pip packages (requirements/service-gpu-host.txt)
+# in place of the CPU onnxruntime, which cannot share a virtual environment with it; GET /models shows the
+# provider each model got. GPU=0 keeps the CPU build on a GPU machine.
+GPU ?= $(if $(shell command -v nvidia-smi 2>/dev/null),1,0)
+GPU_VENV := .venv-gpu
+$(GPU_VENV)/.service-installed: requirements/service-gpu-host.txt requirements/service-common.txt pyproject.toml
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install -q --upgrade pip
+	$(GPU_VENV)/bin/pip install -q -r requirements/service-gpu-host.txt
+	$(GPU_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+SERVE_VENV := $(if $(filter 1,$(GPU)),$(GPU_VENV),$(VENV))
+serve: $(SERVE_VENV)/.service-installed
+	$(SERVE_VENV)/bin/python -m service --models-dir $(MODELS_DIR)
 
 # Tools the tests call that pip cannot install, Debian's packages: docker-compose checks docker-compose.yml,
 # chromium is the browser tests/ui drives (Playwright with executable_path: no browser download).
@@ -83,7 +97,7 @@ screenshots: install-dev system-deps
 	UI_SCREENSHOTS=docs/ui $(BIN)/python -m pytest tests/ui
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # The default recipes against PCA and IsolationForest; tables, JSON and charts in reports/evaluation/.
 evaluate: install-dev

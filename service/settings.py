@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -157,6 +158,7 @@ class Settings(BaseSettings):
         if self.providers:
             return list(self.providers)
         if "CUDAExecutionProvider" in ort.get_available_providers():
+            _load_cuda_from_wheels()
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
@@ -167,6 +169,13 @@ class Settings(BaseSettings):
             f"AE_{name.upper()}": ",".join(value) if isinstance(value, tuple) else str(value)
             for name, value in values.items()
         }
+
+
+def _load_cuda_from_wheels() -> None:
+    """`make serve GPU=1` installs CUDA and cuDNN as NVIDIA's pip packages (onnxruntime-gpu[cuda,cudnn]),
+    which onnxruntime finds only once preloaded; images with CUDA on the system path have none to load."""
+    if importlib.util.find_spec("nvidia") is not None and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
 
 
 def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
