@@ -118,6 +118,7 @@ def resolve_training(config: FitConfig, data: Dataset, train_rows: int) -> FitCo
     validation split and the normal-label filter: `split_rows`)."""
     if data.kind == "tabular":
         epochs = config.epochs or TABULAR_EPOCHS
+        dense = config.arch in (None, "dense")
         return replace(
             config,
             scaling=config.scaling or "box",
@@ -126,7 +127,7 @@ def resolve_training(config: FitConfig, data: Dataset, train_rows: int) -> FitCo
             epochs=epochs,
             patience=config.patience or _patience(epochs),
             # The ensemble is of dense autoencoders: it applies unless the flags ask for another architecture.
-            members=config.members or (TABULAR_MEMBERS if config.arch in (None, "dense") else 1),
+            members=config.members if config.members is not None else (TABULAR_MEMBERS if dense else 1),
         )
     if config.scaling is not None:
         raise DataError(f"{data.source}: --scaling is for tables; images are divided by their peak value")
@@ -179,7 +180,7 @@ def model_spec(config: FitConfig, data: Dataset) -> ModelSpec:
         raise DataError("--loss bce needs inputs in [0, 1]; new tabular rows can leave the training range: use mse")
     if body == "conv" and not image:
         raise DataError(f"{data.source}: --arch conv needs image inputs (H x W [x C]), got shape {data.shape}")
-    members = config.members or 1
+    members = config.members if config.members is not None else 1
     if members < 1:
         raise DataError(f"--members must be at least 1, got {members}")
     if members > 1 and (body != "dense" or arch == "vae"):

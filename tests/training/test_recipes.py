@@ -112,6 +112,8 @@ def test_ensembles_are_for_tables_only() -> None:
     with pytest.raises(DataError, match="built of dense autoencoders"):
         model_spec(_resolved(table, arch="vae", members=3), table)
     assert model_spec(_resolved(table, arch="vae"), table).member_latents == []  # a VAE asked for: one model
+    with pytest.raises(DataError, match="--members must be at least 1"):
+        model_spec(_resolved(table, members=0), table)
 
 
 def test_minmax_scaling_reaches_the_package(tabular_npz: Path, tmp_path: Path) -> None:
