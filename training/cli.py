@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--members",
         type=int,
         help="tables: dense autoencoders in one ensemble model, codes of 1 to --latent units, each reading a "
-        "random half of the features (default 10; 1: a single autoencoder)",
+        "random half of the features (default 10 without --arch, else 1: a single autoencoder)",
     )
     model.add_argument(
         "--noise",

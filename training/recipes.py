@@ -118,7 +118,6 @@ def resolve_training(config: FitConfig, data: Dataset, train_rows: int) -> FitCo
     validation split and the normal-label filter: `split_rows`)."""
     if data.kind == "tabular":
         epochs = config.epochs or TABULAR_EPOCHS
-        dense = config.arch in (None, "dense")
         return replace(
             config,
             scaling=config.scaling or "box",
@@ -126,8 +125,9 @@ def resolve_training(config: FitConfig, data: Dataset, train_rows: int) -> FitCo
             weight_decay=_given(config.weight_decay, TABULAR_WEIGHT_DECAY),
             epochs=epochs,
             patience=config.patience or _patience(epochs),
-            # The ensemble is of dense autoencoders: it applies unless the flags ask for another architecture.
-            members=config.members if config.members is not None else (TABULAR_MEMBERS if dense else 1),
+            # The ensemble is the default model, not an architecture: --arch (dense included) asks for one
+            # autoencoder of that kind; --members still builds an ensemble of dense ones.
+            members=config.members if config.members is not None else (TABULAR_MEMBERS if config.arch is None else 1),
         )
     if config.scaling is not None:
         raise DataError(f"{data.source}: --scaling is for tables; images are divided by their peak value")

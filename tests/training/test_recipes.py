@@ -112,6 +112,9 @@ def test_ensembles_are_for_tables_only() -> None:
     with pytest.raises(DataError, match="built of dense autoencoders"):
         model_spec(_resolved(table, arch="vae", members=3), table)
     assert model_spec(_resolved(table, arch="vae"), table).member_latents == []  # a VAE asked for: one model
+    dense = model_spec(_resolved(table, arch="dense", latent=2), table)  # so is a dense one
+    assert (dense.member_latents, dense.latent_dim) == ([], 2)
+    assert len(model_spec(_resolved(table, arch="dense", members=3), table).member_latents) == 3
     with pytest.raises(DataError, match="--members must be at least 1"):
         model_spec(_resolved(table, members=0), table)
 
