@@ -102,4 +102,4 @@ clean:
 # The default recipes against PCA and IsolationForest; tables, JSON and charts in reports/evaluation/.
 evaluate: install-dev
 	$(BIN)/python -m training evaluate mnist --data $(DATA)/mnist
-	$(BIN)/python -m training evaluate tabular --data $(DATA)/adbench
+	$(BIN)/python -m training evaluate tabular --data $(DATA)/adbench $(DATA)/adbench-more

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 Arch = Literal["dense", "conv", "vae"]
-Loss = Literal["mse", "bce"]
+Loss = Literal["mse", "bce", "huber"]
 Scaling = Literal["box", "minmax", "standardise"]
 
 
@@ -32,6 +32,7 @@ class FitConfig:
     hidden: list[int] | None = None
     channels: list[int] | None = None
     loss: Loss | None = None
+    members: int | None = None  # dense autoencoders in one ensemble model; 1: a single autoencoder
     noise: float | None = None
     beta: float = 1.0
     # Optimisation.

@@ -3,8 +3,10 @@
 Every model is trained through `training.pipeline.train_model` (the code path of `fit`) and scored with
 the scorer graph's own module before export (`training.export.ScorerGraph`): the score is the one `fit`
 would serve, per-row mean squared error in normalised space. PCA uses as many components as the model's
-latent size, on pixels / 255 for images and on standardised features for tables (the usual PCA baseline:
-the model's own box scaling would handicap it).
+latent size (an ensemble's: its widest member's), on pixels / 255 for images and on standardised features for
+tables (the usual PCA baseline: the model's own box scaling would handicap it). The tabular autoencoder is
+trained once per seed of `EvalConfig.seeds`: the first seed's AUROC is compared with the baselines (seed 0),
+the others give its spread.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ MNIST_TRAIN_ROWS = 8000
 MNIST_TEST_ROWS = 2000
 RECONSTRUCTION_LATENTS = (32, 16)
 SEED = 0
+SEEDS = (0, 1, 2)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class EvalConfig:
     epochs: int | None = None  # None: FitConfig's default, as `fit` without --epochs
     device: str | None = None
     progress: bool = True
+    seeds: tuple[int, ...] = SEEDS  # tables: the autoencoder's seeds; the first is compared with the baselines
 
 
 @dataclass
@@ -49,20 +53,26 @@ class Scored:
 
     scores: np.ndarray
     norm: Normalisation
-    latent_dim: int
+    latent_dim: int  # the widest member's, for an ensemble: PCA's components
+    members: int
     epochs_run: int
 
 
-def fit_and_score(data: Dataset, x_test: np.ndarray, config: EvalConfig, latent: int | None = None) -> Scored:
+def fit_and_score(
+    data: Dataset, x_test: np.ndarray, config: EvalConfig, latent: int | None = None, seed: int = SEED
+) -> Scored:
     """Trains on every row of `data` (no labels: none are filtered out) as `fit` would, scores `x_test`."""
-    fit_config = FitConfig(data=data.source, name="evaluate", latent=latent, device=config.device, progress=False)
+    fit_config = FitConfig(
+        data=data.source, name="evaluate", latent=latent, device=config.device, progress=False, seed=seed
+    )
     if config.epochs is not None:
         fit_config.epochs = config.epochs
     unlabelled = replace(data, y=None)
     split = split_rows(unlabelled, fit_config)
     fit_config = resolve_training(fit_config, unlabelled, len(split.train))
     norm, model, history = train_model(fit_config, unlabelled, split)
-    return Scored(served_scores(model, norm, x_test), norm, model.spec.latent_dim, history.epochs_run)
+    members = max(1, len(model.spec.member_latents))
+    return Scored(served_scores(model, norm, x_test), norm, model.spec.widest_code, members, history.epochs_run)
 
 
 @torch.no_grad()
@@ -132,35 +142,64 @@ def evaluate_mnist(
 
 def evaluate_tabular(paths: list[Path], config: EvalConfig) -> dict[str, Any]:
     """Per file: stratified 70/30 split (seed 0), fit on the 70% without labels, AUROC on the 30%."""
-    from sklearn.model_selection import train_test_split
-
     files = _tabular_files(paths)
-    rows = []
-    for path in tqdm(files, desc="tabular", unit="set", disable=not config.progress):
-        data = load_dataset(path)
-        if data.y is None:
-            raise DataError(f"{path}: no labels 'y', AUROC needs them")
-        is_anomaly = data.y != 0
-        train_idx, test_idx = train_test_split(
-            np.arange(len(data.x)), test_size=0.3, stratify=data.y, random_state=SEED
-        )
-        train, x_test, y_test = replace(data, x=data.x[train_idx]), data.x[test_idx], is_anomaly[test_idx]
-        started = time.perf_counter()
-        model = fit_and_score(train, x_test, config)
-        seconds = time.perf_counter() - started
-        standard = fit_normalisation(train, train.x, "standardise")
-        pca = pca_scores(standard.apply(train.x), standard.apply(x_test), model.latent_dim)
-        rows.append(
-            {"dataset": path.stem, "rows": len(data.x), "features": int(np.prod(data.shape)),
-             "latent": model.latent_dim, "autoencoder": auroc(model.scores, y_test), "pca": auroc(pca, y_test),
-             "isolation_forest": auroc(isolation_forest_scores(train.x, x_test), y_test),
-             "epochs_run": model.epochs_run, "seconds": round(seconds, 2)}
-        )  # fmt: skip
+    # The tabular models are small: a second intra-op thread only waits on the first, and on a shared
+    # machine its spinning slowed training many times over.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = [
+            _tabular_row(path, config) for path in tqdm(files, desc="tabular", unit="set", disable=not config.progress)
+        ]
+    finally:
+        torch.set_num_threads(threads)
     return {
         "protocol": "stratified 70/30 split, seed 0; fit without labels on the 70%; AUROC on the 30%",
+        "seeds": list(config.seeds),
         "auroc": rows,
         "mean_auroc": _means(rows, ["autoencoder", "pca", "isolation_forest"]),
+        "autoencoder_over_seeds": _seed_spread(rows, config.seeds),
     }
+
+
+def _tabular_row(path: Path, config: EvalConfig) -> dict[str, Any]:
+    from sklearn.model_selection import train_test_split
+
+    data = load_dataset(path)
+    if data.y is None:
+        raise DataError(f"{path}: no labels 'y', AUROC needs them")
+    is_anomaly = data.y != 0
+    train_idx, test_idx = train_test_split(np.arange(len(data.x)), test_size=0.3, stratify=data.y, random_state=SEED)
+    train, x_test, y_test = replace(data, x=data.x[train_idx]), data.x[test_idx], is_anomaly[test_idx]
+    started = time.perf_counter()
+    models = [fit_and_score(train, x_test, config, seed=seed) for seed in config.seeds]
+    seconds = time.perf_counter() - started
+    per_seed = [auroc(model.scores, y_test) for model in models]
+    first = models[0]
+    standard = fit_normalisation(train, train.x, "standardise")
+    pca = pca_scores(standard.apply(train.x), standard.apply(x_test), first.latent_dim)
+    return {
+        "dataset": path.stem, "rows": len(data.x), "features": int(np.prod(data.shape)),
+        "latent": first.latent_dim, "members": first.members,
+        "autoencoder": per_seed[0], "autoencoder_seeds": per_seed, "autoencoder_spread": _spread(per_seed),
+        "pca": auroc(pca, y_test), "isolation_forest": auroc(isolation_forest_scores(train.x, x_test), y_test),
+        "epochs_run": first.epochs_run, "seconds": round(seconds, 2),
+    }  # fmt: skip
+
+
+def _spread(values: list[float | None]) -> dict[str, float] | None:
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    return {"mean": float(np.mean(known)), "std": float(np.std(known)), "min": min(known), "max": max(known)}
+
+
+def _seed_spread(rows: list[dict[str, Any]], seeds: tuple[int, ...]) -> dict[str, Any]:
+    """The mean AUROC over the sets once per seed, and the spread of those means."""
+    means = [
+        _means([{"auroc": row["autoencoder_seeds"][i]} for row in rows], ["auroc"])["auroc"] for i in range(len(seeds))
+    ]
+    return {"mean_auroc_per_seed": means, **(_spread(means) or {})}
 
 
 def _means(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, float | None]:
@@ -229,28 +268,55 @@ def _mnist_table(results: dict[str, Any]) -> str:
 
 
 def _tabular_table(results: dict[str, Any]) -> str:
-    lines = [f"tabular AUROC ({results['protocol']})", ""]
-    header = f"  {'dataset':<16} {'rows':>7} {'feat':>5}  {'autoencoder':>11}  {'PCA':>7}  {'IForest':>7}"
-    lines.append(f"{header}  {'s':>6}")
+    seeds = ",".join(map(str, results["seeds"]))
+    lines = [
+        f"tabular AUROC ({results['protocol']})",
+        f"autoencoder: seed {results['seeds'][0]}, and mean +- std [min, max] over seeds {seeds}",
+        "",
+    ]
+    header = f"  {'dataset':<16} {'rows':>7} {'feat':>5}  {'autoencoder':>11}  {'over seeds':<27}"
+    lines.append(f"{header}  {'PCA':>7}  {'IForest':>7}  {'s':>6}")
     for row in results["auroc"]:
         lines.append(
             f"  {row['dataset']:<16} {row['rows']:>7} {row['features']:>5}  {_fmt(row['autoencoder']):>11}  "
-            f"{_fmt(row['pca']):>7}  {_fmt(row['isolation_forest']):>7}  {row['seconds']:>6.1f}"
+            f"{_spread_text(row['autoencoder_spread']):<27}  {_fmt(row['pca']):>7}  "
+            f"{_fmt(row['isolation_forest']):>7}  {row['seconds']:>6.1f}"
         )
     mean = results["mean_auroc"]
     lines.append(
-        f"  {'mean':<16} {'':>7} {'':>5}  {_fmt(mean['autoencoder']):>11}  {_fmt(mean['pca']):>7}  "
+        f"  {'mean':<16} {'':>7} {'':>5}  {_fmt(mean['autoencoder']):>11}  "
+        f"{_spread_text(results['autoencoder_over_seeds']):<27}  {_fmt(mean['pca']):>7}  "
         f"{_fmt(mean['isolation_forest']):>7}"
     )
     return "\n".join(lines)
 
 
-def _bars(ax: Any, labels: list[str], series: dict[str, list[float | None]], ylabel: str, title: str) -> None:
+def _spread_text(spread: dict[str, float] | None) -> str:
+    if not spread or "mean" not in spread:
+        return "n/a"
+    return f"{spread['mean']:.4f} +- {spread['std']:.4f} [{spread['min']:.3f}, {spread['max']:.3f}]"
+
+
+def _bars(
+    ax: Any,
+    labels: list[str],
+    series: dict[str, list[float | None]],
+    ylabel: str,
+    title: str,
+    ranges: dict[str, list[tuple[float, float] | None]] | None = None,
+) -> None:
+    """Grouped bars; `ranges` draws a [low, high] whisker on the bars of the series it names."""
     width = 0.8 / len(series)
     positions = np.arange(len(labels))
     for i, (name, values) in enumerate(series.items()):
-        heights = [np.nan if v is None else v for v in values]
-        ax.bar(positions + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
+        heights = np.array([np.nan if v is None else v for v in values])
+        spans = (ranges or {}).get(name)
+        whiskers = None
+        if spans is not None:
+            low = [np.nan if s is None else h - s[0] for h, s in zip(heights, spans, strict=True)]
+            high = [np.nan if s is None else s[1] - h for h, s in zip(heights, spans, strict=True)]
+            whiskers = np.clip(np.array([low, high]), 0.0, None)
+        ax.bar(positions + (i - (len(series) - 1) / 2) * width, heights, width, label=name, yerr=whiskers, capsize=2)
     ax.set_xticks(positions, labels)
     ax.set(ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
@@ -279,15 +345,27 @@ def _mnist_chart(results: dict[str, Any], path: Path) -> None:
 
 def _tabular_chart(results: dict[str, Any], path: Path) -> None:
     rows = results["auroc"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows) + 2), 4))
+    spread, mean = results["autoencoder_over_seeds"], results["mean_auroc"]
+    seeds = ",".join(map(str, results["seeds"]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * (len(rows) + 1) + 2), 4.5))
     series = {
-        "autoencoder": [r["autoencoder"] for r in rows],
-        "PCA": [r["pca"] for r in rows],
-        "IsolationForest": [r["isolation_forest"] for r in rows],
+        f"autoencoder (seed {results['seeds'][0]}; whisker: min-max over seeds {seeds})": [
+            r["autoencoder"] for r in rows
+        ]
+        + [mean["autoencoder"]],
+        "PCA": [r["pca"] for r in rows] + [mean["pca"]],
+        "IsolationForest": [r["isolation_forest"] for r in rows] + [mean["isolation_forest"]],
     }
-    _bars(ax, [r["dataset"] for r in rows], series, "AUROC", "test AUROC per dataset")
+    ranges = [_range(r["autoencoder_spread"]) for r in rows] + [_range(spread)]
+    labels = [r["dataset"] for r in rows] + ["mean"]
+    _bars(ax, labels, series, "AUROC", "test AUROC per dataset", {next(iter(series)): ranges})
+    ax.tick_params(axis="x", labelrotation=60)
     ax.set_ylim(0.0, 1.12)  # room for the legend above the bars
     save(fig, path)
+
+
+def _range(spread: dict[str, float] | None) -> tuple[float, float] | None:
+    return None if not spread or "min" not in spread else (spread["min"], spread["max"])
 
 
 _TABLES = {"mnist": _mnist_table, "tabular": _tabular_table}

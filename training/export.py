@@ -15,7 +15,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from training.models import Autoencoder
+from training.models import Autoencoder, ModelSpec
 from training.recipes import Normalisation
 
 PARITY_ATOL = 1e-4
@@ -58,10 +58,16 @@ class DecoderGraph(_Normalised):
 
 class ScorerGraph(_Normalised):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x_norm = self.normalise(x)
-        x_hat = self.model.decode(self.model.encode(x_norm)[0])
-        sq_err = (x_norm - x_hat) ** 2
+        x_hat, sq_err = self.model.reconstruction(self.normalise(x))
         return self.denormalise(x_hat), sq_err.flatten(1).mean(dim=1), sq_err
+
+
+def score_definition(spec: ModelSpec) -> str:
+    """The manifest's words for what `ScorerGraph` computes."""
+    single = "mean over features of the squared error in normalised space"
+    if not spec.member_latents:
+        return single
+    return f"{single}, averaged over the {len(spec.member_latents)} ensemble members (x_hat: their mean reconstruction)"
 
 
 @dataclass

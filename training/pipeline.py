@@ -17,7 +17,15 @@ from training import report
 from training.config import FitConfig
 from training.data import DataError, Dataset, load_dataset, normal_mask
 from training.distributed import World, join
-from training.export import PARITY_ATOL, PARITY_ROWS, PARITY_RTOL, check_parity, export_graphs, graph_specs
+from training.export import (
+    PARITY_ATOL,
+    PARITY_ROWS,
+    PARITY_RTOL,
+    check_parity,
+    export_graphs,
+    graph_specs,
+    score_definition,
+)
 from training.metrics import auroc, calibrate_threshold, latent_moments, pca_scores, score_quantiles
 from training.models import Autoencoder, ModelSpec, build_model, save_checkpoint
 from training.package import (
@@ -154,7 +162,9 @@ def _write_package(
         "val_loss": min(history.val_loss) if history.val_loss else None,
         "val_mse": float(scores[is_normal].mean()),
         "pca_val_mse": float(
-            pca_scores(norm.apply(data.x[_pca_rows(split.train)]), norm.apply(x_val[is_normal]), spec.latent_dim).mean()
+            pca_scores(
+                norm.apply(data.x[_pca_rows(split.train)]), norm.apply(x_val[is_normal]), spec.widest_code
+            ).mean()
         ),
         "auroc": None if split.val_is_anomaly is None else auroc(scores, split.val_is_anomaly),
     }
@@ -193,7 +203,7 @@ def _write_package(
         "preprocessing": norm.to_json(),
         "loss": spec.loss,
         "score": {
-            "definition": "mean over features of the squared error in normalised space",
+            "definition": score_definition(spec),
             **threshold.to_json(config.normal_label),
             # A score's percentile among the normal validation scores (the service interpolates).
             "quantiles": score_quantiles(scores[is_normal]),

@@ -40,6 +40,23 @@ def test_tabular_protocol_finds_planted_outliers(tmp_path: Path) -> None:
     assert row["pca"] < 0.5
     assert results["mean_auroc"]["isolation_forest"] == row["isolation_forest"]
     assert (out / "tabular.png").stat().st_size > 0
+    # The autoencoder once per seed: the first is the one compared, all give the spread.
+    assert results["seeds"] == [0, 1, 2] and len(row["autoencoder_seeds"]) == 3
+    assert row["autoencoder"] == row["autoencoder_seeds"][0]
+    spread = row["autoencoder_spread"]
+    assert spread["min"] == min(row["autoencoder_seeds"]) and spread["max"] == max(row["autoencoder_seeds"])
+    assert spread["mean"] == pytest.approx(np.mean(row["autoencoder_seeds"]))
+    assert results["autoencoder_over_seeds"]["mean_auroc_per_seed"] == row["autoencoder_seeds"]  # one set
+
+
+def test_tabular_protocol_takes_its_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    x, y = gaussian_with_outliers(rows=200, outliers=20)
+    path = _tabular(tmp_path, "cloud", x, y)
+    out = tmp_path / "report"
+    assert main(["evaluate", "tabular", "--data", str(path), "--out", str(out), "--seeds", "3,4", *QUICK]) == 0
+    results = json.loads((out / "tabular.json").read_text())
+    assert results["seeds"] == [3, 4] and len(results["auroc"][0]["autoencoder_seeds"]) == 2
+    assert "over seeds 3,4" in capsys.readouterr().out
 
 
 def test_pca_baseline_is_exact_on_a_linear_dataset(tmp_path: Path) -> None:

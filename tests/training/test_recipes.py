@@ -14,7 +14,15 @@ from training.cli import main
 from training.config import FitConfig
 from training.data import DataError, Dataset, InputKind, load_dataset
 from training.pipeline import split_rows
-from training.recipes import IMAGE_MIN_STEPS, SMALL_IMAGE_SET, fit_normalisation, model_spec, resolve_training
+from training.recipes import (
+    IMAGE_MIN_STEPS,
+    SMALL_IMAGE_SET,
+    TABULAR_EPOCHS,
+    TABULAR_MEMBERS,
+    fit_normalisation,
+    model_spec,
+    resolve_training,
+)
 
 
 def _dataset(x: np.ndarray, kind: InputKind = "tabular") -> Dataset:
@@ -63,7 +71,8 @@ def test_flags_override_the_image_recipe() -> None:
 
 def test_patience_follows_the_number_of_epochs() -> None:
     table = _dataset(np.random.default_rng(0).standard_normal((50, 3)))
-    assert (_resolved(table).patience, _resolved(table, epochs=100).patience) == (5, 10)
+    assert (_resolved(table, epochs=30).patience, _resolved(table, epochs=100).patience) == (5, 10)
+    assert _resolved(table).patience == (5 if TABULAR_EPOCHS <= 30 else 10)
     assert _resolved(table, epochs=100, patience=3).patience == 3
 
 
@@ -79,6 +88,35 @@ def test_tables_default_to_box_scaling_with_bounded_reconstructions() -> None:
     assert model_spec(config, table).output_activation == "sigmoid"
     faithful = _resolved(table, scaling="minmax")
     assert model_spec(faithful, table).output_activation == "identity"
+
+
+def test_tables_default_to_an_ensemble_of_feature_bagged_members_of_growing_codes() -> None:
+    table = _dataset(np.random.default_rng(0).standard_normal((500, 12)))
+    spec = model_spec(_resolved(table), table)
+    assert len(spec.member_latents) == len(spec.member_features) == TABULAR_MEMBERS
+    assert spec.member_latents[0] == 1 and spec.member_latents[-1] == 4 == spec.widest_code  # 12 features / 3
+    assert spec.member_latents == sorted(spec.member_latents) and spec.latent_dim == sum(spec.member_latents)
+    assert all(len(f) == 6 == len(set(f)) and min(f) >= 0 and max(f) < 12 for f in spec.member_features)
+    assert len({tuple(f) for f in spec.member_features}) > 1
+    assert spec.loss == "huber"
+    other_seed = model_spec(_resolved(table, seed=1), table)
+    assert other_seed.member_features != spec.member_features
+    single = model_spec(_resolved(table, members=1), table)
+    assert (single.member_latents, single.member_features, single.latent_dim) == ([], [], 4)
+
+
+def test_ensembles_are_for_tables_only() -> None:
+    with pytest.raises(DataError, match="--members is for tables"):
+        _resolved(_images(10), members=3)
+    table = _dataset(np.random.default_rng(0).standard_normal((50, 6)))
+    with pytest.raises(DataError, match="built of dense autoencoders"):
+        model_spec(_resolved(table, arch="vae", members=3), table)
+    assert model_spec(_resolved(table, arch="vae"), table).member_latents == []  # a VAE asked for: one model
+    dense = model_spec(_resolved(table, arch="dense", latent=2), table)  # so is a dense one
+    assert (dense.member_latents, dense.latent_dim) == ([], 2)
+    assert len(model_spec(_resolved(table, arch="dense", members=3), table).member_latents) == 3
+    with pytest.raises(DataError, match="--members must be at least 1"):
+        model_spec(_resolved(table, members=0), table)
 
 
 def test_minmax_scaling_reaches_the_package(tabular_npz: Path, tmp_path: Path) -> None:
@@ -119,9 +157,13 @@ def test_other_scalings(scaling: str, low: float | None, high: float | None) -> 
         np.testing.assert_allclose(scaled.std(axis=0), 1, atol=1e-4)
 
 
-def test_box_scaled_package_bounds_reconstructions_and_scores_in_box_space(tabular_npz: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("members", [None, "1"], ids=["ensemble", "single"])
+def test_box_scaled_package_bounds_reconstructions_and_scores_in_box_space(
+    tabular_npz: Path, tmp_path: Path, members: str | None
+) -> None:
     models = tmp_path / "models"
-    assert main(["fit", "--data", str(tabular_npz), "--name", "t", "--models-dir", str(models), "--quiet"]) == 0
+    flags = [] if members is None else ["--members", members]
+    assert main(["fit", "--data", str(tabular_npz), "--name", "t", "--models-dir", str(models), "--quiet", *flags]) == 0
     manifest = json.loads((models / "t" / "1" / "manifest.json").read_text())
     offset = np.array(manifest["preprocessing"]["offset"])
     scale = np.array(manifest["preprocessing"]["scale"])
@@ -133,8 +175,13 @@ def test_box_scaled_package_bounds_reconstructions_and_scores_in_box_space(tabul
 
     probe = np.concatenate([x[:5], x[y == 1][:5] * 10]).astype(np.float32)  # typical rows and far beyond
     scorer = ort.InferenceSession(str(models / "t" / "1" / "scorer.onnx"), providers=["CPUExecutionProvider"])
-    x_hat, score = scorer.run(["x_hat", "score"], {"x": probe})
+    x_hat, score, sq_err = scorer.run(["x_hat", "score", "sq_err"], {"x": probe})
     assert np.all(x_hat >= offset - 1e-4) and np.all(x_hat <= offset + scale + 1e-4)
-    expected = ((((probe - offset) / scale) - (x_hat - offset) / scale) ** 2).mean(axis=1)
-    np.testing.assert_allclose(score, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(score, sq_err.mean(axis=1), rtol=1e-5)
+    error_of_x_hat = ((((probe - offset) / scale) - (x_hat - offset) / scale) ** 2).mean(axis=1)
+    if members == "1":
+        np.testing.assert_allclose(score, error_of_x_hat, rtol=1e-4, atol=1e-6)
+    else:
+        # The mean of the members' errors is the error of their mean reconstruction plus their spread.
+        assert np.all(score >= error_of_x_hat * (1 - 1e-4) - 1e-6)
     assert score[5:].min() > score[:5].max()
