@@ -24,7 +24,8 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.max_header_bytes = max_header_bytes
         self.header_timeout_s = header_timeout_s
-        self._header_bytes = 0  # read since the current request began, while its headers are incomplete
+        self._in_headers = False  # a request has begun and its headers are not complete yet
+        self._header_bytes = 0  # read while in its headers, after the read in which it began
         self._header_timer: asyncio.TimerHandle | None = None
         self._too_large = False
 
@@ -37,9 +38,10 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._header_timer is not None:
+        if self._in_headers:
             # Counted before parsing, so a header never grows past the limit by more than one read; the
-            # exact size is checked once the headers are complete (one read may also carry the body).
+            # exact size is checked once the headers are complete. The read in which a request begins is
+            # not counted: it may end the body of the one before (answered early, e.g. with 413).
             if self._header_bytes > self.max_header_bytes:
                 self._too_large = True
                 self.send_400_response("")
@@ -47,7 +49,12 @@ class GuardedHttpTools(HttpToolsProtocol):
             self._header_bytes += len(data)
         super().data_received(data)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers, self._header_bytes = True, 0
+
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._stop_header_timer()
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.max_header_bytes:
@@ -73,7 +80,6 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def _await_headers(self) -> None:
         self._stop_header_timer()
-        self._header_bytes = 0
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
 
     def _stop_header_timer(self) -> None:

@@ -30,9 +30,12 @@ def describe(entry: Entry, registry: Registry) -> dict[str, Any]:
     facts = {}
     if entry.manifest is not None:
         facts = entry.manifest.model_dump(
-            mode="json", exclude={"name": True, "version": True, "files": True, "latent": {"mean", "cov"}}
+            mode="json",
+            exclude={"name": True, "version": True, "files": True, "latent": {"mean", "cov"}, "score": {"quantiles"}},
         )
         facts["latent"]["prior"] = entry.manifest.prior
+        # The curve itself is a thousand numbers; whether the answers carry percentiles is what a client needs.
+        facts["score"]["percentiles"] = entry.manifest.score.quantiles is not None
     return {
         "name": entry.name,
         "version": entry.version,

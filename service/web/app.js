@@ -151,7 +151,7 @@ function heatColour(share) {
   return [255 * Math.min(1, 3 * t), 255 * Math.max(0, Math.min(1, 3 * t - 1)), 255 * Math.max(0, 3 * t - 2)];
 }
 
-function verdict(score, threshold, anomaly) {
+function verdict(score, threshold, anomaly, percentile) {
   const box = document.createElement("div");
   const line = document.createElement("p");
   line.innerHTML = `score <strong class="mono" data-testid="score"></strong> against threshold
@@ -162,6 +162,12 @@ function verdict(score, threshold, anomaly) {
   const word = line.querySelector(".verdict");
   word.textContent = anomaly ? "anomaly" : "normal";
   word.classList.add(anomaly ? "anomaly" : "normal");
+  if (percentile !== undefined) {
+    const rank = document.createElement("span");
+    rank.innerHTML = ` (percentile <strong class="mono" data-testid="percentile"></strong> of the normal validation scores)`;
+    rank.querySelector("strong").textContent = percentile.toFixed(1);
+    line.append(rank);
+  }
   const meter = document.createElement("div");
   meter.className = "meter";
   meter.setAttribute("aria-hidden", "true");
@@ -228,19 +234,21 @@ async function scoreDrawing() {
   const answer = await call(`/v2/models/${encodeURIComponent(model.name)}/versions/${model.version}/infer`, {
     json: {
       inputs: [{ name: "x", shape, datatype: "FP32", data: flat(pixels) }],
-      outputs: ["z", "x_hat", "score", "is_anomaly", "sq_err"].map((name) => ({ name })),
+      outputs: ["z", "x_hat", "score", "is_anomaly", "sq_err", ...(model.score.percentiles ? ["percentile"] : [])]
+        .map((name) => ({ name })),
     },
   });
   const out = Object.fromEntries(answer.outputs.map((o) => [o.name, o.data]));
-  showImageResult(model, out.x_hat, out.sq_err, out.score[0], answer.parameters.threshold, out.is_anomaly[0], out.z);
+  showImageResult(model, out.x_hat, out.sq_err, out.score[0], answer.parameters.threshold, out.is_anomaly[0], out.z,
+    out.percentile?.[0]);
 }
 
-function showImageResult(model, reconstruction, squaredError, score, threshold, anomaly, latent) {
+function showImageResult(model, reconstruction, squaredError, score, threshold, anomaly, latent, percentile) {
   paint($("reconstruction"), reconstruction, model);
   const errors = flat(squaredError);
   const top = Math.max(...errors, 1e-12);
   paint($("heat"), errors, model, (value) => heatColour(value / top));
-  $("image-result").replaceChildren(verdict(score, threshold, anomaly));
+  $("image-result").replaceChildren(verdict(score, threshold, anomaly, percentile));
   state.lastLatent = flat(latent);
   $("latent").textContent = state.lastLatent.map((v) => v.toFixed(3)).join("  ");
   buildSliders();
@@ -264,7 +272,7 @@ async function scoreUpload(file) {
     call(route(model, "encode"), { form: form() }),
   ]);
   showImageResult(model, reconstructed.reconstructions, scored.sq_err, scored.scores[0], scored.threshold,
-    scored.is_anomaly[0], encoded.latents);
+    scored.is_anomaly[0], encoded.latents, scored.percentiles?.[0]);
 }
 
 async function generate(n, seed) {
@@ -417,7 +425,7 @@ async function scoreRows() {
 function renderTable(names, rows, answer) {
   const table = $("rows-table");
   const head = document.createElement("tr");
-  for (const title of ["row", "score", "verdict", ...names]) {
+  for (const title of ["row", "score", "percentile", "verdict", ...names]) {
     const cell = document.createElement("th");
     cell.scope = "col";
     cell.textContent = title;
@@ -428,11 +436,12 @@ function renderTable(names, rows, answer) {
     const anomaly = answer.is_anomaly[r];
     if (anomaly) line.classList.add("anomaly");
     const total = answer.sq_err[r].reduce((a, b) => a + b, 0) || 1;
-    const cells = [String(r + 1), format(answer.scores[r]), anomaly ? "anomaly" : "normal"];
+    const percentile = answer.percentiles ? answer.percentiles[r].toFixed(1) : "";
+    const cells = [String(r + 1), format(answer.scores[r]), percentile, anomaly ? "anomaly" : "normal"];
     cells.forEach((text, c) => {
       const cell = document.createElement("td");
       cell.textContent = text;
-      if (c === 2) cell.className = "flag";
+      if (c === 3) cell.className = "flag";
       line.append(cell);
     });
     row.forEach((value, f) => {

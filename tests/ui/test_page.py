@@ -117,6 +117,8 @@ def test_a_drawn_stroke_scores_what_post_score_gives_for_its_pixels(
     assert np.asarray(pixels).shape == (28, 28) and np.asarray(pixels).max() > 200
     expected = server.post("/models/mnist-dense/score", json={"inputs": [pixels]}).json()["scores"][0]
     assert score == pytest.approx(expected, rel=1e-6)
+    percentile = server.post("/models/mnist-dense/score", json={"inputs": [pixels]}).json()["percentiles"][0]
+    assert float(page.locator("[data-testid=percentile]").text_content() or "nan") == pytest.approx(percentile, abs=0.05)
     assert page.locator("#latent").text_content().count(".") == 32  # the latent vector, 32 numbers
     page.wait_for_selector("#sliders input[type=range]")
     assert page.locator("#sliders input[type=range]").count() == 8
@@ -158,7 +160,9 @@ def test_pasted_rows_are_scored_marked_and_mapped(
     expected = server.post("/models/cardio/score", json={"inputs": [normal, odd], "return_sq_err": True}).json()
     rows = page.locator("#rows-table tr")
     assert rows.count() == 3  # the header and two rows
-    assert [page.locator("#rows-table th").nth(3 + i).text_content() for i in range(FEATURES)] == names
+    assert [page.locator("#rows-table th").nth(4 + i).text_content() for i in range(FEATURES)] == names
+    shown = [float(rows.nth(r).locator("td").nth(2).text_content() or "nan") for r in (1, 2)]
+    np.testing.assert_allclose(shown, expected["percentiles"], atol=0.05)  # shown to one decimal
     marked = [rows.nth(r).get_attribute("class") == "anomaly" for r in (1, 2)]
     assert marked == expected["is_anomaly"] == [False, True]
     for r in (1, 2):
