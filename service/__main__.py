@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import CliApp
 
 from service.app import create_app
-from service.http import guarded_protocol
+from service.http import GreedyAcceptServer, guarded_protocol
 from service.metrics import MULTIPROCESS_DIR
 from service.settings import Settings
 
@@ -44,20 +44,24 @@ def main(argv: list[str] | None = None) -> None:
             if not os.environ.get(MULTIPROCESS_DIR):
                 os.environ[MULTIPROCESS_DIR] = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ae-metrics-"))
             app = "service.app:app_from_environment"
-        uvicorn.run(
-            app,
-            factory=settings.workers > 1,
-            workers=settings.workers,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            loop=settings.loop,
-            http=settings.http
-            if settings.http == "h11"
-            else guarded_protocol(settings.max_header_bytes, settings.header_timeout_s),
-            h11_max_incomplete_event_size=settings.max_header_bytes,
-            timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        http: Any = (
+            "h11" if settings.http == "h11" else guarded_protocol(settings.max_header_bytes, settings.header_timeout_s)
         )
+        options: dict[str, Any] = {
+            "host": settings.host,
+            "port": settings.port,
+            "log_level": settings.log_level,
+            "loop": settings.loop,
+            "http": http,
+            "h11_max_incomplete_event_size": settings.max_header_bytes,
+            "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+        }
+        if settings.workers == 1:
+            GreedyAcceptServer(uvicorn.Config(app, **options)).run()
+        else:
+            # Each worker process accepts on the one socket uvicorn binds (uvloop: one connection per loop
+            # iteration; several processes make up for it).
+            uvicorn.run(app, factory=True, workers=settings.workers, **options)
 
 
 if __name__ == "__main__":

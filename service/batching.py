@@ -6,9 +6,9 @@ company before it runs. A request of more rows than `max_rows` is split into sev
 together in order.
 
 Admission control: the queue is bounded by time, not by a count. The batcher keeps a running estimate of
-the seconds one row takes; a request whose rows could not start within `max_queue_wait_s` behind the rows
-already queued and computing is refused at once with 503 `overloaded` and a Retry-After, instead of
-joining a queue that only grows."""
+what a run costs (a fixed part per run and a part per row, `CostModel`); a request whose rows could not
+start within `max_queue_wait_s` behind the rows already queued and computing is refused at once with 503
+`overloaded` and a Retry-After, instead of joining a queue that only grows."""
 
 from __future__ import annotations
 
@@ -38,6 +38,37 @@ class _Waiting:
     since: float
 
 
+class CostModel:
+    """Seconds a run of n rows takes: fixed + per_row * n, fitted by least squares over the recent runs
+    (exponentially weighted, so it follows the load and the machine). One cost per row alone would price a
+    queue of many rows at what the rows of small runs cost, fixed part included: after idle one-row runs
+    the service refused work it could do in a fraction of the budget."""
+
+    DECAY = 0.9  # the weight of the past at each run: the last ten runs or so count
+
+    def __init__(self) -> None:
+        self._sums = np.zeros(5)  # weighted sums of 1, n, t, n^2, n * t
+
+    @property
+    def trained(self) -> bool:
+        return bool(self._sums[0])
+
+    def observe(self, rows: int, seconds: float) -> None:
+        self._sums = self.DECAY * self._sums + np.array([1.0, rows, seconds, rows * rows, rows * seconds])
+
+    def seconds(self, rows: float, runs: float) -> float:
+        fixed, per_row = self._fit()
+        return runs * fixed + rows * per_row
+
+    def _fit(self) -> tuple[float, float]:
+        weight, n, t, nn, nt = self._sums
+        spread = weight * nn - n * n
+        if spread <= 1e-9 * weight * nn:  # runs of one size: no way to tell the parts apart
+            return 0.0, t / n if n else 0.0
+        per_row = max(0.0, (weight * nt - n * t) / spread)
+        return max(0.0, (t - per_row * n) / weight), per_row
+
+
 class Batcher:
     def __init__(
         self,
@@ -58,7 +89,7 @@ class Batcher:
         self.max_in_flight = max_in_flight
         self._in_flight = 0
         self._in_flight_rows = 0
-        self._seconds_per_row = 0.0  # running estimate; 0 until a batch has run
+        self.cost = CostModel()
         self._timer: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="batcher")
 
@@ -69,11 +100,13 @@ class Batcher:
         return await self._submit(x)
 
     def _admit(self, rows: int) -> None:
-        if not self.max_queue_wait_s or not self._seconds_per_row:
+        if not self.max_queue_wait_s or not self.cost.trained:
             return
-        # Rows ahead of these: queued ones, and those computing (half done, on average).
-        ahead = self._queued_rows + self._in_flight_rows / 2
-        wait = ahead * self._seconds_per_row / self.max_in_flight
+        # Ahead of these rows: the queued ones, in runs of max_rows, and the runs computing (half done, on
+        # average).
+        queued = self.cost.seconds(self._queued_rows, math.ceil(self._queued_rows / self.max_rows))
+        computing = self.cost.seconds(self._in_flight_rows, self._in_flight) / 2
+        wait = (queued + computing) / self.max_in_flight
         if wait > self.max_queue_wait_s:
             raise ServiceError(
                 503,
@@ -138,10 +171,7 @@ class Batcher:
         error = done.exception()
         if error is None:
             outputs, compute = done.result()
-            # A moving average over the last batches or so: it follows the load and the machine.
-            self._seconds_per_row = (
-                0.8 * self._seconds_per_row + 0.2 * compute / rows if self._seconds_per_row else compute / rows
-            )
+            self.cost.observe(rows, compute)
             if self.observer is not None:
                 self.observer.observe_batch(rows, waits, compute)
         start = 0

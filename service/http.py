@@ -1,18 +1,27 @@
-"""The HTTP connection itself, before any route runs: uvicorn's httptools protocol with the two limits it
-lacks. A request's line and headers must fit in `max_header_bytes` (431, whether they arrive at once or a
-byte at a time: what httptools buffers stays bounded) and arrive within `header_timeout_s` of the
-connection opening or of the previous answer (the connection is closed: a client that opens sockets and
-sends nothing, or a header a byte a minute, holds nothing for long). Body limits and timeouts are the
-middleware's (service.middleware.BodyLimit), where the route's error shape is known."""
+"""The HTTP connections themselves, before any route runs: a server that accepts bursts of them at once
+(GreedyAcceptServer), and uvicorn's httptools protocol with the two limits it lacks (GuardedHttpTools). A
+request's line and headers must fit in `max_header_bytes` (431, whether they arrive at once or a byte at a
+time: what httptools buffers stays bounded) and arrive within `header_timeout_s` of the connection opening
+or of the previous answer (the connection is closed: a client that opens sockets and sends nothing, or a
+header a byte a minute, holds nothing for long). Body limits and timeouts are the middleware's
+(service.middleware.BodyLimit), where the route's error shape is known."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
+import logging
+import socket
+import sys
 from typing import Any
 
 import orjson
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+logger = logging.getLogger(__name__)
 
 
 class _HeadersTooLarge(Exception):
@@ -97,3 +106,91 @@ class GuardedHttpTools(HttpToolsProtocol):
 def guarded_protocol(max_header_bytes: int, header_timeout_s: float) -> Any:
     """What uvicorn's `http` option takes: a protocol factory (a partial pickles for worker processes)."""
     return functools.partial(GuardedHttpTools, max_header_bytes=max_header_bytes, header_timeout_s=header_timeout_s)
+
+
+# Errors that mean the process is out of descriptors or memory for now: accepting pauses for a second, as
+# asyncio's own accept loop does, instead of spinning on a listening socket that stays readable.
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class GreedyAcceptServer(uvicorn.Server):
+    """uvicorn's server, accepting every pending connection when its listening socket is readable.
+
+    uvloop (libuv 1.45 and later) accepts one connection per loop iteration: while the loop is busy
+    answering the connections it has, a burst of new ones waits in the kernel's accept queue for seconds
+    (1,024 new connections: p99 5 to 7 s, about 50 accepted a second). Here the service's own reader
+    accepts them all, up to the backlog, and hands each to the loop as uvicorn would, so uvloop's faster
+    transports stay (docs/benchmark.md, Overload)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._listeners: list[socket.socket] = []
+        self._handing_over: set[asyncio.Task[Any]] = set()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # the lifespan and the state, without a listener of uvicorn's own
+        try:
+            self._listeners = _listen(self.config.host, self.config.port, self.config.backlog)
+        except OSError as error:
+            logger.error("cannot listen on %s:%s: %s", self.config.host, self.config.port, error)
+            await self.lifespan.shutdown()
+            sys.exit(STARTUP_FAILURE)
+        for listener in self._listeners:
+            self._watch(listener)
+        self._log_started_message(self._listeners)
+
+    def _watch(self, listener: socket.socket) -> None:
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
+
+    def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(self.config.backlog):
+            try:
+                connection, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as error:
+                if error.errno not in _OUT_OF_RESOURCES:
+                    raise
+                logger.error("accepting connections paused for 1 s: %s", error)
+                loop.remove_reader(listener.fileno())
+                loop.call_later(1.0, self._watch, listener)
+                return
+            connection.setblocking(False)
+            task = loop.create_task(loop.connect_accepted_socket(self._protocol, connection))
+            self._handing_over.add(task)
+            task.add_done_callback(self._handing_over.discard)
+
+    def _protocol(self) -> asyncio.Protocol:
+        return self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.remove_reader(listener.fileno())
+            listener.close()
+        await super().shutdown(sockets)
+
+
+def _listen(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets on every address `host` resolves to (both families for "localhost"), as asyncio's
+    create_server makes them."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            listener = socket.socket(family, kind, proto)
+            listeners.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind(address)
+            listener.listen(backlog)
+            listener.setblocking(False)
+    except OSError:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners

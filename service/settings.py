@@ -66,10 +66,8 @@ class Settings(BaseSettings):
     """Longest a shutdown waits for requests in flight before the process exits."""
     workers: int = Field(1, ge=1)
     """uvicorn worker processes; each loads every model and batches on its own."""
-    loop: Literal["auto", "asyncio", "uvloop"] = "asyncio"
-    """Event loop implementation uvicorn runs. asyncio by default: uvloop (libuv 1.45 and later) accepts one
-    connection per loop iteration, so under load a burst of new connections waits seconds in the kernel's
-    queue; asyncio accepts them all at once, at the same throughput (docs/benchmark.md)."""
+    loop: Literal["auto", "asyncio", "uvloop"] = "uvloop"
+    """Event loop implementation uvicorn runs."""
     http: Literal["auto", "h11", "httptools"] = "httptools"
     """HTTP parser uvicorn uses (auto and httptools: httptools with the header limit and timeout below; h11
     applies the header limit only)."""

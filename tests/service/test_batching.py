@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from service.batching import Batcher
+from service.batching import Batcher, CostModel
 from service.errors import ServiceError
 from tests.service.conftest import AppMaker
 from tests.service.scrape import sample
@@ -143,3 +143,16 @@ async def test_requests_that_could_not_start_within_the_budget_are_refused_at_on
     assert max(seconds for seconds, _ in refused) < 0.01  # refused at once, not after queueing
     assert max(served) < budget + 3 * seconds_per_batch  # who got in started within the budget (plus timer noise)
     batcher.close()
+
+
+def test_the_cost_model_tells_the_cost_of_a_run_from_the_cost_of_a_row() -> None:
+    cost = CostModel()
+    for rows in (1, 64, 16, 1, 64):  # a run costs 20 ms, and a row 0.1 ms more
+        cost.observe(rows, 0.020 + 0.0001 * rows)
+    # 256 queued rows go out as 4 runs of 64: 4 x 20 ms + 256 x 0.1 ms, not 256 x what a one-row run cost.
+    assert cost.seconds(256, 4) == pytest.approx(0.1056, rel=1e-6)
+
+    same_size = CostModel()
+    for _ in range(3):
+        same_size.observe(8, 0.016)
+    assert same_size.seconds(16, 2) == pytest.approx(0.032)  # one size of run: a cost per row alone

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service.servers import running_server
+from tests.service.servers import free_port, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -187,3 +191,48 @@ def test_connections_that_send_no_headers_in_time_are_closed(models_dir: Path, t
         time.sleep(1.5)
         slow_body.sendall(body)
         assert _answer(slow_body, within=5).startswith(b"HTTP/1.1 200")
+
+
+def test_a_burst_of_connections_is_accepted_and_answered(server: httpx.Client) -> None:
+    port = _port(server)
+    burst = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
+    for connection in burst:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    answers = [_answer(connection, within=10) for connection in burst]
+    assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers)
+
+
+def test_a_port_in_use_stops_the_start_with_a_message(models_dir: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models_dir)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_shutdown_waits_for_a_stalled_request_at_most_the_shutdown_timeout(models_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models_dir)]
+    env = os.environ | {"AE_SHUTDOWN_TIMEOUT_S": "1", "AE_PROVIDERS": "CPUExecutionProvider"}
+    with (tmp_path / "server.log").open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        stalled = _half_sent(port, "/models/tab/score", 100, b'{"inputs": ')  # a request that never ends
+        time.sleep(0.3)
+        process.terminate()
+        started = time.monotonic()
+        assert process.wait(timeout=15) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
+        assert time.monotonic() - started < 5  # the 1 s budget, and the lifespan's own shutdown
+        stalled.close()
+    finally:
+        process.kill()
