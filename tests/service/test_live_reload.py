@@ -109,11 +109,18 @@ def test_publish_break_change_remove_unload_and_load_without_a_failed_request(
     threads = [threading.Thread(target=clients.run) for _ in range(4)] + [threading.Thread(target=clients.readiness)]
     for thread in threads:
         thread.start()
+
+    def clients_saw(answer: tuple[int, str]) -> None:
+        # Each state is held until the client threads have met it too, however slow the machine.
+        until(lambda: answer in set(clients.answers), f"the clients get {answer}")
+
     try:
         assert latest() == (1, "tab")
+        clients_saw((1, "tab"))
 
         publish(staged("tab-b", 2), models)
         until(lambda: latest() == (2, "tab-b"), "a new version serves with its own numbers")
+        clients_saw((2, "tab-b"))
 
         publish(staged("tab", 3, broken=True), models)
         until(lambda: status(3) == "unavailable", "a broken version is listed as unavailable")
@@ -121,6 +128,7 @@ def test_publish_break_change_remove_unload_and_load_without_a_failed_request(
 
         publish(staged("tab", 2), models)  # version 2 retrained: same folder, other files
         until(lambda: latest() == (2, "tab"), "a changed package serves its new numbers")
+        clients_saw((2, "tab"))
 
         half, source = models / "tab" / "4", staged("tab-b", 4)
         half.mkdir()
@@ -130,6 +138,7 @@ def test_publish_break_change_remove_unload_and_load_without_a_failed_request(
         assert latest() == (2, "tab")
         shutil.copytree(source, half, dirs_exist_ok=True)
         until(lambda: latest() == (4, "tab-b"), "the completed copy serves")
+        clients_saw((4, "tab-b"))
 
         shutil.rmtree(half)
         until(lambda: latest() == (2, "tab"), "a removed version stops serving")
