@@ -159,7 +159,13 @@ class GreedyAcceptServer(uvicorn.Server):
             connection.setblocking(False)
             task = loop.create_task(loop.connect_accepted_socket(self._protocol, connection))
             self._handing_over.add(task)
-            task.add_done_callback(self._handing_over.discard)
+            task.add_done_callback(self._handed_over)
+
+    def _handed_over(self, task: asyncio.Task[Any]) -> None:
+        self._handing_over.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # A client gone between accept and hand-over: nothing to answer, nothing to keep.
+            logger.debug("a connection closed before it was served: %s", error)
 
     def _protocol(self) -> asyncio.Protocol:
         return self.config.http_protocol_class(  # type: ignore[call-arg]
