@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> None:
             if not os.environ.get(MULTIPROCESS_DIR):
                 os.environ[MULTIPROCESS_DIR] = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ae-metrics-"))
             app = "service.app:app_from_environment"
-        http: Any = (
-            "h11" if settings.http == "h11" else guarded_protocol(settings.max_header_bytes, settings.header_timeout_s)
-        )
+        limits = guarded_protocol(settings.max_header_bytes, settings.header_timeout_s, settings.send_timeout_s)
+        http: Any = "h11" if settings.http == "h11" else limits
         options: dict[str, Any] = {
             "host": settings.host,
             "port": settings.port,

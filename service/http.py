@@ -29,10 +29,15 @@ class _HeadersTooLarge(Exception):
 
 
 class GuardedHttpTools(HttpToolsProtocol):
-    def __init__(self, *args: Any, max_header_bytes: int, header_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, max_header_bytes: int, header_timeout_s: float, send_timeout_s: float, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.max_header_bytes = max_header_bytes
         self.header_timeout_s = header_timeout_s
+        self.send_timeout_s = send_timeout_s
+        self._trailer_bytes = 0
+        self._send_timer: asyncio.TimerHandle | None = None
         self._in_headers = False  # a request has begun and its headers are not complete yet
         self._header_bytes = 0  # read while in its headers, after the read in which it began
         self._header_timer: asyncio.TimerHandle | None = None
@@ -44,6 +49,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
+        self._stop_send_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -60,7 +66,19 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_headers, self._header_bytes = True, 0
+        self._in_headers, self._header_bytes, self._trailer_bytes = True, 0, 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_headers:
+            super().on_header(name, value)
+            return
+        # A trailer, after a chunked body. uvicorn would add it to the request's headers, which the app may
+        # read only later: a trailing X-API-Key would pass the key check, and endless trailers grew memory
+        # without limit. Trailers are dropped, and bounded like headers.
+        self._trailer_bytes += len(name) + len(value) + 4
+        if self._trailer_bytes > self.max_header_bytes:
+            self._too_large = True
+            raise _HeadersTooLarge
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
@@ -87,6 +105,27 @@ class GuardedHttpTools(HttpToolsProtocol):
         self.transport.write(head + body)
         self.transport.close()
 
+    def pause_writing(self) -> None:
+        # The client stopped reading while its answer is buffered: it has send_timeout_s to start again, or
+        # the connection is dropped (closing would wait for the buffer to drain, which it never does).
+        super().pause_writing()
+        self._stop_send_timer()
+        self._send_timer = self.loop.call_later(self.send_timeout_s, self._send_too_slow)
+
+    def resume_writing(self) -> None:
+        self._stop_send_timer()
+        super().resume_writing()
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_too_slow(self) -> None:
+        self._send_timer = None
+        logger.info("dropped a connection that stopped reading its answer for %g s", self.send_timeout_s)
+        self.transport.abort()
+
     def _await_headers(self) -> None:
         self._stop_header_timer()
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
@@ -103,9 +142,14 @@ class GuardedHttpTools(HttpToolsProtocol):
             self.transport.close()
 
 
-def guarded_protocol(max_header_bytes: int, header_timeout_s: float) -> Any:
+def guarded_protocol(max_header_bytes: int, header_timeout_s: float, send_timeout_s: float) -> Any:
     """What uvicorn's `http` option takes: a protocol factory (a partial pickles for worker processes)."""
-    return functools.partial(GuardedHttpTools, max_header_bytes=max_header_bytes, header_timeout_s=header_timeout_s)
+    return functools.partial(
+        GuardedHttpTools,
+        max_header_bytes=max_header_bytes,
+        header_timeout_s=header_timeout_s,
+        send_timeout_s=send_timeout_s,
+    )
 
 
 # Errors that mean the process is out of descriptors or memory for now: accepting pauses for a second, as

@@ -35,6 +35,12 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            # Refused before anything is read, so a client that sent `Expect: 100-continue` is not invited
+            # to upload what would be refused.
+            too_large = ServiceError(413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes")
+            await render(scope["path"], too_large)(scope, receive, send)
+            return
         received, complete, deadline = 0, False, None
 
         async def limited_receive() -> Message:

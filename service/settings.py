@@ -76,9 +76,12 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0)
     """Longest a request line and headers may take to arrive, from the connection's opening or the previous
     answer; after it the connection is closed."""
+    send_timeout_s: float = Field(30.0, gt=0)
+    """Longest a client may leave its answer unread (the server's send buffer full) before the connection is
+    dropped."""
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1)
     """Largest request body in bytes, uploads included; larger is refused with 413."""
-    body_timeout_s: float = Field(30.0, gt=0)
+    body_timeout_s: float = Field(20.0, gt=0)
     """Longest a request body may take to arrive, from its first byte read; a stalled one gets 408."""
     max_body_bytes_in_flight: int = Field(256 * 1024 * 1024, ge=1)
     """Most request-body bytes held by all requests in progress together; over it, 503 `overloaded`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -236,3 +237,65 @@ def test_shutdown_waits_for_a_stalled_request_at_most_the_shutdown_timeout(model
         stalled.close()
     finally:
         process.kill()
+
+
+def _chunked(path: str, body: bytes, trailers: bytes, headers: bytes = b"") -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+    return head.encode() + headers + b"\r\n" + b"%x\r\n" % len(body) + body + b"\r\n0\r\n" + trailers
+
+
+def test_trailers_never_become_headers_and_are_bounded(models_dir: Path, tmp_path: Path) -> None:
+    env = {"AE_API_KEYS": "sekret"}
+    with running_server(models_dir, tmp_path / "server.log", env=env) as server:
+        port = _port(server)
+        body = b'{"inputs": [0, 0, 0, 0, 0]}'
+        keyed = socket.create_connection(("127.0.0.1", port))
+        keyed.sendall(_chunked("/models/tab/score", body, b"X-API-Key: sekret\r\n\r\n"))
+        assert _answer(keyed, within=5).startswith(b"HTTP/1.1 401")  # a trailer is not a key
+
+        endless = socket.create_connection(("127.0.0.1", port))
+        endless.sendall(_chunked("/models/tab/score", body, b"", b"X-API-Key: sekret\r\n"))
+        sent = 0
+        try:
+            while sent < 2_000_000:
+                endless.sendall(b"X-T: y\r\n" * 1000)
+                sent += 8000
+                time.sleep(0.002)  # paced, so the bytes reach the server instead of piling up in kernel buffers
+        except OSError:
+            pass  # the server dropped the connection
+        assert sent < 500_000, f"{sent} bytes of trailers accepted"
+        endless.close()
+        assert server.get("/healthz").status_code == 200
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(models_dir: Path, tmp_path: Path) -> None:
+    with running_server(models_dir, tmp_path / "server.log", "--send-timeout-s", "1") as server:
+        port = _port(server)
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.connect(("127.0.0.1", port))
+        request = json.dumps({"inputs": np.zeros((1024, 8, 8)).tolist()}).encode()
+        head = "POST /models/conv/reconstruct HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        one = head.encode() + f"Content-Length: {len(request)}\r\n\r\n".encode() + request
+        reader.sendall(one * 20)  # twenty answers of about 1 MB each, none read for now
+        time.sleep(4)
+        reader.settimeout(10)
+        received = b""
+        try:
+            while chunk := reader.recv(1 << 20):
+                received += chunk
+        except OSError:
+            pass  # reset by the server
+        reader.close()
+        assert received.count(b"HTTP/1.1 200") < 20  # dropped before all of it was sent
+        assert server.get("/healthz").status_code == 200
+
+
+def test_an_oversized_body_is_refused_before_100_continue(server: httpx.Client) -> None:
+    connection = socket.create_connection(("127.0.0.1", _port(server)))
+    connection.sendall(
+        b"POST /models/tab/score HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1)
+    )
+    answer = _answer(connection, within=5)
+    assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer
