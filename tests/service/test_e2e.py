@@ -277,8 +277,12 @@ def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(models_di
         request = json.dumps({"inputs": np.zeros((1024, 8, 8)).tolist()}).encode()
         head = "POST /models/conv/reconstruct HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
         one = head.encode() + f"Content-Length: {len(request)}\r\n\r\n".encode() + request
-        reader.sendall(one * 20)  # twenty answers of about 1 MB each, none read for now
-        time.sleep(4)
+        reader.settimeout(20)  # without the send timeout, sendall blocks: the server stops reading from it
+        try:
+            reader.sendall(one * 20)  # twenty answers of about 1 MB each, none read for now
+            time.sleep(4)
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # dropped while still sending
         reader.settimeout(10)
         received = b""
         try:
