@@ -48,6 +48,7 @@ class CostModel:
 
     def __init__(self) -> None:
         self._sums = np.zeros(5)  # weighted sums of 1, n, t, n^2, n * t
+        self._fixed, self._per_row = 0.0, 0.0  # fitted once per run, read by every admission
 
     @property
     def trained(self) -> bool:
@@ -55,10 +56,10 @@ class CostModel:
 
     def observe(self, rows: int, seconds: float) -> None:
         self._sums = self.DECAY * self._sums + np.array([1.0, rows, seconds, rows * rows, rows * seconds])
+        self._fixed, self._per_row = self._fit()
 
     def seconds(self, rows: float, runs: float) -> float:
-        fixed, per_row = self._fit()
-        return runs * fixed + rows * per_row
+        return runs * self._fixed + rows * self._per_row
 
     def _fit(self) -> tuple[float, float]:
         weight, n, t, nn, nt = self._sums

@@ -48,8 +48,8 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._await_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_header_timer()
-        self._stop_send_timer()
+        _cancel(self._header_timer)
+        _cancel(self._send_timer)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -82,7 +82,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
-        self._stop_header_timer()
+        _cancel(self._header_timer)
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.max_header_bytes:
             self._too_large = True
@@ -109,37 +109,31 @@ class GuardedHttpTools(HttpToolsProtocol):
         # The client stopped reading while its answer is buffered: it has send_timeout_s to start again, or
         # the connection is dropped (closing would wait for the buffer to drain, which it never does).
         super().pause_writing()
-        self._stop_send_timer()
+        _cancel(self._send_timer)
         self._send_timer = self.loop.call_later(self.send_timeout_s, self._send_too_slow)
 
     def resume_writing(self) -> None:
-        self._stop_send_timer()
+        _cancel(self._send_timer)
         super().resume_writing()
 
-    def _stop_send_timer(self) -> None:
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-
     def _send_too_slow(self) -> None:
-        self._send_timer = None
         logger.info("dropped a connection that stopped reading its answer for %g s", self.send_timeout_s)
         self.transport.abort()
 
     def _await_headers(self) -> None:
-        self._stop_header_timer()
+        _cancel(self._header_timer)
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
 
-    def _stop_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
     def _headers_too_slow(self) -> None:
-        self._header_timer = None
         # A request still being answered (pipelined behind this one) is left alone.
         if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
             self.transport.close()
+
+
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    """Cancels a timer that may not be set (cancelling one that fired or was cancelled does nothing)."""
+    if timer is not None:
+        timer.cancel()
 
 
 def guarded_protocol(max_header_bytes: int, header_timeout_s: float, send_timeout_s: float) -> Any:

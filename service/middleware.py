@@ -34,11 +34,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        too_large = ServiceError(413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes")
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_bytes:
             # Refused before anything is read, so a client that sent `Expect: 100-continue` is not invited
-            # to upload what would be refused.
-            too_large = ServiceError(413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes")
+            # to upload what would be refused. Past this, only the bytes counted can exceed the limit.
             await render(scope["path"], too_large)(scope, receive, send)
             return
         received, complete, deadline = 0, False, None
@@ -59,8 +59,8 @@ class BodyLimit:
             complete = not message.get("more_body", False)
             received += chunk
             self.in_flight += chunk
-            if max(received, int(declared) if declared.isdigit() else 0) > self.max_bytes:
-                raise ServiceError(413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes")
+            if received > self.max_bytes:
+                raise too_large
             if self.in_flight > self.max_bytes_in_flight:
                 raise ServiceError(
                     503,
