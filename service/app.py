@@ -66,11 +66,6 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
     return app
 
 
-def app_from_environment() -> FastAPI:
-    """The app of `Settings()` read from AE_* variables: what each uvicorn worker process builds."""
-    return create_app(Settings())  # type: ignore[call-arg]  # every field has a default or an AE_* variable
-
-
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry: Registry = app.state.registry

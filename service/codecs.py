@@ -125,7 +125,17 @@ def as_batch(
         array = np.asarray(value)
     except (ValueError, OverflowError):
         raise ServiceError(422, "invalid_shape", f"{field}: rows are ragged; {_expected(row_shape)}") from None
+    if array.dtype.kind in _NUMERIC_KINDS and holds_booleans(value):
+        raise ServiceError(422, "invalid_dtype", f"{field} must hold numbers only, found booleans")
     return shaped(array, row_shape, field, max_rows)
+
+
+def holds_booleans(value: Any) -> bool:
+    """Whether parsed JSON lists hold a boolean, which np.asarray reads as 1 among numbers. Arrays from
+    service.fastjson are numbers already: only lists need the walk."""
+    if type(value) is list:
+        return any(map(holds_booleans, value))
+    return type(value) is bool
 
 
 def rows_by_name(rows: list[Any], names: Sequence[str] | None, field: str) -> list[list[Any]]:

@@ -14,6 +14,7 @@ import functools
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -160,15 +161,23 @@ class GreedyAcceptServer(uvicorn.Server):
     accepts them all, up to the backlog, and hands each to the loop as uvicorn would, so uvloop's faster
     transports stay (docs/benchmark.md, Overload)."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(
+        self, config: uvicorn.Config, reuse_port: bool = False, listen_once: Callable[[], bool] | None = None
+    ) -> None:
+        """`listen_once`: listen only once it returns True (a worker replacing one that died, while the others
+        serve: the connections the kernel would hand it meanwhile could only be answered 503)."""
         super().__init__(config)
+        self.reuse_port = reuse_port
+        self.listen_once = listen_once
         self._listeners: list[socket.socket] = []
         self._handing_over: set[asyncio.Task[Any]] = set()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])  # the lifespan and the state, without a listener of uvicorn's own
+        while self.listen_once is not None and not self.listen_once() and not self.should_exit:
+            await asyncio.sleep(0.05)
         try:
-            self._listeners = _listen(self.config.host, self.config.port, self.config.backlog)
+            self._listeners = listen(self.config.host, self.config.port, self.config.backlog, self.reuse_port)
         except OSError as error:
             logger.error("cannot listen on %s:%s: %s", self.config.host, self.config.port, error)
             await self.lifespan.shutdown()
@@ -218,9 +227,10 @@ class GreedyAcceptServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def _listen(host: str, port: int, backlog: int) -> list[socket.socket]:
+def listen(host: str, port: int, backlog: int, reuse_port: bool = False) -> list[socket.socket]:
     """Listening sockets on every address `host` resolves to (both families for "localhost"), as asyncio's
-    create_server makes them."""
+    create_server makes them. With `reuse_port`, each worker process binds its own and the kernel spreads
+    new connections over them evenly."""
     found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     listeners = []
     try:
@@ -228,6 +238,8 @@ def _listen(host: str, port: int, backlog: int) -> list[socket.socket]:
             listener = socket.socket(family, kind, proto)
             listeners.append(listener)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             listener.bind(address)

@@ -135,6 +135,11 @@ class Registry:
         finally:
             runtime.release()
 
+    @property
+    def settled(self) -> bool:
+        """Whether the packages found at start-up have each been loaded or found broken."""
+        return self._settled
+
     def readiness(self) -> tuple[bool, str]:
         """Ready once the packages found at start-up have each been loaded (or found broken) and one serves."""
         if not self._settled:

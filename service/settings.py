@@ -12,6 +12,10 @@ import onnxruntime as ort
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# More workers than this rarely pay for their memory (each loads every model): past it, give cores to
+# onnxruntime's threads instead.
+MAX_AUTO_WORKERS = 4
+
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
@@ -43,8 +47,9 @@ class Settings(BaseSettings):
     """onnxruntime execution providers, comma-separated, most preferred first; empty means CUDA when
     onnxruntime can use it, else CPU."""
     intra_op_threads: int | None = Field(None, ge=0)
-    """Threads onnxruntime uses inside one operator; unset: one less than the cores this process may use
-    (affinity and cgroup quota), at least 1, so the event loop keeps a core; 0 lets onnxruntime choose."""
+    """Threads onnxruntime uses inside one operator, in each worker; unset: the worker's share of the cores
+    this process may use (affinity and cgroup quota) less one, so its event loop keeps a core, at least 1;
+    0 lets onnxruntime choose."""
     inter_op_threads: int = Field(0, ge=0)
     """Threads onnxruntime uses across independent operators; 0 lets onnxruntime choose."""
     max_batch_rows: int = Field(1024, ge=1)
@@ -64,8 +69,10 @@ class Settings(BaseSettings):
     """Longest an inference request may take, reading its body included; 504 `timeout` after it."""
     shutdown_timeout_s: int = Field(30, ge=0)
     """Longest a shutdown waits for requests in flight before the process exits."""
-    workers: int = Field(1, ge=1)
-    """uvicorn worker processes; each loads every model and batches on its own."""
+    workers: int | None = Field(None, ge=1)
+    """Worker processes, each with its own event loop; each loads every model and batches on its own. Unset:
+    one per core this process may use, at most 4, since one Python event loop cannot keep two cores busy;
+    1 when the repository API is on (admin-keys), whose calls act on the one worker that answers them."""
     loop: Literal["auto", "asyncio", "uvloop"] = "uvloop"
     """Event loop implementation uvicorn runs."""
     http: Literal["auto", "h11", "httptools"] = "httptools"
@@ -148,11 +155,19 @@ class Settings(BaseSettings):
         lines = (line.strip() for line in self.api_keys_file.read_text().splitlines())
         return (*self.api_keys, *(line for line in lines if line and not line.startswith("#")))
 
+    def worker_count(self) -> int:
+        """The worker processes to run: the setting, else from the cores available."""
+        if self.workers is not None:
+            return self.workers
+        if self.admin_keys:
+            return 1
+        return min(available_cores(), MAX_AUTO_WORKERS)
+
     def onnxruntime_threads(self) -> int:
-        """The intra-op thread count sessions get: the setting, else from the cores available."""
+        """The intra-op thread count each worker's sessions get: the setting, else from the cores available."""
         if self.intra_op_threads is not None:
             return self.intra_op_threads
-        return max(1, available_cores() - 1)
+        return max(1, available_cores() // self.worker_count() - 1)
 
     def execution_providers(self) -> list[str]:
         """The providers asked of every session: the setting, else CUDA when available, else CPU."""
@@ -162,14 +177,6 @@ class Settings(BaseSettings):
             _load_cuda_from_wheels()
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
-
-    def as_environment(self) -> dict[str, str]:
-        """These settings as AE_* variables, which `Settings()` reads back to equal settings."""
-        values = self.model_dump(exclude_none=True)
-        return {
-            f"AE_{name.upper()}": ",".join(value) if isinstance(value, tuple) else str(value)
-            for name, value in values.items()
-        }
 
 
 def _load_cuda_from_wheels() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from service import fastjson
-from service.codecs import MAX_DIMS
+from service.codecs import MAX_DIMS, holds_booleans
 from service.errors import ServiceError
 
 # V2 datatype -> numpy dtype of its little-endian wire layout.
@@ -146,20 +146,36 @@ def _input(tensor: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, in
         return name, array, offset + size_in_bytes
     if "data" not in tensor:
         raise bad(f"{where}: give its values in data, or as binary data with parameters.binary_data_size")
-    return name, _json_data(tensor["data"], shape, dtype, where), offset
+    return name, _json_data(tensor["data"], shape, datatype, where), offset
 
 
-def _json_data(data: Any, shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
+def _json_data(data: Any, shape: list[int], datatype: str, where: str) -> np.ndarray:
     try:
         array = np.asarray(data)
     except ValueError:
         raise bad(f"{where}: data is ragged; send a flat list in row-major order") from None
     if array.size and array.dtype.kind not in "iuf":
         raise bad(f"{where}: data must hold numbers only")
+    # np.asarray reads true as 1 among numbers, and V2 keeps booleans for BOOL tensors.
+    if holds_booleans(data):
+        raise bad(f"{where}: data must hold numbers only, found booleans")
     if array.size != math.prod(shape):
         raise bad(f"{where}: data has {array.size} values, shape {shape} needs {math.prod(shape)}")
+    dtype = DATATYPES[datatype]
+    if dtype.kind in "iu" and array.size:
+        _check_integers(array, datatype, where)
+    # Floats beyond the datatype's range become inf, refused with the other non-finite values downstream.
     with np.errstate(over="ignore", invalid="ignore"):
         return array.astype(dtype).reshape(shape)
+
+
+def _check_integers(array: np.ndarray, datatype: str, where: str) -> None:
+    """Refuses what astype would silently wrap (300 as UINT8 is 44) or truncate (1.5 as INT32 is 1)."""
+    info = np.iinfo(DATATYPES[datatype])
+    whole = array.dtype.kind in "iu" or bool(np.all(np.floor(array) == array))
+    # .item(): Python compares its ints and floats exactly, where numpy would round 2**64 - 1 to a float.
+    if not whole or array.min().item() < info.min or array.max().item() > info.max:
+        raise bad(f"{where}: {datatype} data must be whole numbers from {info.min} to {info.max}")
 
 
 def _outputs(raw: Any) -> dict[str, bool | None]:

@@ -233,8 +233,8 @@ INSTALL_TRAIN = "make install-train (or: pip install -e '.[train]')"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # `make serve` installs the service alone: say how to get the training extra instead of a traceback.
+    # `make serve` installs the service alone. Checked before parsing, so every invocation (no arguments,
+    # missing ones, --help) gets the one line that fixes it rather than a usage error it cannot act on.
     missing = [name for name in TRAIN_EXTRA if importlib.util.find_spec(name) is None]
     if missing:
         print(
@@ -242,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
+    args = build_parser().parse_args(argv)
     # Imported late so `--help` and argument errors answer without loading torch.
     from training.data import DataError
     from training.export import ExportParityError

@@ -187,11 +187,15 @@ function resetCanvas() {
   context.fillRect(0, 0, $("draw").width, $("draw").height);
 }
 
-function strokeTo(event) {
+function canvasPoint(event) {
   const canvas = $("draw");
   const box = canvas.getBoundingClientRect();
-  const point = [(event.clientX - box.left) * (canvas.width / box.width), (event.clientY - box.top) * (canvas.height / box.height)];
-  const context = canvas.getContext("2d");
+  return [(event.clientX - box.left) * (canvas.width / box.width), (event.clientY - box.top) * (canvas.height / box.height)];
+}
+
+// A line from the previous point of the stroke; its first point alone draws a dot (the round cap).
+function strokeTo(point) {
+  const context = $("draw").getContext("2d");
   context.strokeStyle = "#fff";
   context.lineWidth = Number($("brush").value);
   context.lineCap = "round";
@@ -201,6 +205,69 @@ function strokeTo(event) {
   context.lineTo(...point);
   context.stroke();
   drawing.last = point;
+}
+
+// --- drawing from the keyboard --------------------------------------------------------------------------
+
+// A pen the arrow keys move, in canvas pixels; its ring (#pen) shows where it is.
+const pen = { x: 140, y: 140, down: false };
+const PEN_STEP = 10;  // one pixel of a 28 x 28 model on the 280-pixel canvas
+const PEN_MOVES = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+
+function onCanvasKey(event) {
+  if (event.ctrlKey || event.altKey || event.metaKey) return;  // the browser's shortcuts stay the browser's
+  const move = PEN_MOVES[event.key];
+  if (move) movePen(move, event.shiftKey ? 4 * PEN_STEP : PEN_STEP);
+  else if (event.key === " ") togglePen();
+  else if (event.key === "Enter") guarded(scoreDrawing);
+  else if (event.key === "Delete" || event.key === "Backspace") clearDrawing();
+  else return;
+  event.preventDefault();  // Space and the arrows would scroll the page under the pen
+  showPen();
+}
+
+function movePen([dx, dy], step) {
+  const canvas = $("draw");
+  const from = [pen.x, pen.y];
+  pen.x = Math.max(0, Math.min(canvas.width, pen.x + dx * step));
+  pen.y = Math.max(0, Math.min(canvas.height, pen.y + dy * step));
+  if (pen.down) {
+    drawing.last = from;  // the mouse may have drawn since the pen last moved
+    strokeTo([pen.x, pen.y]);
+  }
+}
+
+function togglePen() {
+  setPen(!pen.down);
+  if (!pen.down) guarded(scoreDrawing);  // lifting the pen ends the stroke, as releasing the mouse does
+}
+
+function setPen(down) {
+  if (down) {
+    drawing.last = null;
+    strokeTo([pen.x, pen.y]);
+  }
+  // Only a change is announced: the status is a live region.
+  if (down !== pen.down) $("pen-state").textContent = down ? "Pen down: the arrow keys draw." : "Pen up.";
+  pen.down = down;
+}
+
+function clearDrawing() {
+  setPen(false);
+  resetCanvas();
+}
+
+// The ring is the brush's size, scaled as the canvas is shown.
+function showPen() {
+  const canvas = $("draw");
+  const ring = $("pen");
+  const scale = canvas.clientWidth / canvas.width;
+  const size = Number($("brush").value) * scale;
+  ring.style.width = ring.style.height = `${size}px`;
+  ring.style.left = `${canvas.offsetLeft + pen.x * scale - size / 2}px`;
+  ring.style.top = `${canvas.offsetTop + pen.y * scale - size / 2}px`;
+  ring.classList.toggle("down", pen.down);
+  ring.hidden = false;
 }
 
 // The drawing as the model's rows: H x W [x C] pixels, 0..255, the canvas scaled down by the browser.
@@ -516,9 +583,13 @@ function wire() {
     drawing.active = true;
     drawing.last = null;
     canvas.setPointerCapture(event.pointerId);
-    strokeTo(event);
+    strokeTo(canvasPoint(event));
   });
-  canvas.addEventListener("pointermove", (event) => { if (drawing.active) strokeTo(event); });
+  canvas.addEventListener("pointermove", (event) => { if (drawing.active) strokeTo(canvasPoint(event)); });
+  canvas.addEventListener("keydown", onCanvasKey);
+  // The ring only for keyboard focus: a click that focuses the canvas is drawing with the mouse.
+  canvas.addEventListener("focus", () => { if (canvas.matches(":focus-visible")) showPen(); });
+  canvas.addEventListener("blur", () => { $("pen").hidden = true; });
   canvas.addEventListener("pointerup", () => {
     drawing.active = false;
     guarded(scoreDrawing);
@@ -530,7 +601,7 @@ function wire() {
     if (file) guarded(() => scoreUpload(file));
   });
   $("score-image").addEventListener("click", () => guarded(scoreDrawing));
-  $("clear").addEventListener("click", resetCanvas);
+  $("clear").addEventListener("click", clearDrawing);
   $("image-file").addEventListener("change", (event) => {
     const file = event.target.files[0];
     if (file) guarded(() => scoreUpload(file));

@@ -28,6 +28,15 @@ def running_server(
     models_dir: Path, log: Path, *flags: str, env: dict[str, str] | None = None, ready_within: float = 30
 ) -> Iterator[httpx.Client]:
     """A uvicorn process serving `models_dir` (CPU only), ready; its output goes to `log`; stopped at the end."""
+    with running_process(models_dir, log, *flags, env=env, ready_within=ready_within) as (_, client):
+        yield client
+
+
+@contextmanager
+def running_process(
+    models_dir: Path, log: Path, *flags: str, env: dict[str, str] | None = None, ready_within: float = 30
+) -> Iterator[tuple[subprocess.Popen[bytes], httpx.Client]]:
+    """running_server, with the process too."""
     port = free_port()
     environment = os.environ | {"AE_PROVIDERS": "CPUExecutionProvider"} | (env or {})
     command = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models_dir), *flags]
@@ -37,7 +46,7 @@ def running_server(
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     try:
         _wait_until_ready(client, process, log, ready_within)
-        yield client
+        yield process, client
     finally:
         client.close()
         process.terminate()

@@ -97,6 +97,8 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
      "inputs must hold numbers only, found nulls, objects or mixed values"),
     ("booleans", "POST", TAB, {"json": {"inputs": [[True] * 5]}}, 422, "invalid_dtype",
      "inputs must hold numbers only, found booleans"),
+    ("a boolean among numbers", "POST", TAB, {"json": {"inputs": [[1, 2, 3, 4, True]]}}, 422, "invalid_dtype",
+     "inputs must hold numbers only, found booleans"),
     ("NaN", "POST", TAB, {"content": b'{"inputs": [[1, 2, 3, 4, NaN]]}'}, 422, "non_finite",
      "inputs holds NaN or infinite values (rows [0])"),
     ("Infinity", "POST", TAB, {"content": b'{"inputs": [[1, 2, 3, 4, 5], [1, 2, 3, 4, -Infinity]]}'}, 422,

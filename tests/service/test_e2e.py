@@ -126,7 +126,8 @@ def _answer(connection: socket.socket, within: float) -> bytes:
 
 def test_stalled_bodies_are_dropped_and_held_bytes_are_bounded(models_dir: Path, tmp_path: Path) -> None:
     env = {"AE_BODY_TIMEOUT_S": "1", "AE_MAX_BODY_BYTES_IN_FLIGHT": "100000"}
-    with running_server(models_dir, tmp_path / "server.log", env=env) as server:
+    # One worker: the bytes in flight are counted per worker, and the kernel picks the worker per connection.
+    with running_server(models_dir, tmp_path / "server.log", "--workers", "1", env=env) as server:
         port = int(str(server.base_url).rsplit(":", 1)[1].rstrip("/"))
         started = time.monotonic()
         stalled = _answer(_half_sent(port, "/models/tab/score", 100, b'{"inputs": '), within=10)

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
+from service import settings as settings_module
 from service.settings import Settings, available_cores
 
 
@@ -43,15 +44,6 @@ def test_bad_values_fail_fast(tmp_path: Path, values: dict[str, object], problem
         Settings(**({"models_dir": tmp_path} | values))
 
 
-def test_settings_survive_the_trip_through_the_environment(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings(
-        models_dir=models_dir, providers=("CPUExecutionProvider",), workers=2, batch_wait_ms=0.5, default_model="tab"
-    )
-    for name, value in settings.as_environment().items():
-        monkeypatch.setenv(name, value)
-    assert Settings() == settings
-
-
 @pytest.mark.parametrize(
     ("files", "cores"),
     [
@@ -71,6 +63,25 @@ def test_available_cores_follow_the_cgroup_quota(tmp_path: Path, files: dict[str
     assert available_cores(tmp_path) == (affinity if cores is None else min(cores, affinity))
 
 
-def test_threads_default_to_one_less_than_the_cores(tmp_path: Path) -> None:
-    assert Settings(models_dir=tmp_path).onnxruntime_threads() == max(1, available_cores() - 1)
-    assert Settings(models_dir=tmp_path, intra_op_threads=0).onnxruntime_threads() == 0
+@pytest.mark.parametrize(
+    ("cores", "workers", "threads"),
+    [(1, 1, 1), (2, 2, 1), (3, 3, 1), (4, 4, 1), (8, 4, 1), (16, 4, 3), (64, 4, 15)],
+)
+def test_workers_and_threads_follow_the_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int, workers: int, threads: int
+) -> None:
+    monkeypatch.setattr(settings_module, "available_cores", lambda: cores)
+    settings = Settings(models_dir=tmp_path)
+    assert (settings.worker_count(), settings.onnxruntime_threads()) == (workers, threads)
+
+
+def test_the_repository_api_keeps_one_worker_unless_told(tmp_path: Path) -> None:
+    # Its load and unload calls act on the one worker that answers them.
+    assert Settings(models_dir=tmp_path, admin_keys=("k",)).worker_count() == 1
+    assert Settings(models_dir=tmp_path, admin_keys=("k",), workers=3).worker_count() == 3
+
+
+def test_set_threads_and_workers_win(tmp_path: Path) -> None:
+    settings = Settings(models_dir=tmp_path, workers=1, intra_op_threads=0)
+    assert (settings.worker_count(), settings.onnxruntime_threads()) == (1, 0)
+    assert Settings(models_dir=tmp_path, workers=1).onnxruntime_threads() == max(1, available_cores() - 1)

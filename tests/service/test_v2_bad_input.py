@@ -4,16 +4,25 @@ service answering the next good request. The V2 twins of tests/service/test_bad_
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI
 
 pytestmark = pytest.mark.anyio
 
 INFER = "/v2/models/tab/infer"
 ROW = [3.0, 3.1, 2.9, 3.0, 3.2]
+MAX_BYTES = 256 * 1024  # small, so the body-limit cases need small bodies
+
+
+@pytest.fixture(scope="module")
+def app(make_app: Any) -> FastAPI:
+    return make_app(max_body_bytes=MAX_BYTES)
 
 
 def tensor(name: str = "x", shape: list[int] | None = None, datatype: str = "FP32", **fields: Any) -> dict[str, Any]:
@@ -27,7 +36,23 @@ def binary(header: dict[str, Any], data: bytes, header_length: int | None = None
 
 
 def plain(header: Any) -> dict[str, Any]:
-    return {"content": json.dumps(header).encode()}
+    return {"content": json.dumps(header).encode()}  # NaN and inf are written as JSON's missing NaN, Infinity
+
+
+def last_value(literal: str) -> dict[str, Any]:
+    """The good request with ROW's last value written as `literal`, which json.dumps cannot write (1e400)."""
+    return {"content": json.dumps(GOOD).replace(str(ROW[-1]), literal).encode()}
+
+
+def twice(first: Any, second: Any) -> dict[str, Any]:
+    """A header giving inputs twice: the parsers keep the last one, as the REST routes do."""
+    return {"content": f'{{"inputs": {json.dumps(first)}, "inputs": {json.dumps(second)}}}'.encode()}
+
+
+async def chunks(total: int) -> AsyncIterator[bytes]:
+    """A body without Content-Length (chunked), so only counting can catch it."""
+    for _ in range(total // 1024):
+        yield b" " * 1024
 
 
 FP32_ROW = np.asarray([ROW], np.float32).tobytes()
@@ -59,6 +84,31 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
      400, "ragged"),
     ("an empty array among the data", INFER, plain({"inputs": [tensor(data=[[], ROW])]}), 400, "ragged"),
     ("strings as data", INFER, plain({"inputs": [tensor(data=["1"] * 5)]}), 400, "numbers only"),
+    ("nulls as data", INFER, plain({"inputs": [tensor(data=[*ROW[:4], None])]}), 400, "numbers only"),
+    ("booleans as data", INFER, plain({"inputs": [tensor(data=[True] * 5)]}), 400, "numbers only"),
+    ("a boolean among numbers", INFER, plain({"inputs": [tensor(data=[[*ROW[:4], True]])]}), 400, "found booleans"),
+    # V2 has BOOL tensors, but x is FP32: booleans are refused, not read as 0 and 1.
+    ("BOOL tensor", INFER, plain({"inputs": [tensor(datatype="BOOL", data=[True] * 5)]}), 400, "is not one of"),
+    ("NaN literal", INFER, plain({"inputs": [tensor(data=[*ROW[:4], math.nan])]}), 400, "not JSON"),
+    ("Infinity literal", INFER, plain({"inputs": [tensor(data=[*ROW[:4], -math.inf])]}), 400, "not JSON"),
+    ("beyond double", INFER, last_value("1e400"), 400, "not JSON"),
+    ("beyond float32", INFER, plain({"inputs": [tensor(data=[*ROW[:4], 1e39])]}), 400, "NaN or infinite"),
+    ("beyond float16", INFER, plain({"inputs": [tensor(datatype="FP16", data=[*ROW[:4], 7e4])]}), 400,
+     "NaN or infinite"),
+    ("beyond UINT8", INFER, plain({"inputs": [tensor(datatype="UINT8", data=[1, 2, 3, 4, 300])]}), 400,
+     "UINT8 data must be whole numbers from 0 to 255"),
+    ("negative UINT8", INFER, plain({"inputs": [tensor(datatype="UINT8", data=[1, 2, 3, 4, -1])]}), 400,
+     "from 0 to 255"),
+    ("beyond INT32", INFER, plain({"inputs": [tensor(datatype="INT32", data=[1, 2, 3, 4, 10**30])]}), 400,
+     "INT32 data must be whole numbers"),
+    ("beyond UINT64 by one", INFER, plain({"inputs": [tensor(datatype="UINT64", data=[1, 2, 3, 4, 2.0**64])]}),
+     400, "UINT64 data must be whole numbers"),
+    ("a fraction as INT32", INFER, plain({"inputs": [tensor(datatype="INT32", data=[1.5, 2, 3, 4, 5])]}), 400,
+     "whole numbers"),
+    ("values that overflow the score", INFER, plain({"inputs": [tensor(shape=[2, 5], data=[*ROW, *[1e30] * 5])]}),
+     400, "the scores of rows [1] overflow float32"),
+    ("inputs twice, the last one bad", INFER,
+     twice([tensor(data=ROW)], [tensor(shape=[1, 2], data=[1.0, 2.0])]), 400, "has shape [1, 2]"),
     ("no data", INFER, plain({"inputs": [tensor()]}), 400, "give its values"),
     ("BYTES tensor", INFER, plain({"inputs": [tensor(datatype="BYTES", data=["a"] * 5)]}), 400, "BYTES"),
     ("unknown datatype", INFER, plain({"inputs": [tensor(datatype="FP99", data=ROW)]}), 400, "not one of"),
@@ -72,6 +122,8 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("empty binary batch", INFER, binary({"inputs": [tensor(shape=[0, 5], parameters={"binary_data_size": 0})]}, b""),
      400, "no rows"),
     ("too many rows", INFER, plain({"inputs": [tensor(shape=[2000, 5], data=ROW * 2000)]}), 413, "at most"),
+    ("body over the limit", INFER, {"content": b" " * (MAX_BYTES + 1)}, 413, f"exceeds {MAX_BYTES} bytes"),
+    ("chunked body over the limit", INFER, {"content": chunks(MAX_BYTES + 4096)}, 413, f"exceeds {MAX_BYTES} bytes"),
     ("unknown input", INFER, plain({"inputs": [tensor(name="q", data=ROW)]}), 400, "exactly one input"),
     ("both x and z", INFER, plain({"inputs": [tensor(data=ROW), tensor("z", [1, 2], data=[0.0, 0.0])]}),
      400, "exactly one input"),

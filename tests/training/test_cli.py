@@ -160,11 +160,22 @@ def test_same_seed_same_model(tabular_npz: Path, tmp_path: Path) -> None:
         assert hashes[0][graph] == hashes[1][graph]
 
 
-def test_without_the_training_extra_it_says_what_to_install(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fit", "--data", "rows.csv", "--name", "x", "--models-dir", "models"],
+        [],  # argparse alone would answer "the following arguments are required: command"
+        ["fit", "--name", "x"],  # ... and here "--data is required"
+        ["--help"],
+    ],
+    ids=["full-arguments", "no-arguments", "missing-arguments", "help"],
+)
+def test_without_the_training_extra_it_says_what_to_install(tmp_path: Path, args: list[str]) -> None:
     # What `make serve` leaves: the service's packages only. Hiding torch stands in for not having it.
     code = "import sys; sys.modules['torch'] = None; from training.cli import main; sys.exit(main(sys.argv[1:]))"
-    args = ["fit", "--data", str(tmp_path / "rows.csv"), "--name", "x", "--models-dir", str(tmp_path)]
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert result.returncode == 2
     install = "run make install-train (or: pip install -e '.[train]')"
     assert result.stderr.strip().splitlines() == [

@@ -205,6 +205,41 @@ def test_every_control_works_from_the_keyboard(page: Page) -> None:
     assert unlabelled == []
 
 
+def test_the_canvas_draws_from_the_keyboard(page: Page, served: tuple[httpx.Client, Path]) -> None:
+    server, _ = served
+    choose(page, "mnist-dense")
+    help_id = page.locator("#draw").get_attribute("aria-describedby")
+    assert "the arrow keys move the pen" in (page.locator(f"#{help_id}").text_content() or "")
+    page.focus("#draw")
+    page.keyboard.press("ArrowUp")
+    assert page.locator("#pen").is_visible()
+    assert np.asarray(page.evaluate("drawingPixels()")).max() == 0  # the pen's ring is not in the drawing
+
+    page.keyboard.press("Space")
+    assert page.locator("#pen-state").text_content() == "Pen down: the arrow keys draw."
+    for key in ["ArrowDown"] * 8 + ["Shift+ArrowLeft"] * 2:
+        page.keyboard.press(key)
+    page.keyboard.press("Space")  # lifting the pen scores the stroke, as releasing the mouse does
+
+    score = shown_score(page)
+    assert page.locator("#pen-state").text_content() == "Pen up."
+    pixels = page.evaluate("drawingPixels()")
+    assert np.asarray(pixels).max() > 200
+    drawn = np.count_nonzero(np.asarray(pixels) > 128)
+    assert drawn > 10  # a line down and a line left, not one dot
+    expected = server.post("/models/mnist-dense/score", json={"inputs": [pixels]}).json()["scores"][0]
+    assert score == pytest.approx(expected, rel=1e-6)
+
+    shown = page.locator("[data-testid=score]").get_attribute("data-value")
+    page.keyboard.press("Delete")
+    page.keyboard.press("Enter")
+    page.wait_for_function("v => document.querySelector('[data-testid=score]').dataset.value !== v", arg=shown)
+    blank = np.zeros((28, 28)).tolist()
+    assert np.asarray(page.evaluate("drawingPixels()")).max() == 0
+    expected = server.post("/models/mnist-dense/score", json={"inputs": [blank]}).json()["scores"][0]
+    assert shown_score(page) == pytest.approx(expected, rel=1e-6)
+
+
 def test_a_published_model_appears_in_the_picker(page: Page, served: tuple[httpx.Client, Path]) -> None:
     _, models = served
     choose(page, "mnist-conv")
