@@ -49,7 +49,8 @@ def test_plain_up_starts_the_gpu_service_with_a_gpu(compose: dict[str, Any]) -> 
 def test_service_listens_on_8000_with_the_models_mounted_read_only(compose: dict[str, Any], name: str) -> None:
     service = compose["services"][name]
     assert service["ports"] == [{"published": 8000, "target": 8000}]
-    assert service["environment"] == {"AE_HOST": "0.0.0.0", "AE_PORT": "8000", "AE_MODELS_DIR": "/models"}
+    gpu_workers = {"AE_WORKERS": "2"} if name == "autoencoder" else {}  # a CUDA context per worker
+    assert service["environment"] == {"AE_HOST": "0.0.0.0", "AE_PORT": "8000", "AE_MODELS_DIR": "/models"} | gpu_workers
     assert service["volumes"] == [
         {"type": "bind", "source": str(REPO / "models"), "target": "/models", "read_only": True}
     ]
