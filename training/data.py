@@ -125,13 +125,18 @@ def _as_features(path: Path, x: np.ndarray, names: list[str] | None) -> np.ndarr
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: features must be numeric, got dtype {x.dtype}")
     x = x.astype(np.float32, copy=False)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        row = int(np.argwhere(bad)[0][0])
-        column = int(np.argwhere(bad.reshape(len(x), -1)[row])[0][0])
-        where = f"column {names[column]!r}" if names else f"feature {column}"
-        raise DataError(f"{path}: NaN or infinite value at row {row}, {where}")
+    # A block of rows at a time: a mask of the whole table would be a quarter of its size again.
+    flat = x.reshape(len(x), -1)
+    for start in range(0, len(flat), _CHECK_ROWS):
+        bad = ~np.isfinite(flat[start : start + _CHECK_ROWS])
+        if bad.any():
+            row, column = (int(i) for i in np.argwhere(bad)[0])
+            where = f"column {names[column]!r}" if names else f"feature {column}"
+            raise DataError(f"{path}: NaN or infinite value at row {start + row}, {where}")
     return x
+
+
+_CHECK_ROWS = 65_536
 
 
 def _read_idx_array(path: Path) -> np.ndarray:
@@ -188,7 +193,7 @@ def _load_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndar
         table = pacsv.read_csv(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"{path}: cannot parse CSV: {err}") from None
-    return _split_table(path, table, label_column)
+    return _split_table(path, table.schema, table.num_rows, table.select, label_column)
 
 
 def _load_parquet(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
@@ -196,34 +201,42 @@ def _load_parquet(path: Path, label_column: str | None) -> tuple[np.ndarray, np.
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        file = pq.ParquetFile(path)
+        # Parquet stores columns apart, so one is read at a time: Arrow never holds the whole table.
+        return _split_table(path, file.schema_arrow, file.metadata.num_rows, file.read, label_column)
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"{path}: cannot read Parquet: {err}") from None
-    return _split_table(path, table, label_column)
 
 
-def _split_table(path: Path, table: Any, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def _split_table(
+    path: Path, schema: Any, rows: int, read: Callable[..., Any], label_column: str | None
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """The features and labels of a table whose `read(columns=[name])` gives one column as a table."""
     import pyarrow.types as pat
 
-    names = list(table.column_names)
+    names = list(schema.names)
     if label_column is not None and label_column not in names:
         raise DataError(f"{path}: no column {label_column!r} (columns: {', '.join(names)})")
     features = [n for n in names if n != label_column]
-    if not features or table.num_rows == 0:
+    if not features or rows == 0:
         raise DataError(f"{path}: no data rows or no feature columns")
-    # Filled column by column: one float32 table in memory besides Arrow's, not a list of columns and a stack.
-    x = np.empty((table.num_rows, len(features)), dtype=np.float32)
+    for name in features:
+        kind = schema.field(name).type
+        if not (pat.is_integer(kind) or pat.is_floating(kind) or pat.is_boolean(kind)):
+            raise DataError(f"{path}: column {name!r} is not numeric (type {kind})")
+    # Filled column by column: one float32 table in memory, not a list of columns and a stack.
+    x = np.empty((rows, len(features)), dtype=np.float32)
     for index, name in enumerate(features):
-        column = table.column(name)
-        if not (pat.is_integer(column.type) or pat.is_floating(column.type) or pat.is_boolean(column.type)):
-            raise DataError(f"{path}: column {name!r} is not numeric (type {column.type})")
-        if column.null_count:
-            raise DataError(f"{path}: column {name!r} has {column.null_count} empty values")
-        x[:, index] = column.to_numpy(zero_copy_only=False)
-    y = None
-    if label_column is not None:
-        y = table.column(label_column).to_numpy(zero_copy_only=False)
+        x[:, index] = _column(path, read, name)
+    y = None if label_column is None else _column(path, read, label_column, nulls=True)
     return x, y, features
+
+
+def _column(path: Path, read: Callable[..., Any], name: str, nulls: bool = False) -> np.ndarray:
+    column = read(columns=[name]).column(0)
+    if column.null_count and not nulls:
+        raise DataError(f"{path}: column {name!r} has {column.null_count} empty values")
+    return np.asarray(column.to_numpy(zero_copy_only=False))
 
 
 _LOADERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray | None, list[str] | None]]] = {
@@ -274,14 +287,15 @@ def load_image_folder(
         grey = sum(mode in _GREY_MODES for _, mode in headers.values())
         image_channels = 1 if 2 * grey >= len(headers) else 3
     row_shape = (height, width) if image_channels == 1 else (height, width, 3)
-    rows = []
-    for path in files:
+    # Decoded into their rows of one array: not a list of images and then a stacked copy of it.
+    x = np.empty((len(files), *row_shape), dtype=np.float32)
+    for row, path in enumerate(files):
         try:
-            rows.append(decode_image(path.read_bytes(), row_shape, max_pixels=1 << 31))
+            x[row] = decode_image(path.read_bytes(), row_shape, max_pixels=1 << 31)
         except ServiceError as err:
             raise DataError(f"{path}: {err.message}") from None
     y = np.asarray(labels) if classes else None
     digest = hashlib.sha256()
     for path in files:
         digest.update(f"{path.relative_to(folder)}\0{file_sha256(path)}\n".encode())
-    return Dataset(x=np.stack(rows), y=y, kind="image", source=folder, sha256=digest.hexdigest())
+    return Dataset(x=x, y=y, kind="image", source=folder, sha256=digest.hexdigest())

@@ -176,7 +176,7 @@ def _tabular_row(path: Path, config: EvalConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     per_seed = [auroc(model.scores, y_test) for model in models]
     first = models[0]
-    standard = fit_normalisation(train, train.x, "standardise")
+    standard = fit_normalisation(train, np.arange(len(train.x)), "standardise")
     pca = pca_scores(standard.apply(train.x), standard.apply(x_test), first.latent_dim)
     return {
         "dataset": path.stem, "rows": len(data.x), "features": int(np.prod(data.shape)),

@@ -28,8 +28,17 @@ class Threshold:
 
 def row_mse(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
     """The anomaly score: per-row mean of squared errors, in float64 so long rows do not lose precision."""
-    diff = (x.reshape(len(x), -1).astype(np.float64) - x_hat.reshape(len(x_hat), -1)) ** 2
-    return diff.mean(axis=1)
+    flat, flat_hat = x.reshape(len(x), -1), x_hat.reshape(len(x_hat), -1)
+    scores = np.empty(len(flat))
+    # A block of rows at a time: float64 errors of every row at once would be twice the rows' float32 size,
+    # twice over. Each row's mean is the same however the rows are blocked.
+    for start in range(0, len(flat), MSE_BLOCK_ROWS):
+        rows = slice(start, start + MSE_BLOCK_ROWS)
+        scores[rows] = ((flat[rows].astype(np.float64) - flat_hat[rows]) ** 2).mean(axis=1)
+    return scores
+
+
+MSE_BLOCK_ROWS = 8192
 
 
 def calibrate_threshold(normal_scores: np.ndarray, quantile: float) -> Threshold:
@@ -73,8 +82,34 @@ def pca_scores(x_train: np.ndarray, x_eval: np.ndarray, components: int) -> np.n
     return row_mse(flat_eval, pca.inverse_transform(pca.transform(flat_eval)))
 
 
-def latent_moments(z: np.ndarray) -> tuple[list[float], list[list[float]]]:
-    """Mean and covariance of latent codes: enough to sample new codes from N(mean, cov)."""
-    z64 = z.astype(np.float64)
-    cov = np.atleast_2d(np.cov(z64, rowvar=False)) if len(z64) > 1 else np.eye(z64.shape[1])
-    return z64.mean(axis=0).tolist(), cov.tolist()
+class LatentMoments:
+    """Mean and covariance of latent codes (enough to sample new codes from N(mean, cov)), added a chunk of
+    codes at a time: the codes of a large training set need not be in memory at once. Chunks are merged with
+    Chan, Golub and LeVeque's pairwise update in float64, as stable as centring the whole set first."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = np.zeros(0)
+        self.scatter = np.zeros((0, 0))  # sum over codes of the outer product of their deviation from the mean
+
+    def add(self, z: np.ndarray) -> None:
+        if len(z) == 0:
+            return
+        z64 = z.reshape(len(z), -1).astype(np.float64)
+        mean = z64.mean(axis=0)
+        deviation = z64 - mean
+        scatter = deviation.T @ deviation
+        if self.count == 0:
+            self.count, self.mean, self.scatter = len(z64), mean, scatter
+            return
+        total = self.count + len(z64)
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (len(z64) / total)
+        self.scatter = self.scatter + scatter + np.outer(delta, delta) * (self.count * len(z64) / total)
+        self.count = total
+
+    def result(self) -> tuple[list[float], list[list[float]]]:
+        if self.count == 0:
+            raise ValueError("no latent codes to take the moments of")
+        cov = self.scatter / (self.count - 1) if self.count > 1 else np.eye(len(self.mean))
+        return self.mean.tolist(), cov.tolist()

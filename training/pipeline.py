@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version as installed_version
@@ -26,7 +27,7 @@ from training.export import (
     graph_specs,
     score_definition,
 )
-from training.metrics import auroc, calibrate_threshold, latent_moments, pca_scores, score_quantiles
+from training.metrics import LatentMoments, auroc, calibrate_threshold, pca_scores, score_quantiles
 from training.models import Autoencoder, ModelSpec, build_model, save_checkpoint
 from training.package import (
     FORMAT_VERSION,
@@ -38,7 +39,7 @@ from training.package import (
     write_json,
 )
 from training.recipes import Normalisation, fit_normalisation, model_spec, resolve_training
-from training.trainer import History, Trainer, TrainerConfig, pick_device, set_seed
+from training.trainer import History, Rows, Trainer, TrainerConfig, pick_device, set_seed
 
 
 @dataclass
@@ -85,7 +86,7 @@ def train_model(
     """The recipe chosen from the data, trained on the split's training rows: what `fit` exports and
     what `python -m training evaluate` measures. `config` has been through `resolve_training`."""
     world = world or World()
-    norm = fit_normalisation(data, data.x[split.train], config.scaling)
+    norm = fit_normalisation(data, split.train, config.scaling)
     spec = model_spec(config, data)
     set_seed(config.seed)
     model = build_model(spec)
@@ -93,7 +94,8 @@ def train_model(
     ranks = f", {world.size} processes ({world.backend})" if world.distributed else ""
     _say(config, f"training {spec.kind} on {len(split.train)} rows of shape {list(data.shape)} ({device}{ranks})")
     trainer = Trainer(model, _trainer_config(config, device), world)
-    history = trainer.fit(norm.apply(data.x[split.train]), norm.apply(data.x[split.val_normal]))
+    train = Rows(data.x, split.train, norm.offset, norm.scale)
+    history = trainer.fit(train, norm.apply_to_rows(data.x, split.val_normal))
     return norm, model, history
 
 
@@ -163,12 +165,18 @@ def _write_package(
         "val_mse": float(scores[is_normal].mean()),
         "pca_val_mse": float(
             pca_scores(
-                norm.apply(data.x[_pca_rows(split.train)]), norm.apply(x_val[is_normal]), spec.widest_code
+                norm.apply_to_rows(data.x, _pca_rows(split.train)),
+                norm.apply_to_rows(data.x, split.val[is_normal]),
+                spec.widest_code,
             ).mean()
         ),
         "auroc": None if split.val_is_anomaly is None else auroc(scores, split.val_is_anomaly),
     }
-    latent_mean, latent_cov = latent_moments(run_graph(folder, "encoder.onnx", "z", data.x[split.train]))
+    # A chunk of codes at a time: the codes of every training row can be most of the size of the data.
+    moments = LatentMoments()
+    for z in graph_chunks(folder, "encoder.onnx", "z", data.x, split.train):
+        moments.add(z)
+    latent_mean, latent_cov = moments.result()
 
     used = _data_used(data, split, config)
     distributed = {"world_size": world.size, "backend": world.backend}
@@ -275,11 +283,21 @@ def _data_used(data: Dataset, split: Split, config: FitConfig) -> dict[str, Any]
 
 
 def run_graph(folder: Path, file: str, output: str, x: np.ndarray) -> np.ndarray:
-    """Runs an exported graph as the service will, in chunks so large datasets stay in memory bounds."""
+    """Runs an exported graph as the service will, over every row of `x`."""
+    return np.concatenate(list(graph_chunks(folder, file, output, x)))
+
+
+def graph_chunks(
+    folder: Path, file: str, output: str, x: np.ndarray, rows: np.ndarray | None = None
+) -> Iterator[np.ndarray]:
+    """An exported graph's output over the rows `x[rows]` (all rows by default), one chunk of about 1,024
+    rows at a time: only a chunk of the rows is ever gathered, and the caller decides what to keep."""
     session = ort.InferenceSession(str(folder / file), providers=["CPUExecutionProvider"])
     feed = session.get_inputs()[0].name
-    chunks = np.array_split(x, max(1, len(x) // 1024))
-    return np.concatenate([session.run([output], {feed: chunk})[0] for chunk in chunks])
+    if rows is None:
+        rows = np.arange(len(x))
+    for chunk in np.array_split(rows, max(1, len(rows) // 1024)):
+        yield session.run([output], {feed: x[chunk]})[0]
 
 
 def _draw_pictures(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -28,6 +29,14 @@ class Normalisation:
         out /= self.scale
         return out.astype(np.float32, copy=False)
 
+    def apply_to_rows(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """`apply(x[rows])` normalising the gathered copy in place: one copy of the rows, not two. The same
+        numbers as `apply` for fit_normalisation's float32 offset and scale."""
+        out = x[rows]
+        out -= self.offset
+        out /= self.scale
+        return out
+
     def to_json(self) -> dict[str, object]:
         return {
             "kind": self.kind,
@@ -37,32 +46,31 @@ class Normalisation:
         }
 
 
-def fit_normalisation(data: Dataset, x_train: np.ndarray, scaling: Scaling | None) -> Normalisation:
-    """The preprocessing of `resolve_training`'s `scaling` (None for images), fitted on the training rows."""
+def fit_normalisation(data: Dataset, rows: np.ndarray, scaling: Scaling | None) -> Normalisation:
+    """The preprocessing of `resolve_training`'s `scaling` (None for images), fitted on the training rows
+    `data.x[rows]`. They are read a block of rows or a column at a time, never copied whole: on a large table
+    a float64 copy of the training rows would be several times the data."""
+    x = data.x
     if data.kind == "image":
         # Pixel data in 0..255 is divided by 255; data already in [0, 1] is left alone.
-        peak = 255.0 if float(x_train.max()) > 1.0 else 1.0
+        peak = 255.0 if max(float(block.max()) for block in _row_blocks(x, rows)) > 1.0 else 1.0
         one = np.ones(1, dtype=np.float32)
         return Normalisation("divide", 0 * one, peak * one, f"x / {peak:g}")
     if scaling == "minmax":
-        low = x_train.min(axis=0).astype(np.float64)
-        span = x_train.max(axis=0).astype(np.float64) - low
+        low = np.min([block.min(axis=0) for block in _row_blocks(x, rows)], axis=0).astype(np.float64)
+        span = np.max([block.max(axis=0) for block in _row_blocks(x, rows)], axis=0).astype(np.float64) - low
         description = "(x - min) / (max - min) per feature, on the training rows"
     elif scaling == "standardise":
-        x = x_train.astype(np.float64)
-        low, span = x.mean(axis=0), x.std(axis=0)
+        low, span = _mean_and_std(x, rows)
         description = "(x - mean) / std per feature, on the training rows"
     elif scaling == "box":
-        # Column by column: a float64 copy of one column at a time, not of the whole table.
-        edges = np.array(
-            [np.quantile(x_train[:, j].astype(np.float64), BOX_QUANTILES) for j in range(x_train.shape[1])]
-        )
+        edges = np.array([np.quantile(x[rows, j].astype(np.float64), BOX_QUANTILES) for j in range(x.shape[1])])
         low, high = edges[:, 0], edges[:, 1]
         # A column constant over its central rows (mostly one value) falls back to its spread.
         span = high - low
         flat = np.flatnonzero(span <= 1e-8)
         if flat.size:
-            span[flat] = x_train[:, flat].astype(np.float64).std(axis=0)
+            span[flat] = x[np.ix_(rows, flat)].astype(np.float64).std(axis=0)
         low_q, high_q = (f"{100 * q:g}" for q in BOX_QUANTILES)
         description = (
             f"(x - q{low_q}) / (q{high_q} - q{low_q}) per feature, on the training rows; the decoder's "
@@ -73,6 +81,32 @@ def fit_normalisation(data: Dataset, x_train: np.ndarray, scaling: Scaling | Non
     # A constant column carries no information; scale 1 keeps it finite instead of dividing by zero.
     span = np.where(span > 1e-8, span, 1.0)
     return Normalisation(scaling, low.astype(np.float32), span.astype(np.float32), description)
+
+
+# Rows per block when statistics are gathered a block at a time (16 MiB of float64 at 32 features).
+BLOCK_ROWS = 65_536
+
+
+def _row_blocks(x: np.ndarray, rows: np.ndarray) -> Iterator[np.ndarray]:
+    for start in range(0, len(rows), BLOCK_ROWS):
+        yield x[rows[start : start + BLOCK_ROWS]]
+
+
+def _mean_and_std(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.mean and np.std (axis 0, float64) of x[rows], bit for bit, in two passes of row blocks."""
+    mean = _sum_rows(block.astype(np.float64) for block in _row_blocks(x, rows)) / len(rows)
+    squares = _sum_rows(np.square(block.astype(np.float64) - mean) for block in _row_blocks(x, rows))
+    return mean, np.sqrt(squares / len(rows))
+
+
+def _sum_rows(blocks: Iterator[np.ndarray]) -> np.ndarray:
+    # numpy sums a C-ordered table over axis 0 one row after another; carrying the running total in as the
+    # first row of the next block keeps that order, so the blocks' sum is the whole table's to the last bit.
+    total = next(blocks)
+    total = np.add.reduce(total, axis=0)
+    for block in blocks:
+        total = np.add.reduce(np.vstack([total, block]), axis=0)
+    return total
 
 
 # Tables, measured with `python -m training evaluate tabular` on five ADBench sets (mean AUROC over seeds

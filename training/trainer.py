@@ -43,6 +43,24 @@ class History:
         return len(self.train_loss)
 
 
+class Rows:
+    """The training rows `x[index]`, each read as (x - offset) / scale when its batch is drawn: training holds
+    the data once and one batch, not a normalised copy of every training row beside it. The numbers are
+    those of normalising the whole table first (float32 subtraction and division, element by element)."""
+
+    def __init__(self, x: np.ndarray, index: np.ndarray, offset: np.ndarray, scale: np.ndarray) -> None:
+        self.x = torch.from_numpy(x)  # shares the array's memory
+        self.index = torch.from_numpy(np.asarray(index, dtype=np.int64))
+        self.offset = torch.from_numpy(offset)
+        self.scale = torch.from_numpy(scale)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, positions: torch.Tensor) -> torch.Tensor:
+        return (self.x[self.index[positions]] - self.offset) / self.scale
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -79,12 +97,12 @@ class Trainer:
             loss = DistributedDataParallel(loss, device_ids=[self.world.local_rank] if on_gpu else None)
         self.loss = loss
 
-    def fit(self, x_train: np.ndarray, x_val: np.ndarray) -> History:
-        """Trains with early stopping on validation loss; leaves the model at its best epoch, in eval mode."""
+    def fit(self, train: Rows, x_val: np.ndarray) -> History:
+        """Trains with early stopping on validation loss (`x_val`, normalised); leaves the model at its best
+        epoch, in eval mode."""
         cfg = self.config
         history = History()
         generator = torch.Generator().manual_seed(cfg.seed)
-        train = torch.from_numpy(x_train)
         best_state, best_loss, waited = copy.deepcopy(self.model.state_dict()), float("inf"), 0
         started = time.perf_counter()
         for epoch in range(1, cfg.epochs + 1):
@@ -118,7 +136,7 @@ class Trainer:
         sampler.set_epoch(epoch)
         return torch.tensor(list(sampler)), max(1, self.config.batch_size // self.world.size)
 
-    def _train_epoch(self, train: torch.Tensor, generator: torch.Generator, epoch: int) -> float:
+    def _train_epoch(self, train: Rows, generator: torch.Generator, epoch: int) -> float:
         cfg = self.config
         self.model.train()
         order, batch_size = self._order(len(train), generator, epoch)

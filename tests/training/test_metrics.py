@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tests.training.conftest import gaussian_with_outliers
-from training.metrics import auroc, calibrate_threshold, latent_moments, pca_scores, row_mse
+from training.metrics import LatentMoments, auroc, calibrate_threshold, pca_scores, row_mse
 
 
 def test_threshold_is_the_quantile_of_normal_scores() -> None:
@@ -42,6 +42,20 @@ def test_auroc_undefined_for_one_class() -> None:
 def test_row_mse_and_latent_moments() -> None:
     x = np.array([[1.0, 2.0], [0.0, 0.0]])
     np.testing.assert_allclose(row_mse(x, np.zeros_like(x)), [2.5, 0.0])
-    mean, cov = latent_moments(np.array([[0.0, 1.0], [2.0, 3.0]], dtype=np.float32))
+    moments = LatentMoments()
+    moments.add(np.array([[0.0, 1.0], [2.0, 3.0]], dtype=np.float32))
+    mean, cov = moments.result()
     assert mean == [1.0, 2.0]
     np.testing.assert_allclose(cov, [[2.0, 2.0], [2.0, 2.0]])
+
+
+def test_latent_moments_added_in_chunks_match_the_whole_set() -> None:
+    # Far from zero and uneven chunks, where a naive running sum of squares would lose digits.
+    z = 1e4 + np.random.default_rng(0).standard_normal((5000, 3)) @ [[1, 0.5, 0], [0, 1, 0], [0, 0, 0.1]]
+    moments = LatentMoments()
+    for chunk in np.array_split(z.astype(np.float32), [1, 7, 1000, 4999]):
+        moments.add(chunk)
+    mean, cov = moments.result()
+    z64 = z.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(mean, z64.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(cov, np.cov(z64, rowvar=False), rtol=1e-9, atol=1e-12)

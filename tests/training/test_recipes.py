@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
+from training import recipes
 from training.cli import main
 from training.config import FitConfig
 from training.data import DataError, Dataset, InputKind, load_dataset
@@ -23,6 +26,7 @@ from training.recipes import (
     model_spec,
     resolve_training,
 )
+from training.trainer import Rows
 
 
 def _dataset(x: np.ndarray, kind: InputKind = "tabular") -> Dataset:
@@ -137,7 +141,7 @@ def test_box_scaling_maps_the_central_75_percent_onto_the_unit_interval() -> Non
     mostly_zero = np.where(np.arange(1001) % 10 == 0, rng.standard_normal(1001), 0.0)
     constant = np.full(1001, 3.0)
     x = np.stack([column, mostly_zero, constant], axis=1)
-    norm = fit_normalisation(_dataset(x), x.astype(np.float32), "box")
+    norm = fit_normalisation(_dataset(x), np.arange(len(x)), "box")
     scaled = norm.apply(x.astype(np.float32))
     assert norm.kind == "box"
     assert np.mean((scaled[:, 0] >= 0) & (scaled[:, 0] <= 1)) == pytest.approx(0.75, abs=0.01)
@@ -149,12 +153,44 @@ def test_box_scaling_maps_the_central_75_percent_onto_the_unit_interval() -> Non
 @pytest.mark.parametrize(("scaling", "low", "high"), [("minmax", 0.0, 1.0), ("standardise", None, None)])
 def test_other_scalings(scaling: str, low: float | None, high: float | None) -> None:
     x = np.random.default_rng(1).standard_normal((300, 4)) * 5 + 2
-    scaled = fit_normalisation(_dataset(x), x.astype(np.float32), scaling).apply(x.astype(np.float32))
+    scaled = fit_normalisation(_dataset(x), np.arange(len(x)), scaling).apply(x.astype(np.float32))
     if scaling == "minmax":
         assert scaled.min() == pytest.approx(low, abs=1e-6) and scaled.max() == pytest.approx(high, abs=1e-6)
     else:
         np.testing.assert_allclose(scaled.mean(axis=0), 0, atol=1e-5)
         np.testing.assert_allclose(scaled.std(axis=0), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["box", "minmax", "standardise", "image"])
+def test_normalisation_fitted_on_row_blocks_is_that_of_a_copy_of_the_rows(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fit_normalisation reads the training rows a block at a time instead of copying them: the numbers must
+    # not move by a bit, in blocks of 7 rows here, for the committed models to be reproducible.
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((500, 5)) * [1, 10, 1e3, 0.1, 1] + [0, 5, 1e4, 0, 0]
+    x[:, 4] = np.where(np.arange(500) % 10 == 0, x[:, 4], 0.0)  # flat between the box edges
+    data = _dataset(255 * np.abs(x) if kind == "image" else x, "image" if kind == "image" else "tabular")
+    rows = np.sort(rng.choice(500, 400, replace=False))
+    scaling = None if kind == "image" else kind
+    copy = fit_normalisation(replace(data, x=data.x[rows]), np.arange(len(rows)), scaling)
+    monkeypatch.setattr(recipes, "BLOCK_ROWS", 7)
+
+    blocked = fit_normalisation(data, rows, scaling)
+
+    assert blocked.offset.tobytes() == copy.offset.tobytes() and blocked.scale.tobytes() == copy.scale.tobytes()
+    if kind == "standardise":
+        # Before the float32 rounding too, on values whose float64 sums are inexact.
+        wide = (x * 10 ** rng.uniform(-6, 6, size=x.shape)).astype(np.float32)
+        mean, std = recipes._mean_and_std(wide, rows)
+        assert mean.tobytes() == wide[rows].astype(np.float64).mean(axis=0).tobytes()
+        assert std.tobytes() == wide[rows].astype(np.float64).std(axis=0).tobytes()
+    # Normalising a gathered copy in place, and each training batch as it is drawn, give apply's numbers.
+    want = blocked.apply(data.x[rows])
+    assert blocked.apply_to_rows(data.x, rows).tobytes() == want.tobytes()
+    positions = torch.from_numpy(rng.permutation(len(rows))[:50])
+    batch = Rows(data.x, rows, blocked.offset, blocked.scale)[positions]
+    assert batch.numpy().tobytes() == want[positions.numpy()].tobytes()
 
 
 @pytest.mark.parametrize("members", [None, "1"], ids=["ensemble", "single"])
