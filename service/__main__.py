@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> None:
             settings.host,
         )
     workers = settings.worker_count()
+    if workers > 1 and settings.admin_keys:
+        logging.getLogger("service").warning(
+            "the repository API's load and unload act on the one worker of %d that answers each call; "
+            "publish and remove models through the models folder, or run --workers 1",
+            workers,
+        )
     with ExitStack() as cleanup:
         if workers > 1 and not os.environ.get(PROMETHEUS_MULTIPROC_DIR):
             # Where the workers' metrics meet (service.metrics), unless a folder is given.

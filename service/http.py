@@ -164,8 +164,8 @@ class GreedyAcceptServer(uvicorn.Server):
     def __init__(
         self, config: uvicorn.Config, reuse_port: bool = False, listen_once: Callable[[], bool] | None = None
     ) -> None:
-        """`listen_once`: listen only once it returns True (a worker replacing one that died, while the others
-        serve: the connections the kernel would hand it meanwhile could only be answered 503)."""
+        """`listen_once`: listen only once it returns True (a worker whose models are loading while another
+        worker serves: the connections the kernel would hand it meanwhile could only be answered 503)."""
         super().__init__(config)
         self.reuse_port = reuse_port
         self.listen_once = listen_once

@@ -5,8 +5,9 @@ Forking after the imports lets the workers share those pages (numpy, onnxruntime
 loading its own copy, as spawned workers would. Each worker builds its app, loads the models and runs the
 service's own server (GreedyAcceptServer) on a listening socket of its own: SO_REUSEPORT has the kernel
 spread new connections evenly over them, where one shared socket would hand a burst to whichever worker
-woke first. The parent only watches: it passes SIGTERM and SIGINT on, replaces a worker that dies, and
-stops everything when a worker cannot start."""
+woke first. The parent only watches: it holds the port, stops the workers gracefully on SIGTERM, SIGINT or
+SIGHUP, replaces a worker that dies (backing off while they keep dying), and stops everything when a worker
+cannot start."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -34,7 +36,10 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-RESTART_PAUSE_S = 1.0  # between replacing workers, so one that crashes at once cannot spin the parent
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+RESTART_PAUSE_S = 1.0  # before replacing a worker, doubling while they keep dying, up to the maximum
+MAX_RESTART_PAUSE_S = 30.0
+STEADY_S = 60.0  # a worker that lived this long was not crashing at start: the pause starts again at 1 s
 
 
 def serve(settings: Settings, workers: int) -> int:
@@ -50,78 +55,109 @@ def serve(settings: Settings, workers: int) -> int:
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
     }
 
-    def run_worker(reuse_port: bool, replacement: bool) -> bool:
+    def run_worker(reuse_port: bool, listen_at_once: bool) -> bool:
         app = create_app(settings)
-        settled = (lambda: app.state.registry.settled) if replacement else None
+        settled = None if listen_at_once else (lambda: app.state.registry.settled)
         server = GreedyAcceptServer(uvicorn.Config(app, **options), reuse_port=reuse_port, listen_once=settled)
         server.run()
         return server.started
 
     if workers == 1:
-        return 0 if run_worker(reuse_port=False, replacement=False) else STARTUP_FAILURE
-    check_port_free(settings.host, settings.port)
-    return Supervisor(workers, partial(run_worker, True)).run()
+        return 0 if run_worker(reuse_port=False, listen_at_once=True) else STARTUP_FAILURE
+    guards = hold_port(settings.host, settings.port)
+    try:
+        return Supervisor(workers, partial(run_worker, True)).run()
+    finally:
+        for guard in guards:
+            guard.close()
 
 
-def check_port_free(host: str, port: int) -> None:
+def hold_port(host: str, port: int) -> list[socket.socket]:
     """Exits with a message when something listens on the port already, another copy of this service
-    included: its SO_REUSEPORT sockets would otherwise share the port with ours without a word."""
+    included; else holds the port for the workers' SO_REUSEPORT sockets, even while every worker is being
+    replaced: bound sockets that never listen (so get no connections), with SO_REUSEPORT but without
+    SO_REUSEADDR, so any other bind to the port fails."""
     try:
         for listener in listen(host, port, backlog=1):
             listener.close()
     except OSError as error:
         sys.exit(f"python -m service: cannot listen on {host}:{port}: {error}")
+    guards = []
+    for family, kind, proto, _, address in dict.fromkeys(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)):
+        guard = socket.socket(family, kind, proto)
+        guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            guard.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        guard.bind(address)
+        guards.append(guard)
+    return guards
 
 
 class Supervisor:
     def __init__(self, workers: int, run_worker: Callable[[bool], bool]) -> None:
-        """`run_worker(replacement)` serves until told to stop, in a forked child; it returns whether it
-        started. `replacement` is True for a worker replacing one that died."""
+        """`run_worker(listen_at_once)` serves until told to stop, in a forked child, and returns whether it
+        started; unless `listen_at_once`, it listens only once its models have loaded."""
         self.workers = workers
         self.run_worker = run_worker
-        self.children: set[int] = set()
+        self.children: dict[int, float] = {}  # pid -> when it was forked
         self.stopping = False
         self.exit_code = 0
+        self.pause = RESTART_PAUSE_S
 
     def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, self._stop)
-        for _ in range(self.workers):
-            self._fork(replacement=False)
+        for index in range(self.workers):
+            # The first worker listens at once, so probes reach the service while models load; the others
+            # only once theirs have loaded, so a ready answer from any listening worker holds for all.
+            self._fork(listen_at_once=index == 0)
         while self.children:
             try:
                 pid, status = os.wait()
             except ChildProcessError:
                 break
-            self._reap(pid, os.waitstatus_to_exitcode(status))
+            if pid in self.children:  # as PID 1 (a container) the orphans of `docker exec` come here too
+                self._reap(pid, os.waitstatus_to_exitcode(status))
         return self.exit_code
 
-    def _fork(self, replacement: bool) -> None:
+    def _fork(self, listen_at_once: bool) -> None:
+        if self.stopping:
+            return
         parent = os.getpid()
+        # A stop signal waits until the child has its own handlers and the parent knows the child's pid.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:
-            os._exit(self._child(parent, replacement))
-        self.children.add(pid)
+            code = STARTUP_FAILURE
+            try:
+                code = self._child(parent, listen_at_once, mask)
+            finally:
+                os._exit(code)  # never back into the parent's code, whatever happened
+        self.children[pid] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
-    def _child(self, parent: int, replacement: bool) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, signal.SIG_DFL)  # the worker's server installs its own
+    def _child(self, parent: int, listen_at_once: bool, mask: set[int | signal.Signals]) -> int:
+        os.setpgid(0, 0)  # Ctrl-C reaches the parent alone, which stops the workers once, gracefully
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)  # the worker's server installs its own (SIGTERM, SIGINT)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         _die_with_parent()
         if os.getppid() != parent:  # the parent died before the line above took effect
             return 0
+        started = False
         try:
-            started = self.run_worker(replacement)
+            started = self.run_worker(listen_at_once)
+        except SystemExit:
+            pass  # the server's way of saying it could not listen; it has logged why
         except BaseException:
             logger.exception("worker %d failed", os.getpid())
-            started = False
         finally:
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
+            _flush()
         return 0 if started else STARTUP_FAILURE
 
     def _reap(self, pid: int, code: int) -> None:
-        self.children.discard(pid)
+        lived = time.monotonic() - self.children.pop(pid)
         if os.environ.get(MULTIPROCESS_DIR):
             multiprocess.mark_process_dead(pid)  # its live gauges stop counting
         if self.stopping:
@@ -131,15 +167,28 @@ class Supervisor:
             self.exit_code = STARTUP_FAILURE
             self._stop(signal.SIGTERM, None)
             return
-        logger.error("worker %d exited with %d; starting another", pid, code)
-        time.sleep(RESTART_PAUSE_S)
-        self._fork(replacement=True)
+        # Crashing again and again (each reloading every model) backs off, up to MAX_RESTART_PAUSE_S.
+        self.pause = RESTART_PAUSE_S if lived > STEADY_S else min(self.pause * 2, MAX_RESTART_PAUSE_S)
+        logger.error("worker %d exited with %d; starting another in %.0f s", pid, code, self.pause)
+        deadline = time.monotonic() + self.pause
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._fork(listen_at_once=False)
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        # The workers drain on SIGTERM (shutdown-timeout-s); a second Ctrl-C makes them stop at once.
+        forward = signal.SIGINT if self.stopping and signum == signal.SIGINT else signal.SIGTERM
         self.stopping = True
         for pid in self.children:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)  # each drains its requests (shutdown-timeout-s) and exits
+                os.kill(pid, forward)
+
+
+def _flush() -> None:
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()  # the stream is None when it was closed at start
 
 
 def _die_with_parent() -> None:
