@@ -162,13 +162,19 @@ class GreedyAcceptServer(uvicorn.Server):
     transports stay (docs/benchmark.md, Overload)."""
 
     def __init__(
-        self, config: uvicorn.Config, reuse_port: bool = False, listen_once: Callable[[], bool] | None = None
+        self,
+        config: uvicorn.Config,
+        reuse_port: bool = False,
+        listen_once: Callable[[], bool] | None = None,
+        beat: Callable[[], None] | None = None,
     ) -> None:
         """`listen_once`: listen only once it returns True (a worker whose models are loading while another
-        worker serves: the connections the kernel would hand it meanwhile could only be answered 503)."""
+        worker serves: the connections the kernel would hand it meanwhile could only be answered 503).
+        `beat`: called every second from the event loop while it serves, for a supervisor to see it run."""
         super().__init__(config)
         self.reuse_port = reuse_port
         self.listen_once = listen_once
+        self.beat = beat
         self._listeners: list[socket.socket] = []
         self._handing_over: set[asyncio.Task[Any]] = set()
 
@@ -185,6 +191,11 @@ class GreedyAcceptServer(uvicorn.Server):
         for listener in self._listeners:
             self._watch(listener)
         self._log_started_message(self._listeners)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.beat is not None and counter % 10 == 0:  # uvicorn ticks every 0.1 s
+            self.beat()
+        return await super().on_tick(counter)
 
     def _watch(self, listener: socket.socket) -> None:
         asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     """Worker processes, each with its own event loop; each loads every model and batches on its own. Unset:
     one per core this process may use, at most 4, since one Python event loop cannot keep two cores busy;
     1 when the repository API is on (admin-keys), whose calls act on the one worker that answers them."""
+    worker_timeout_s: float = Field(30.0, gt=0)
+    """With several workers: a worker whose event loop has not run for this long (hung: a deadlock, a
+    stopped process) is killed and replaced."""
     loop: Literal["auto", "asyncio", "uvloop"] = "uvloop"
     """Event loop implementation uvicorn runs."""
     http: Literal["auto", "h11", "httptools"] = "httptools"

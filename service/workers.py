@@ -6,20 +6,23 @@ loading its own copy, as spawned workers would. Each worker builds its app, load
 service's own server (GreedyAcceptServer) on a listening socket of its own: SO_REUSEPORT has the kernel
 spread new connections evenly over them, where one shared socket would hand a burst to whichever worker
 woke first. The parent only watches: it holds the port, stops the workers gracefully on SIGTERM, SIGINT or
-SIGHUP, replaces a worker that dies (backing off while they keep dying), and stops everything when a worker
-cannot start."""
+SIGHUP, replaces a worker that dies (backing off while they keep dying) or whose event loop stops running
+(worker-timeout-s), and stops everything when a worker cannot start."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import logging
+import mmap
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from types import FrameType
 from typing import Any
@@ -40,6 +43,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 RESTART_PAUSE_S = 1.0  # before replacing a worker, doubling while they keep dying, up to the maximum
 MAX_RESTART_PAUSE_S = 30.0
 STEADY_S = 60.0  # a worker that lived this long was not crashing at start: the pause starts again at 1 s
+WATCH_S = 0.25  # how often the parent looks for dead and hung workers
 
 
 def serve(settings: Settings, workers: int) -> int:
@@ -55,18 +59,19 @@ def serve(settings: Settings, workers: int) -> int:
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
     }
 
-    def run_worker(reuse_port: bool, listen_at_once: bool) -> bool:
+    def run_worker(reuse_port: bool, listen_at_once: bool, beat: Callable[[], None] | None) -> bool:
         app = create_app(settings)
         settled = None if listen_at_once else (lambda: app.state.registry.settled)
-        server = GreedyAcceptServer(uvicorn.Config(app, **options), reuse_port=reuse_port, listen_once=settled)
+        config = uvicorn.Config(app, **options)
+        server = GreedyAcceptServer(config, reuse_port=reuse_port, listen_once=settled, beat=beat)
         server.run()
         return server.started
 
     if workers == 1:
-        return 0 if run_worker(reuse_port=False, listen_at_once=True) else STARTUP_FAILURE
+        return 0 if run_worker(reuse_port=False, listen_at_once=True, beat=None) else STARTUP_FAILURE
     guards = hold_port(settings.host, settings.port)
     try:
-        return Supervisor(workers, partial(run_worker, True)).run()
+        return Supervisor(workers, partial(run_worker, True), settings.worker_timeout_s).run()
     finally:
         for guard in guards:
             guard.close()
@@ -93,13 +98,40 @@ def hold_port(host: str, port: int) -> list[socket.socket]:
     return guards
 
 
+class Heartbeats:
+    """A slot per worker in memory shared across the fork: when its event loop last ran (CLOCK_MONOTONIC,
+    the same in every process); 0 until its server runs."""
+
+    def __init__(self, slots: int) -> None:
+        self._memory = mmap.mmap(-1, 8 * slots)
+
+    def beat(self, slot: int) -> None:
+        struct.pack_into("d", self._memory, 8 * slot, time.monotonic())
+
+    def clear(self, slot: int) -> None:
+        struct.pack_into("d", self._memory, 8 * slot, 0.0)
+
+    def silent_for(self, slot: int) -> float:
+        (last,) = struct.unpack_from("d", self._memory, 8 * slot)
+        return time.monotonic() - last if last else 0.0
+
+
+@dataclass
+class Child:
+    slot: int
+    forked: float
+
+
 class Supervisor:
-    def __init__(self, workers: int, run_worker: Callable[[bool], bool]) -> None:
-        """`run_worker(listen_at_once)` serves until told to stop, in a forked child, and returns whether it
-        started; unless `listen_at_once`, it listens only once its models have loaded."""
+    def __init__(self, workers: int, run_worker: Callable[[bool, Callable[[], None]], bool], timeout_s: float) -> None:
+        """`run_worker(listen_at_once, beat)` serves until told to stop, in a forked child, calling `beat`
+        every second, and returns whether it started; unless `listen_at_once`, it listens only once its
+        models have loaded. A worker that has not beaten for `timeout_s` is killed and replaced."""
         self.workers = workers
         self.run_worker = run_worker
-        self.children: dict[int, float] = {}  # pid -> when it was forked
+        self.timeout_s = timeout_s
+        self.children: dict[int, Child] = {}
+        self.heartbeats = Heartbeats(workers)
         self.stopping = False
         self.exit_code = 0
         self.pause = RESTART_PAUSE_S
@@ -107,22 +139,37 @@ class Supervisor:
     def run(self) -> int:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._stop)
-        for index in range(self.workers):
+        for slot in range(self.workers):
             # The first worker listens at once, so probes reach the service while models load; the others
             # only once theirs have loaded, so a ready answer from any listening worker holds for all.
-            self._fork(listen_at_once=index == 0)
+            self._fork(slot, listen_at_once=slot == 0)
         while self.children:
             try:
-                pid, status = os.wait()
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
-            if pid in self.children:  # as PID 1 (a container) the orphans of `docker exec` come here too
+            if pid == 0:
+                self._kill_hung()
+                time.sleep(WATCH_S)
+            elif pid in self.children:  # as PID 1 (a container) the orphans of `docker exec` come here too
                 self._reap(pid, os.waitstatus_to_exitcode(status))
         return self.exit_code
 
-    def _fork(self, listen_at_once: bool) -> None:
+    def _kill_hung(self) -> None:
+        if self.stopping:
+            return  # a draining worker's loop has stopped ticking on purpose
+        for pid, child in self.children.items():
+            silent = self.heartbeats.silent_for(child.slot)
+            if silent > self.timeout_s:
+                logger.error("worker %d has not run its event loop for %.0f s; killing it", pid, silent)
+                self.heartbeats.clear(child.slot)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def _fork(self, slot: int, listen_at_once: bool) -> None:
         if self.stopping:
             return
+        self.heartbeats.clear(slot)
         parent = os.getpid()
         # A stop signal waits until the child has its own handlers and the parent knows the child's pid.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -130,13 +177,13 @@ class Supervisor:
         if pid == 0:
             code = STARTUP_FAILURE
             try:
-                code = self._child(parent, listen_at_once, mask)
+                code = self._child(parent, slot, listen_at_once, mask)
             finally:
                 os._exit(code)  # never back into the parent's code, whatever happened
-        self.children[pid] = time.monotonic()
+        self.children[pid] = Child(slot, time.monotonic())
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
-    def _child(self, parent: int, listen_at_once: bool, mask: set[int | signal.Signals]) -> int:
+    def _child(self, parent: int, slot: int, listen_at_once: bool, mask: set[int | signal.Signals]) -> int:
         os.setpgid(0, 0)  # Ctrl-C reaches the parent alone, which stops the workers once, gracefully
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)  # the worker's server installs its own (SIGTERM, SIGINT)
@@ -147,7 +194,7 @@ class Supervisor:
             return 0
         started = False
         try:
-            started = self.run_worker(listen_at_once)
+            started = self.run_worker(listen_at_once, partial(self.heartbeats.beat, slot))
         except SystemExit:
             pass  # the server's way of saying it could not listen; it has logged why
         except BaseException:
@@ -157,7 +204,8 @@ class Supervisor:
         return 0 if started else STARTUP_FAILURE
 
     def _reap(self, pid: int, code: int) -> None:
-        lived = time.monotonic() - self.children.pop(pid)
+        child = self.children.pop(pid)
+        lived = time.monotonic() - child.forked
         if os.environ.get(MULTIPROCESS_DIR):
             multiprocess.mark_process_dead(pid)  # its live gauges stop counting
         if self.stopping:
@@ -173,7 +221,7 @@ class Supervisor:
         deadline = time.monotonic() + self.pause
         while not self.stopping and time.monotonic() < deadline:
             time.sleep(0.05)
-        self._fork(listen_at_once=False)
+        self._fork(child.slot, listen_at_once=False)
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         # The workers drain on SIGTERM (shutdown-timeout-s); a second Ctrl-C makes them stop at once.

@@ -76,6 +76,22 @@ def test_a_worker_that_dies_is_replaced_and_the_service_keeps_answering(models_d
     assert "starting another" in (tmp_path / "server.log").read_text()
 
 
+def test_a_hung_worker_is_killed_and_replaced(models_dir: Path, tmp_path: Path) -> None:
+    env = {"AE_WORKER_TIMEOUT_S": "2"}
+    with running_process(models_dir, tmp_path / "server.log", *WORKERS, env=env) as (process, client):
+        first, second = children(process.pid)
+        os.kill(first, signal.SIGSTOP)  # alive, holding its connections, answering nothing
+        assert eventually(lambda: first not in children(process.pid) and len(children(process.pid)) == 2, 20)
+        assert second in children(process.pid)  # the one that kept running was left alone
+        port = client.base_url.port
+        assert port is not None
+        assert eventually(lambda: listening(port) == 2, 20)
+        body = {"inputs": [[0.1, 0.2, 0.3, 0.4, 0.5]]}
+        answers = [httpx.post(f"{client.base_url}/models/tab/score", json=body).status_code for _ in range(20)]
+        assert answers == [200] * 20
+    assert "has not run its event loop" in (tmp_path / "server.log").read_text()
+
+
 def test_a_second_copy_on_the_same_port_is_refused(models_dir: Path, tmp_path: Path) -> None:
     with running_process(models_dir, tmp_path / "server.log", *WORKERS) as (_, client):
         port = str(client.base_url.port)
