@@ -256,21 +256,20 @@ def _process_tree(pid: int) -> list[int]:
 
 def _rss_mb(pid: int, field: str) -> float | None:
     """A /proc status field (VmRSS, VmHWM) summed over the process and its workers."""
-    total = 0
-    for member in _process_tree(pid):
-        status = Path(f"/proc/{member}/status")
-        match = re.search(rf"^{field}:\s+(\d+) kB", status.read_text(), re.MULTILINE) if status.exists() else None
-        total += int(match.group(1)) if match else 0
-    return round(total / 1024, 1) if total else None
+    return _summed_mb(pid, "status", field)
 
 
 def _pss_mb(pid: int) -> float | None:
     """Proportional set size over the process tree: each shared page split among the processes sharing it,
     so the sum is the memory the service really holds."""
+    return _summed_mb(pid, "smaps_rollup", "Pss")
+
+
+def _summed_mb(pid: int, file: str, field: str) -> float | None:
     total = 0
     for member in _process_tree(pid):
-        rollup = Path(f"/proc/{member}/smaps_rollup")
-        match = re.search(r"^Pss:\s+(\d+) kB", rollup.read_text(), re.MULTILINE) if rollup.exists() else None
+        path = Path(f"/proc/{member}/{file}")
+        match = re.search(rf"^{field}:\s+(\d+) kB", path.read_text(), re.MULTILINE) if path.exists() else None
         total += int(match.group(1)) if match else 0
     return round(total / 1024, 1) if total else None
 
