@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from contextlib import ExitStack
+from pathlib import Path
 
 from pydantic import ValidationError
 from pydantic_settings import CliApp
@@ -15,6 +17,7 @@ from service.settings import Settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_PREFIX = "ae-metrics-"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,14 +43,33 @@ def main(argv: list[str] | None = None) -> None:
     with ExitStack() as cleanup:
         if workers > 1 and not os.environ.get(PROMETHEUS_MULTIPROC_DIR):
             # Where the workers' metrics meet (service.metrics), unless a folder is given.
-            folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ae-metrics-"))
-            os.environ[PROMETHEUS_MULTIPROC_DIR] = folder
+            _remove_orphaned_metrics()
+            folder = tempfile.TemporaryDirectory(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
+            os.environ[PROMETHEUS_MULTIPROC_DIR] = cleanup.enter_context(folder)
         # Imported only now: prometheus_client picks its value store (in memory, or files the workers share)
         # once, when it is first imported.
         from service.workers import serve
 
         code = serve(settings, workers)
     sys.exit(code)
+
+
+def _remove_orphaned_metrics() -> None:
+    """Metrics folders of earlier runs whose parent was killed outright (it removes its own otherwise)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{METRICS_PREFIX}*-*"):
+        pid = folder.name.removeprefix(METRICS_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)  # others' folders and links are left where they are
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 if __name__ == "__main__":

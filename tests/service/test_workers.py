@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +114,22 @@ def test_killing_the_parent_outright_stops_the_workers(models_dir: Path, tmp_pat
         with socket.socket() as again:  # the port is free for the next start
             again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             again.bind(("127.0.0.1", client.base_url.port))
+
+
+def test_metrics_folders_of_killed_runs_are_removed_at_the_next_start(models_dir: Path, tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphaned = Path(tempfile.gettempdir()) / f"ae-metrics-{gone.pid}-test"
+    orphaned.mkdir()
+    (orphaned / "counter_1.db").write_bytes(b"")
+    alive = Path(tempfile.mkdtemp(prefix=f"ae-metrics-{os.getpid()}-"))  # this test's own process is alive
+    try:
+        with running_process(models_dir, tmp_path / "server.log", *WORKERS):
+            assert not orphaned.exists()
+            assert alive.exists()
+    finally:
+        shutil.rmtree(alive, ignore_errors=True)
+        shutil.rmtree(orphaned, ignore_errors=True)
 
 
 def test_sigterm_drains_every_worker_and_exits_cleanly(models_dir: Path, tmp_path: Path) -> None:
