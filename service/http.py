@@ -242,18 +242,9 @@ def listen(host: str, port: int, backlog: int, reuse_port: bool = False) -> list
     """Listening sockets on every address `host` resolves to (both families for "localhost"), as asyncio's
     create_server makes them. With `reuse_port`, each worker process binds its own and the kernel spreads
     new connections over them evenly."""
-    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    listeners = []
+    listeners = bind(host, port, reuse_addr=True, reuse_port=reuse_port)
     try:
-        for family, kind, proto, _, address in dict.fromkeys(found):
-            listener = socket.socket(family, kind, proto)
-            listeners.append(listener)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            listener.bind(address)
+        for listener in listeners:
             listener.listen(backlog)
             listener.setblocking(False)
     except OSError:
@@ -261,3 +252,25 @@ def listen(host: str, port: int, backlog: int, reuse_port: bool = False) -> list
             listener.close()
         raise
     return listeners
+
+
+def bind(host: str, port: int, reuse_addr: bool, reuse_port: bool) -> list[socket.socket]:
+    """Sockets bound to every address `host` resolves to, not listening yet; all closed if one fails."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    bound = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            if reuse_addr:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound

@@ -34,12 +34,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = ServiceError(413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes")
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_bytes:
             # Refused before anything is read, so a client that sent `Expect: 100-continue` is not invited
             # to upload what would be refused. Past this, only the bytes counted can exceed the limit.
-            await render(scope["path"], too_large)(scope, receive, send)
+            await render(scope["path"], self._too_large())(scope, receive, send)
             return
         received, complete, deadline = 0, False, None
 
@@ -60,7 +59,7 @@ class BodyLimit:
             received += chunk
             self.in_flight += chunk
             if received > self.max_bytes:
-                raise too_large
+                raise self._too_large()
             if self.in_flight > self.max_bytes_in_flight:
                 raise ServiceError(
                     503,
@@ -74,6 +73,9 @@ class BodyLimit:
             await self.app(scope, limited_receive, send)
         finally:
             self.in_flight -= received
+
+    def _too_large(self) -> ServiceError:
+        return ServiceError(413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes")
 
 
 class RequestMetrics:

@@ -32,7 +32,7 @@ from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 
 from service.app import create_app
-from service.http import GreedyAcceptServer, guarded_protocol, listen
+from service.http import GreedyAcceptServer, bind, guarded_protocol, listen
 from service.metrics import MULTIPROCESS_DIR
 from service.settings import Settings
 
@@ -87,15 +87,7 @@ def hold_port(host: str, port: int) -> list[socket.socket]:
             listener.close()
     except OSError as error:
         sys.exit(f"python -m service: cannot listen on {host}:{port}: {error}")
-    guards = []
-    for family, kind, proto, _, address in dict.fromkeys(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)):
-        guard = socket.socket(family, kind, proto)
-        guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            guard.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        guard.bind(address)
-        guards.append(guard)
-    return guards
+    return bind(host, port, reuse_addr=False, reuse_port=True)
 
 
 class Heartbeats:
