@@ -10,8 +10,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
-
 from training.config import FitConfig
 from training.data import DataError, load_dataset
 from training.metrics import calibrate_threshold, score_quantiles
@@ -40,7 +38,7 @@ def add_quantiles(package: Path, data_path: Path) -> list[float]:
         raise DataError(f"{data_path}: rows of shape {list(data.shape)}; {package} takes {manifest['input']['shape']}")
     split = split_rows(data, config)
     scores = run_graph(package, manifest["graphs"]["scorer"]["file"], "score", data.x[split.val])
-    normal = scores[np.isin(split.val, split.val_normal)]
+    normal = scores[split.val_is_normal]
     stored = manifest["score"]["threshold"]
     again = calibrate_threshold(normal, manifest["score"]["calibration"]["quantile"]).value
     if not math.isclose(again, stored, rel_tol=THRESHOLD_RTOL):

@@ -53,6 +53,11 @@ class Split:
     left_out: int = 0  # training-part rows not trained on, and why
     left_out_because: str | None = None
 
+    @property
+    def val_is_normal(self) -> np.ndarray:
+        """Per validation row, whether it is one of val_normal."""
+        return np.isin(self.val, self.val_normal)
+
 
 def fit(config: FitConfig) -> Path:
     """Trains one model and writes its package; returns the package folder. Under torchrun every rank
@@ -157,7 +162,7 @@ def _write_package(
 
     # Calibrate on the exported scorer, so the threshold fits exactly the score the service computes.
     scores = run_graph(folder, "scorer.onnx", "score", x_val)
-    is_normal = np.isin(split.val, split.val_normal)
+    is_normal = split.val_is_normal
     threshold = calibrate_threshold(scores[is_normal], config.threshold_quantile)
     metrics = {
         "train_loss": history.train_loss[history.best_epoch - 1] if history.best_epoch else None,

@@ -57,8 +57,9 @@ def fit_normalisation(data: Dataset, rows: np.ndarray, scaling: Scaling | None) 
         one = np.ones(1, dtype=np.float32)
         return Normalisation("divide", 0 * one, peak * one, f"x / {peak:g}")
     if scaling == "minmax":
-        low = np.min([block.min(axis=0) for block in _row_blocks(x, rows)], axis=0).astype(np.float64)
-        span = np.max([block.max(axis=0) for block in _row_blocks(x, rows)], axis=0).astype(np.float64) - low
+        extremes = [(block.min(axis=0), block.max(axis=0)) for block in _row_blocks(x, rows)]  # one pass
+        low = np.min([least for least, _ in extremes], axis=0).astype(np.float64)
+        span = np.max([most for _, most in extremes], axis=0).astype(np.float64) - low
         description = "(x - min) / (max - min) per feature, on the training rows"
     elif scaling == "standardise":
         low, span = _mean_and_std(x, rows)
