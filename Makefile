@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/datasets
 MODELS_DIR ?= models
 
-.PHONY: serve test lint models evaluate bench soak screenshots install-service install-train install-dev install-bench system-deps clean
+.PHONY: serve test lint models evaluate bench soak install-wrk screenshots install-service install-train install-dev install-bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,15 +81,17 @@ models: install-dev
 # against other servers already running: make bench COMPARE="naive=http://127.0.0.1:8101/score"
 COMPARE ?=
 BENCH_SECONDS ?= 6
-bench: install-bench
-	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk; }
+bench: install-bench install-wrk
 	$(BIN)/python bench/run.py --seconds $(BENCH_SECONDS) $(foreach target,$(COMPARE),--compare $(target))
+
+# wrk, the load generator of bench and soak, from Debian when it is missing.
+install-wrk:
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk; }
 
 # Ten minutes of mixed traffic against the service, reporting how its resident memory grows
 # (reports/soak/: JSON and a chart); SOAK_SECONDS=60 for a short look.
 SOAK_SECONDS ?= 600
-soak: install-bench
-	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk; }
+soak: install-bench install-wrk
 	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
 
 # The README's screenshots of the page and /docs, taken by the browser tests.
