@@ -15,6 +15,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from service.manifest import Graph, graph_io
 from training.models import Autoencoder, ModelSpec
 from training.recipes import Normalisation
 
@@ -77,17 +78,19 @@ class GraphSpec:
     inputs: list[str]
     outputs: list[str]
 
-    def to_json(self) -> dict[str, object]:
-        return {"file": self.file, "inputs": self.inputs, "outputs": self.outputs}
+    def manifest_entry(self) -> Graph:
+        return Graph(file=self.file, inputs=self.inputs, outputs=self.outputs)
+
+
+_MODULES: dict[str, type[_Normalised]] = {"encoder": EncoderGraph, "decoder": DecoderGraph, "scorer": ScorerGraph}
 
 
 def graph_specs(model: Autoencoder, norm: Normalisation) -> dict[str, GraphSpec]:
+    """The three graphs, with the inputs and outputs the package format requires of each."""
     model = model.cpu().eval()
-    encoder_outputs = ["z", "z_logvar"] if model.spec.variational else ["z"]
     return {
-        "encoder": GraphSpec("encoder.onnx", EncoderGraph(model, norm), ["x"], encoder_outputs),
-        "decoder": GraphSpec("decoder.onnx", DecoderGraph(model, norm), ["z"], ["x_hat"]),
-        "scorer": GraphSpec("scorer.onnx", ScorerGraph(model, norm), ["x"], ["x_hat", "score", "sq_err"]),
+        role: GraphSpec(f"{role}.onnx", _MODULES[role](model, norm), inputs, outputs)
+        for role, (inputs, outputs) in graph_io(model.spec.variational).items()
     }
 
 

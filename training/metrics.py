@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.manifest import Calibration
+
 
 @dataclass
 class Threshold:
@@ -13,17 +15,11 @@ class Threshold:
     quantile: float
     rows: int
 
-    def to_json(self, normal_label: str | None) -> dict[str, object]:
-        return {
-            "threshold": self.value,
-            "calibration": {
-                "method": "quantile",
-                "quantile": self.quantile,
-                "split": "validation",
-                "rows": self.rows,
-                "normal_label": normal_label,
-            },
-        }
+    def calibration(self, normal_label: str | None) -> Calibration:
+        """The manifest's `score.calibration`: the quantile of `rows` normal validation scores."""
+        return Calibration(
+            method="quantile", quantile=self.quantile, split="validation", rows=self.rows, normal_label=normal_label
+        )
 
 
 def row_mse(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from service.manifest import Architecture, ArchitectureKind
+
 Body = Literal["dense", "conv"]
 # Huber's delta in normalised units: on box-scaled tables the box is [0, 1], so errors beyond half the box (the
 # rows that stray far, anomalies among them) pull on the weights linearly, not quadratically.
@@ -44,7 +46,7 @@ class ModelSpec:
     member_features: list[list[int]] = field(default_factory=list)
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> ArchitectureKind:
         return "vae" if self.variational else self.body
 
     @property
@@ -53,8 +55,9 @@ class ModelSpec:
         components as PCA, the baseline, is given."""
         return max(self.member_latents, default=self.latent_dim)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self)}
+    def architecture(self, noise: float) -> Architecture:
+        """The manifest's `architecture`: this spec, and the input noise it was trained with."""
+        return Architecture(kind=self.kind, **asdict(self), noise=noise)
 
 
 class Autoencoder(nn.Module):

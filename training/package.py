@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,15 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from service.manifest import MANIFEST, NAME_PATTERN
 from training.data import DataError, file_sha256
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 def check_name(name: str) -> str:
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise DataError(f"model name {name!r} must match {NAME_PATTERN.pattern} (lower case, digits, . _ -)")
     return name
 

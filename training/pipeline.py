@@ -9,11 +9,23 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from service.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    Input,
+    Latent,
+    Libraries,
+    Manifest,
+    Metrics,
+    Parity,
+    Score,
+    Training,
+    TrainingData,
+)
 from training import report
 from training.config import FitConfig
 from training.data import DataError, Dataset, load_dataset, normal_mask
@@ -29,15 +41,7 @@ from training.export import (
 )
 from training.metrics import LatentMoments, auroc, calibrate_threshold, pca_scores, score_quantiles
 from training.models import Autoencoder, ModelSpec, build_model, save_checkpoint
-from training.package import (
-    FORMAT_VERSION,
-    MANIFEST,
-    check_name,
-    choose_version,
-    file_hashes,
-    staging_folder,
-    write_json,
-)
+from training.package import check_name, choose_version, file_hashes, staging_folder, write_json
 from training.recipes import Normalisation, fit_normalisation, model_spec, resolve_training
 from training.trainer import History, Rows, Trainer, TrainerConfig, pick_device, set_seed
 
@@ -151,7 +155,7 @@ def _write_package(
     model: Autoencoder,
     history: History,
     world: World,
-) -> dict[str, Any]:
+) -> Manifest:
     spec = model.spec
     graphs = graph_specs(model, norm)
     x_val = data.x[split.val]
@@ -164,83 +168,73 @@ def _write_package(
     scores = run_graph(folder, "scorer.onnx", "score", x_val)
     is_normal = split.val_is_normal
     threshold = calibrate_threshold(scores[is_normal], config.threshold_quantile)
-    metrics = {
-        "train_loss": history.train_loss[history.best_epoch - 1] if history.best_epoch else None,
-        "val_loss": min(history.val_loss) if history.val_loss else None,
-        "val_mse": float(scores[is_normal].mean()),
-        "pca_val_mse": float(
+    metrics = Metrics(
+        train_loss=history.train_loss[history.best_epoch - 1] if history.best_epoch else None,
+        val_loss=min(history.val_loss) if history.val_loss else None,
+        val_mse=float(scores[is_normal].mean()),
+        pca_val_mse=float(
             pca_scores(
                 norm.apply_to_rows(data.x, _pca_rows(split.train)),
                 norm.apply_to_rows(data.x, split.val[is_normal]),
                 spec.widest_code,
             ).mean()
         ),
-        "auroc": None if split.val_is_anomaly is None else auroc(scores, split.val_is_anomaly),
-    }
+        auroc=None if split.val_is_anomaly is None else auroc(scores, split.val_is_anomaly),
+    )
     # A chunk of codes at a time: the codes of every training row can be most of the size of the data.
     moments = LatentMoments()
     for z in graph_chunks(folder, "encoder.onnx", "z", data.x, split.train):
         moments.add(z)
     latent_mean, latent_cov = moments.result()
+    latent = Latent(
+        dim=spec.latent_dim,
+        prior="standard_normal" if spec.variational else "empirical",
+        mean=latent_mean,
+        cov=latent_cov,
+    )
 
     used = _data_used(data, split, config)
-    distributed = {"world_size": world.size, "backend": world.backend}
     report_body = {
         "history": vars(history),
-        "metrics": metrics,
-        "data": used,
-        "distributed": distributed,
+        "metrics": metrics.model_dump(mode="json"),
+        "data": used.model_dump(mode="json"),
+        "distributed": {"world_size": world.size, "backend": world.backend},
         "config": config.to_json(),
     }
     write_json(folder / "report.json", report_body)
-    latent = {"mean": latent_mean, "cov": latent_cov}
     _draw_pictures(folder, config.name, data, x_val, norm, spec, history, latent)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "name": config.name,
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "architecture": {**spec.to_json(), "noise": config.noise},
-        "input": {
-            "kind": data.kind,
-            "shape": list(data.shape),
-            "dtype": "float32",
-            "feature_names": data.feature_names,
-        },
-        "latent": {
-            "dim": spec.latent_dim,
-            "prior": "standard_normal" if spec.variational else "empirical",
-            "mean": latent_mean,
-            "cov": latent_cov,
-        },
-        "preprocessing": norm.to_json(),
-        "loss": spec.loss,
-        "score": {
-            "definition": score_definition(spec),
-            **threshold.to_json(config.normal_label),
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        name=config.name,
+        version=version,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        architecture=spec.architecture(noise=config.noise or 0.0),
+        input=Input(kind=data.kind, shape=list(data.shape), dtype="float32", feature_names=data.feature_names),
+        latent=latent,
+        preprocessing=norm.preprocessing(),
+        loss=spec.loss,
+        score=Score(
+            definition=score_definition(spec),
+            threshold=threshold.value,
+            calibration=threshold.calibration(config.normal_label),
             # A score's percentile among the normal validation scores (the service interpolates).
-            "quantiles": score_quantiles(scores[is_normal]),
-        },
-        "graphs": {name: g.to_json() for name, g in graphs.items()},
-        "parity": {
-            "rows": min(PARITY_ROWS, len(x_val)),
-            "atol": PARITY_ATOL,
-            "rtol": PARITY_RTOL,
-            "max_abs_diff": parity,
-        },
-        "training": {
-            "data": used,
-            "config": config.to_json(),
-            "device": pick_device(config.device),
-            "epochs_run": history.epochs_run,
-            "best_epoch": history.best_epoch,
-            "seconds": round(history.seconds, 2),
-        },
-        "metrics": metrics,
-        "libraries": _library_versions(),
-        "files": file_hashes(folder),
-    }
-    write_json(folder / MANIFEST, manifest)
+            quantiles=score_quantiles(scores[is_normal]),
+        ),
+        graphs={role: graph.manifest_entry() for role, graph in graphs.items()},
+        parity=Parity(rows=min(PARITY_ROWS, len(x_val)), atol=PARITY_ATOL, rtol=PARITY_RTOL, max_abs_diff=parity),
+        training=Training(
+            data=used,
+            config=config.to_json(),
+            device=pick_device(config.device),
+            epochs_run=history.epochs_run,
+            best_epoch=history.best_epoch,
+            seconds=round(history.seconds, 2),
+        ),
+        metrics=metrics,
+        libraries=Libraries(**_library_versions()),
+        files=file_hashes(folder),
+    )
+    write_json(folder / MANIFEST, manifest.model_dump(mode="json"))
     return manifest
 
 
@@ -270,21 +264,21 @@ def _warn_of_label_like_features(data: Dataset, config: FitConfig) -> None:
             )
 
 
-def _data_used(data: Dataset, split: Split, config: FitConfig) -> dict[str, Any]:
+def _data_used(data: Dataset, split: Split, config: FitConfig) -> TrainingData:
     """What the model was trained on, in the manifest and report.json: rows, what was left out and why,
     the features and the label column."""
-    return {
-        "file": data.source.name,
-        "sha256": data.sha256,
-        "rows_total": len(data.x),
-        "rows_train": len(split.train),
-        "rows_val": len(split.val),
-        "rows_train_left_out": split.left_out,
-        "left_out_because": split.left_out_because,
-        "features": data.feature_names if data.feature_names is not None else int(np.prod(data.shape)),
-        "normal_label": config.normal_label,
-        "label_column": config.label_column,
-    }
+    return TrainingData(
+        file=data.source.name,
+        sha256=data.sha256,
+        rows_total=len(data.x),
+        rows_train=len(split.train),
+        rows_val=len(split.val),
+        rows_train_left_out=split.left_out,
+        left_out_because=split.left_out_because,
+        features=data.feature_names if data.feature_names is not None else int(np.prod(data.shape)),
+        normal_label=config.normal_label,
+        label_column=config.label_column,
+    )
 
 
 def run_graph(folder: Path, file: str, output: str, x: np.ndarray) -> np.ndarray:
@@ -313,7 +307,7 @@ def _draw_pictures(
     norm: Normalisation,
     spec: ModelSpec,
     history: History,
-    latent: dict,
+    latent: Latent,
 ) -> None:
     report.plot_losses(history, folder / "loss_curves.png", f"{name}: {spec.kind} autoencoder")
     if data.kind != "image":
@@ -329,7 +323,7 @@ def _draw_pictures(
         z = rng.standard_normal((10, spec.latent_dim))
     else:
         # From the training codes' mean and covariance, as the service's /generate does.
-        z = rng.multivariate_normal(latent["mean"], latent["cov"], size=10, method="eigh")
+        z = rng.multivariate_normal(latent.mean, latent.cov, size=10, method="eigh")
     samples = run_graph(folder, "decoder.onnx", "x_hat", z.astype(np.float32))
     report.plot_image_rows([norm.apply(samples)], ["generated"], folder / "samples.png", f"{name}: samples")
 
@@ -341,45 +335,41 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
-def summary(manifest: dict[str, Any], destination: Path) -> str:
-    metrics = manifest["metrics"]
-    auroc_text = "n/a" if metrics["auroc"] is None else f"{metrics['auroc']:.4f}"
+def summary(manifest: Manifest, destination: Path) -> str:
+    metrics, training = manifest.metrics, manifest.training
+    auroc_text = "n/a" if metrics.auroc is None else f"{metrics.auroc:.4f}"
     # Box-scaled reconstructions never leave the box, so their MSE is above PCA's by design.
-    bounded = (
-        "; reconstructions are bounded to each feature's box" if manifest["preprocessing"]["kind"] == "box" else ""
-    )
-    parity = max(manifest["parity"]["max_abs_diff"].values())
+    bounded = "; reconstructions are bounded to each feature's box" if manifest.preprocessing.kind == "box" else ""
+    parity = max(manifest.parity.max_abs_diff.values())
+    calibration = manifest.score.calibration
     size = sum(p.stat().st_size for p in destination.iterdir()) / 1e6
     return "\n".join(
         [
             f"model package {destination} ({size:.1f} MB)",
-            f"  data           {_data_line(manifest['training']['data'])}",
-            f"  architecture   {manifest['architecture']['kind']}, input {manifest['input']['shape']}, "
-            f"latent {manifest['latent']['dim']}, loss {manifest['loss']}",
-            f"  epochs         {manifest['training']['epochs_run']} (best {manifest['training']['best_epoch']}), "
-            f"{manifest['training']['seconds']} s",
-            f"  val MSE        {metrics['val_mse']:.6f}  (PCA, same components: {metrics['pca_val_mse']:.6f})"
-            + bounded,
-            f"  threshold      {manifest['score']['threshold']:.6f} "
-            f"(quantile {manifest['score']['calibration']['quantile']} of "
-            f"{manifest['score']['calibration']['rows']} normal validation rows)",
+            f"  data           {_data_line(training.data)}",
+            f"  architecture   {manifest.architecture.kind}, input {manifest.input.shape}, "
+            f"latent {manifest.latent.dim}, loss {manifest.loss}",
+            f"  epochs         {training.epochs_run} (best {training.best_epoch}), {training.seconds} s",
+            f"  val MSE        {metrics.val_mse:.6f}  (PCA, same components: {metrics.pca_val_mse:.6f})" + bounded,
+            f"  threshold      {manifest.score.threshold:.6f} "
+            f"(quantile {calibration.quantile} of {calibration.rows} normal validation rows)",
             f"  AUROC          {auroc_text}",
             f"  parity         max |onnxruntime - torch| = {parity:.2e}",
         ]
     )
 
 
-def _data_line(used: dict[str, Any]) -> str:
-    features = used["features"]
-    if isinstance(features, list):
-        features = f"{len(features)} features ({', '.join(features[:6])}{', ...' if len(features) > 6 else ''})"
+def _data_line(used: TrainingData) -> str:
+    names = used.features
+    if isinstance(names, list):
+        features = f"{len(names)} features ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})"
     else:
-        features = f"{features} values per row"
-    line = f"{used['rows_train']} training rows of {used['rows_total']}"
-    if used["rows_train_left_out"]:
-        line += f", {used['rows_train_left_out']} left out ({used['left_out_because']})"
+        features = f"{names} values per row"
+    line = f"{used.rows_train} training rows of {used.rows_total}"
+    if used.rows_train_left_out:
+        line += f", {used.rows_train_left_out} left out ({used.left_out_because})"
     line += f"; {features}"
-    return line + (f"; label column {used['label_column']!r}" if used["label_column"] else "")
+    return line + (f"; label column {used.label_column!r}" if used.label_column else "")
 
 
 def _say(config: FitConfig, message: str) -> None:

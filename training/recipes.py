@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 
+from service.manifest import Preprocessing
 from training.config import FitConfig, Loss, Scaling
 from training.data import DataError, Dataset
 from training.models import ModelSpec
@@ -37,13 +38,14 @@ class Normalisation:
         out /= self.scale
         return out
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "kind": self.kind,
-            "offset": self.offset.reshape(-1).tolist(),
-            "scale": self.scale.reshape(-1).tolist(),
-            "description": self.description,
-        }
+    def preprocessing(self) -> Preprocessing:
+        """The manifest's `preprocessing`."""
+        return Preprocessing(
+            kind=self.kind,
+            offset=self.offset.reshape(-1).tolist(),
+            scale=self.scale.reshape(-1).tolist(),
+            description=self.description,
+        )
 
 
 def fit_normalisation(data: Dataset, rows: np.ndarray, scaling: Scaling | None) -> Normalisation:

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from service.manifest import Manifest
 from training.cli import main
 from training.data import file_sha256
 from training.models import load_checkpoint
@@ -34,6 +35,8 @@ def test_tabular_package_is_complete_and_consistent(tabular_npz: Path, tmp_path:
     folder = models / "tab" / "1"
     manifest = json.loads((folder / "manifest.json").read_text())
     jsonschema.validate(manifest, SCHEMA)
+    # Every field the format defines is written: validating fills in no default.
+    assert Manifest.model_validate(manifest).model_dump(mode="json") == manifest
     assert manifest["name"] == "tab" and manifest["version"] == 1
     assert manifest["input"] == {"kind": "tabular", "shape": [6], "dtype": "float32", "feature_names": None}
     assert manifest["training"]["data"]["sha256"] == file_sha256(tabular_npz)
