@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> None:
             workers,
         )
     with ExitStack() as cleanup:
-        if workers > 1 and not os.environ.get(PROMETHEUS_MULTIPROC_DIR):
-            # Where the workers' metrics meet (service.metrics), unless a folder is given.
+        if not os.environ.get(PROMETHEUS_MULTIPROC_DIR):
+            # Where the workers' metrics meet (service.metrics), unless a folder is given; with one worker
+            # too, since TTIN adds more.
             _remove_orphaned_metrics()
             folder = tempfile.TemporaryDirectory(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
             os.environ[PROMETHEUS_MULTIPROC_DIR] = cleanup.enter_context(folder)

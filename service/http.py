@@ -24,6 +24,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 logger = logging.getLogger(__name__)
 
+# How long a draining worker keeps an idle keep-alive connection open for the request its client may
+# already have sent; that request is answered with `connection: close`.
+DRAIN_IDLE_S = 1.0
+
 
 class _HeadersTooLarge(Exception):
     pass
@@ -43,6 +47,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._header_bytes = 0  # read while in its headers, after the read in which it began
         self._header_timer: asyncio.TimerHandle | None = None
         self._too_large = False
+        self._draining = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -89,11 +94,27 @@ class GuardedHttpTools(HttpToolsProtocol):
             self._too_large = True
             raise _HeadersTooLarge  # httptools stops parsing; uvicorn answers through send_400_response
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and not self.pipeline:
             self._await_headers()
+
+    def shutdown(self) -> None:
+        """The worker drains. uvicorn closes an idle keep-alive connection at once, failing a request its
+        client sent meanwhile; here that request is answered (with `connection: close`), and a connection
+        that stays idle is closed after DRAIN_IDLE_S."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            super().shutdown()
+            return
+        self._draining = True
+        self.loop.call_later(DRAIN_IDLE_S, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if (self.cycle is None or self.cycle.response_complete) and not self._in_headers:
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         if not self._too_large:
@@ -166,22 +187,29 @@ class GreedyAcceptServer(uvicorn.Server):
         config: uvicorn.Config,
         reuse_port: bool = False,
         listen_once: Callable[[], bool] | None = None,
-        beat: Callable[[], None] | None = None,
+        on_listening: Callable[[], None] | None = None,
     ) -> None:
         """`listen_once`: listen only once it returns True (a worker whose models are loading while another
-        worker serves: the connections the kernel would hand it meanwhile could only be answered 503).
-        `beat`: called every second from the event loop while it serves, for a supervisor to see it run."""
+        worker serves: the connections the kernel would hand it meanwhile could only wait or be answered
+        503). `on_listening`: called once it listens."""
         super().__init__(config)
         self.reuse_port = reuse_port
         self.listen_once = listen_once
-        self.beat = beat
+        self.on_listening = on_listening
+        self.listening = False
         self._listeners: list[socket.socket] = []
         self._handing_over: set[asyncio.Task[Any]] = set()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])  # the lifespan and the state, without a listener of uvicorn's own
+        waited = 0
         while self.listen_once is not None and not self.listen_once() and not self.should_exit:
+            if waited % 20 == 0 and self.config.callback_notify is not None:
+                await self.config.callback_notify()  # uvicorn's own ticks only start once this returns
             await asyncio.sleep(0.05)
+            waited += 1
+        if self.should_exit:
+            return
         try:
             self._listeners = listen(self.config.host, self.config.port, self.config.backlog, self.reuse_port)
         except OSError as error:
@@ -190,12 +218,10 @@ class GreedyAcceptServer(uvicorn.Server):
             sys.exit(STARTUP_FAILURE)
         for listener in self._listeners:
             self._watch(listener)
+        self.listening = True
         self._log_started_message(self._listeners)
-
-    async def on_tick(self, counter: int) -> bool:
-        if self.beat is not None and counter % 10 == 0:  # uvicorn ticks every 0.1 s
-            self.beat()
-        return await super().on_tick(counter)
+        if self.on_listening is not None:
+            self.on_listening()
 
     def _watch(self, listener: socket.socket) -> None:
         asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
@@ -234,7 +260,13 @@ class GreedyAcceptServer(uvicorn.Server):
         loop = asyncio.get_running_loop()
         for listener in self._listeners:
             loop.remove_reader(listener.fileno())
+            # Connections the kernel queued on this socket would be reset when it closes (the other workers'
+            # sockets do not take them over): they are accepted and answered first.
+            self._accept(listener)
             listener.close()
+        self._listeners = []
+        if self._handing_over:  # so uvicorn's shutdown below drains them with the rest
+            await asyncio.wait(self._handing_over)
         await super().shutdown(sockets)
 
 
@@ -255,11 +287,14 @@ def listen(host: str, port: int, backlog: int, reuse_port: bool = False) -> list
 
 
 def bind(host: str, port: int, reuse_addr: bool, reuse_port: bool) -> list[socket.socket]:
-    """Sockets bound to every address `host` resolves to, not listening yet; all closed if one fails."""
+    """Sockets bound to every address `host` resolves to, not listening yet; all closed if one fails. Port 0
+    takes the port the system picks for the first address, for every address."""
     found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    bound = []
+    bound: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(found):
+            if port == 0 and bound:
+                address = (address[0], bound[0].getsockname()[1], *address[2:])
             sock = socket.socket(family, kind, proto)
             bound.append(sock)
             if reuse_addr:

@@ -35,8 +35,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     """Interface uvicorn binds to."""
-    port: int = Field(8000, ge=1, le=65535)
-    """TCP port uvicorn listens on."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port the service listens on; 0 takes a free one, which the log's "Listening at" line names."""
     log_level: LogLevel = "info"
     """Log level of the service and of uvicorn."""
     models_dir: Path = Path("models")
@@ -68,14 +68,23 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     """Longest an inference request may take, reading its body included; 504 `timeout` after it."""
     shutdown_timeout_s: int = Field(30, ge=0)
-    """Longest a shutdown waits for requests in flight before the process exits."""
+    """Longest a worker that stops (SIGTERM, Ctrl-C, SIGHUP's replacement, max-requests) waits for its
+    requests in flight; the arbiter kills it 5 s after that."""
     workers: int | None = Field(None, ge=1)
     """Worker processes, each with its own event loop; each loads every model and batches on its own. Unset:
     one per core this process may use, at most 4, since one Python event loop cannot keep two cores busy;
     1 when the repository API is on (admin-keys), whose calls act on the one worker that answers them."""
     worker_timeout_s: float = Field(30.0, gt=0)
-    """With several workers: a worker whose event loop has not run for this long (hung: a deadlock, a
-    stopped process) is killed and replaced."""
+    """A worker whose event loop has not run for this long (hung: a deadlock, a stopped process) is sent
+    SIGABRT, which writes its threads' tracebacks to the log, then killed and replaced; whole seconds
+    (gunicorn's timeout), rounded up."""
+    max_requests: int = Field(0, ge=0)
+    """A worker that has answered this many requests drains and exits, and a fresh one takes its place
+    (memory a long run accumulates is returned); 0: never. Needs two workers or more to keep serving
+    throughout."""
+    max_requests_jitter: int = Field(0, ge=0)
+    """Up to this many more requests before a worker is replaced, drawn per worker, so the workers are not
+    all replaced at once."""
     loop: Literal["auto", "asyncio", "uvloop"] = "uvloop"
     """Event loop implementation uvicorn runs."""
     http: Literal["auto", "h11", "httptools"] = "httptools"

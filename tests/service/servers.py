@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,12 +16,27 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The arbiter's line naming the port it holds (service.workers.PortGuard).
+LISTENING_AT = re.compile(rb"Listening at: http://(?:\[[^\]]*\]|[^:/\s]+):(\d+)")
 
 
 def free_port() -> int:
+    """A port nothing listens on, for a test that needs one no server takes."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def reported_port(process: subprocess.Popen[bytes], log: Path, within: float = 30) -> int:
+    """The port a `python -m service --port 0` took, from its log."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if found := LISTENING_AT.search(log.read_bytes()):
+            return int(found[1])
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
+        time.sleep(0.05)
+    pytest.fail(f"the server named no port within {within} s:\n{log.read_text()}")
 
 
 @contextmanager
@@ -36,19 +52,18 @@ def running_server(
 def running_process(
     models_dir: Path, log: Path, *flags: str, env: dict[str, str] | None = None, ready_within: float = 30
 ) -> Iterator[tuple[subprocess.Popen[bytes], httpx.Client]]:
-    """running_server, with the process too."""
-    port = free_port()
+    """running_server, with the process too. The server takes a free port (--port 0) and names it in its log."""
     environment = os.environ | {"AE_PROVIDERS": "CPUExecutionProvider"} | (env or {})
-    command = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models_dir), *flags]
+    command = [sys.executable, "-m", "service", "--port", "0", "--models-dir", str(models_dir), *flags]
     # A file, not a pipe: nobody reads a pipe while the tests run, and a full pipe would block the server.
     with log.open("wb") as output:
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     try:
-        _wait_until_ready(client, process, log, ready_within)
-        yield process, client
+        port = reported_port(process, log, ready_within)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            _wait_until_ready(client, process, log, ready_within)
+            yield process, client
     finally:
-        client.close()
         process.terminate()
         try:
             process.wait(timeout=10)

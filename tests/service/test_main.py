@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from service.settings import Settings
-from tests.service.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,8 +42,7 @@ def test_bad_setting_stops_the_start_with_a_message() -> None:
 
 
 def test_a_warning_when_listening_beyond_loopback_without_keys(tmp_path: Path) -> None:
-    port = str(free_port())
-    command = [sys.executable, "-m", "service", "--host", "0.0.0.0", "--port", port, "--models-dir", str(tmp_path)]
+    command = [sys.executable, "-m", "service", "--host", "0.0.0.0", "--port", "0", "--models-dir", str(tmp_path)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert process.stdout is not None

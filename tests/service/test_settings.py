@@ -35,7 +35,7 @@ def test_defaults(tmp_path: Path) -> None:
     [
         ({"providers": "CPUExecutionProvider,GPUProvider"}, "unknown onnxruntime providers ['GPUProvider']"),
         ({"models_dir": "/no/such/folder"}, "models directory '/no/such/folder' does not exist"),
-        ({"port": 0}, "greater than or equal to 1"),
+        ({"port": 65536}, "less than or equal to 65535"),
         ({"max_batch_rows": 0}, "greater than or equal to 1"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Several worker processes behind one port (service.workers), in a real `python -m service`."""
+"""Worker processes on gunicorn's arbiter (service.workers), in a real `python -m service`."""
 
 from __future__ import annotations
 
@@ -9,15 +9,22 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.service.servers import ROOT, free_port, running_process
+from tests.service.scrape import sample
+from tests.service.servers import ROOT, running_process
+
+pytestmark = pytest.mark.e2e
 
 WORKERS = ("--workers", "2", "--intra-op-threads", "1")
+SCORE = {"inputs": [[0.1, 0.2, 0.3, 0.4, 0.5]]}
 
 
 def children(pid: int) -> list[int]:
@@ -35,7 +42,7 @@ def listening(port: int) -> int:
     return sum(1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A")
 
 
-def eventually(check: Callable[[], bool], within: float = 10) -> bool:
+def eventually(check: Callable[[], bool], within: float = 20) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if check():
@@ -44,12 +51,52 @@ def eventually(check: Callable[[], bool], within: float = 10) -> bool:
     return False
 
 
+def port_of(client: httpx.Client) -> int:
+    port = client.base_url.port
+    assert port is not None
+    return port
+
+
+def scores(client: httpx.Client, count: int) -> list[int]:
+    """Status codes of `count` requests, each on a new connection (so the kernel picks a worker for each)."""
+    url = f"{client.base_url}/models/tab/score"
+    return [httpx.post(url, json=SCORE).status_code for _ in range(count)]
+
+
+class Load:
+    """Requests from several threads until stopped: half on keep-alive connections, half each on a new one."""
+
+    def __init__(self, client: httpx.Client, threads: int = 4) -> None:
+        self.url = f"{client.base_url}/models/tab/score"
+        self.outcomes: Counter[str] = Counter()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(index % 2 == 0,)) for index in range(threads)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()
+
+    def _run(self, keep_alive: bool) -> None:
+        limits = httpx.Limits(max_keepalive_connections=1 if keep_alive else 0)
+        with httpx.Client(limits=limits, timeout=30) as client:
+            while not self.stopping.is_set():
+                try:
+                    self.outcomes[str(client.post(self.url, json=SCORE).status_code)] += 1
+                except httpx.HTTPError as error:
+                    self.outcomes[type(error).__name__] += 1
+
+
 def test_connections_are_spread_over_the_workers(models_dir: Path, tmp_path: Path) -> None:
     with running_process(models_dir, tmp_path / "server.log", *WORKERS) as (process, client):
         workers = children(process.pid)
         assert len(workers) == 2
-        port = client.base_url.port
-        assert port is not None
+        port = port_of(client)
         assert eventually(lambda: listening(port) == 2)  # the second listens once its models have loaded
         before = {pid: sockets(pid) for pid in workers}
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(64)]
@@ -65,42 +112,110 @@ def test_connections_are_spread_over_the_workers(models_dir: Path, tmp_path: Pat
             connection.close()
 
 
+def test_sighup_replaces_the_workers_one_at_a_time_without_a_failed_request(models_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with running_process(models_dir, log, *WORKERS) as (process, client):
+        port = port_of(client)
+        assert eventually(lambda: listening(port) == 2)
+        old = set(children(process.pid))
+        with Load(client) as load:
+            assert eventually(lambda: load.outcomes.total() > 20)
+            process.send_signal(signal.SIGHUP)
+            # Never fewer than two listening workers: the fresh one listens before the old one stops.
+            fewest = 2
+            deadline = time.monotonic() + 60
+            while "every worker replaced" not in log.read_text() and time.monotonic() < deadline:
+                fewest = min(fewest, listening(port))
+                time.sleep(0.01)
+            served = load.outcomes.total()
+            assert eventually(lambda: load.outcomes.total() > served + 20)  # the new workers serve
+        assert "every worker replaced" in log.read_text()
+        assert set(load.outcomes) == {"200"}, load.outcomes
+        assert fewest == 2
+        workers = set(children(process.pid))
+        assert len(workers) == 2 and not workers & old
+        assert client.get("/readyz").status_code == 200
+
+
+def test_ttin_adds_a_worker_and_ttou_removes_one(models_dir: Path, tmp_path: Path) -> None:
+    with running_process(models_dir, tmp_path / "server.log", *WORKERS) as (process, client):
+        port = port_of(client)
+        first = children(process.pid)
+        process.send_signal(signal.SIGTTIN)
+        assert eventually(lambda: len(children(process.pid)) == 3 and listening(port) == 3)
+        process.send_signal(signal.SIGTTOU)
+        assert eventually(lambda: len(children(process.pid)) == 2 and listening(port) == 2)
+        assert len(set(first) & set(children(process.pid))) == 1  # the oldest went
+        assert scores(client, 20) == [200] * 20
+
+
+def test_workers_are_recycled_after_max_requests(models_dir: Path, tmp_path: Path) -> None:
+    env = {"AE_MAX_REQUESTS": "15", "AE_MAX_REQUESTS_JITTER": "5"}
+    with running_process(models_dir, tmp_path / "server.log", *WORKERS, env=env) as (process, client):
+        first = set(children(process.pid))
+        answers = scores(client, 40)  # 40 answers from two workers: at least one answers more than 20
+        assert eventually(lambda: len(children(process.pid)) == 2 and not first <= set(children(process.pid)))
+        answers += scores(client, 20)
+    assert answers == [200] * 60
+    assert "has answered max-requests requests; replacing it" in (tmp_path / "server.log").read_text()
+
+
 def test_a_worker_that_dies_is_replaced_and_the_service_keeps_answering(models_dir: Path, tmp_path: Path) -> None:
     with running_process(models_dir, tmp_path / "server.log", *WORKERS) as (process, client):
         first, second = children(process.pid)
         os.kill(first, signal.SIGKILL)
         assert eventually(lambda: len(children(process.pid)) == 2 and first not in children(process.pid))
         assert second in children(process.pid)
-        assert eventually(lambda: all(_ready(client) for _ in range(20)))
-        body = {"inputs": [[0.1, 0.2, 0.3, 0.4, 0.5]]}
-        answers = [httpx.post(f"{client.base_url}/models/tab/score", json=body).status_code for _ in range(20)]
-        assert answers == [200] * 20
-    assert "starting another" in (tmp_path / "server.log").read_text()
+        assert eventually(lambda: listening(port_of(client)) == 2)
+        assert scores(client, 20) == [200] * 20
+    assert f"Worker (pid:{first}) was sent SIGKILL" in (tmp_path / "server.log").read_text()
 
 
-def test_a_hung_worker_is_killed_and_replaced(models_dir: Path, tmp_path: Path) -> None:
+def test_the_port_stays_held_while_every_worker_is_replaced(models_dir: Path, tmp_path: Path) -> None:
+    with running_process(models_dir, tmp_path / "server.log", *WORKERS) as (process, client):
+        workers = children(process.pid)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        assert eventually(lambda: not any(Path(f"/proc/{pid}/status").exists() for pid in workers))
+        with socket.socket() as other, pytest.raises(OSError, match="Address already in use"):
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            other.bind(("127.0.0.1", port_of(client)))
+        assert eventually(lambda: _ready(client))
+
+
+def test_a_hung_worker_is_aborted_and_replaced(models_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
     env = {"AE_WORKER_TIMEOUT_S": "2"}
-    with running_process(models_dir, tmp_path / "server.log", *WORKERS, env=env) as (process, client):
+    with running_process(models_dir, log, *WORKERS, env=env) as (process, client):
         first, second = children(process.pid)
         os.kill(first, signal.SIGSTOP)  # alive, holding its connections, answering nothing
-        assert eventually(lambda: first not in children(process.pid) and len(children(process.pid)) == 2, 20)
+        assert eventually(lambda: f"WORKER TIMEOUT (pid:{first})" in log.read_text())
+        assert eventually(lambda: first not in children(process.pid) and len(children(process.pid)) == 2)
         assert second in children(process.pid)  # the one that kept running was left alone
-        port = client.base_url.port
-        assert port is not None
-        assert eventually(lambda: listening(port) == 2, 20)
-        body = {"inputs": [[0.1, 0.2, 0.3, 0.4, 0.5]]}
-        answers = [httpx.post(f"{client.base_url}/models/tab/score", json=body).status_code for _ in range(20)]
-        assert answers == [200] * 20
-    assert "has not run its event loop" in (tmp_path / "server.log").read_text()
+        assert eventually(lambda: listening(port_of(client)) == 2)
+        assert scores(client, 20) == [200] * 20
+
+
+def test_sigabrt_writes_the_workers_tracebacks_to_the_log(models_dir: Path, tmp_path: Path) -> None:
+    """What the arbiter sends a hung worker (above): a stopped process cannot show its tracebacks."""
+    log = tmp_path / "server.log"
+    with running_process(models_dir, log, *WORKERS) as (process, client):
+        first, _ = children(process.pid)
+        os.kill(first, signal.SIGABRT)
+        assert eventually(lambda: first not in children(process.pid) and len(children(process.pid)) == 2)
+        assert eventually(lambda: _ready(client))
+    text = log.read_text()
+    assert "Fatal Python error: Aborted" in text
+    assert "most recent call first" in text and 'File "' in text and "uvicorn/server.py" in text
 
 
 def test_a_second_copy_on_the_same_port_is_refused(models_dir: Path, tmp_path: Path) -> None:
     with running_process(models_dir, tmp_path / "server.log", *WORKERS) as (_, client):
-        port = str(client.base_url.port)
+        port = str(port_of(client))
         command = [sys.executable, "-m", "service", "--port", port, "--models-dir", str(models_dir), *WORKERS]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert result.returncode != 0
-        assert f"cannot listen on 127.0.0.1:{client.base_url.port}" in result.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
         assert client.get("/readyz").status_code == 200
 
 
@@ -113,7 +228,23 @@ def test_killing_the_parent_outright_stops_the_workers(models_dir: Path, tmp_pat
         assert eventually(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
         with socket.socket() as again:  # the port is free for the next start
             again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            again.bind(("127.0.0.1", client.base_url.port))
+            again.bind(("127.0.0.1", port_of(client)))
+
+
+def test_metrics_are_summed_over_the_workers_and_outlive_them(models_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with running_process(models_dir, log, *WORKERS) as (process, client):
+        assert eventually(lambda: listening(port_of(client)) == 2)
+        assert scores(client, 30) == [200] * 30
+
+        def counted() -> float:
+            text = httpx.get(f"{client.base_url}/metrics").text
+            return sample(text, "ae_requests_total", model="tab", operation="score")
+
+        assert {counted() for _ in range(10)} == {30.0}  # whichever worker answers
+        process.send_signal(signal.SIGHUP)
+        assert eventually(lambda: "every worker replaced" in log.read_text(), 60)
+        assert counted() == 30.0  # the replaced workers' counts stay
 
 
 def test_metrics_folders_of_killed_runs_are_removed_at_the_next_start(models_dir: Path, tmp_path: Path) -> None:
@@ -136,7 +267,7 @@ def test_sigterm_drains_every_worker_and_exits_cleanly(models_dir: Path, tmp_pat
     with running_process(models_dir, tmp_path / "server.log", *WORKERS) as (process, _):
         workers = children(process.pid)
         process.terminate()
-        assert process.wait(timeout=15) == 0
+        assert process.wait(timeout=20) == 0
         assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     log = (tmp_path / "server.log").read_text()
     assert log.count("Application shutdown complete") == 2
@@ -153,32 +284,30 @@ def test_a_stop_while_a_worker_is_being_replaced_still_stops_everything(models_d
     with running_process(models_dir, tmp_path / "server.log", *WORKERS) as (process, _):
         first, second = children(process.pid)
         os.kill(first, signal.SIGKILL)
-        time.sleep(0.2)  # the parent is pausing before it forks a replacement
+        assert eventually(lambda: first not in children(process.pid))
         process.terminate()
-        assert process.wait(timeout=15) == 0
+        assert process.wait(timeout=20) == 0
         assert not Path(f"/proc/{second}").exists()
 
 
 def test_ctrl_c_drains_the_requests_in_flight(models_dir: Path, tmp_path: Path) -> None:
     with running_process(models_dir, tmp_path / "server.log", *WORKERS) as (process, client):
-        port = client.base_url.port
-        assert port is not None
+        port = port_of(client)
+        assert eventually(lambda: listening(port) == 2)
         body = b'{"inputs": [[0.1, 0.2, 0.3, 0.4, 0.5]]}'
         head = "POST /models/tab/score HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
         head += f"Content-Length: {len(body)}\r\n\r\n"
         pending = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
         for connection in pending:
             connection.sendall(head.encode() + body[:10])
-        time.sleep(0.3)
-        # A terminal's Ctrl-C goes to the foreground process group: the parent's, which the workers left.
-        assert all(os.getpgid(worker) != os.getpgid(process.pid) for worker in children(process.pid))
+        assert eventually(lambda: sum(sockets(pid) for pid in children(process.pid)) >= 8 + 2)
         process.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        assert eventually(lambda: "Handling signal: int" in (tmp_path / "server.log").read_text())
         for connection in pending:
             connection.sendall(body[10:])
         answers = [connection.recv(4096) for connection in pending]
         assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers), answers
-        assert process.wait(timeout=15) == 0
+        assert process.wait(timeout=20) == 0
 
 
 def test_every_listening_worker_is_ready_once_readyz_says_so(tmp_path: Path, copy_package: Callable[..., Path]) -> None:
@@ -186,13 +315,13 @@ def test_every_listening_worker_is_ready_once_readyz_says_so(tmp_path: Path, cop
     for index in range(12):  # enough loading for the workers to finish at different times
         copy_package("tab", models, f"m{index:02d}")
     with running_process(models, tmp_path / "server.log", *WORKERS) as (_, client):
-        body = {"inputs": [[0.1, 0.2, 0.3, 0.4, 0.5]]}
-        codes = [httpx.post(f"{client.base_url}/models/m11/score", json=body).status_code for _ in range(30)]
+        url = f"{client.base_url}/models/m11/score"
+        codes = [httpx.post(url, json=SCORE).status_code for _ in range(30)]
         assert codes == [200] * 30
 
 
 def test_a_worker_that_cannot_start_stops_the_service(models_dir: Path) -> None:
-    port = str(free_port())
-    command = f"exec >&-; exec {sys.executable} -m service --port {port} --models-dir {models_dir} --workers 2"
+    command = f"exec >&-; exec {sys.executable} -m service --port 0 --models-dir {models_dir} --workers 2"
     result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 3, result.stderr[-2000:]
+    assert "Worker failed to boot" in result.stderr
