@@ -52,7 +52,7 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in report.items() if k != "models"}), flush=True)
     repository = Repository(args.models_dir)
-    for folder in sorted(repository.scan().values(), key=lambda f: f.key):
+    for folder in sorted(repository.scan().packages.values(), key=lambda f: f.key):
         config = {"providers": tuple(providers), "intra_op_threads": settings.onnxruntime_threads()}
         gpu = ModelRuntime(repository.read(folder), SessionConfig(**config))
         cpu = ModelRuntime(repository.read(folder), SessionConfig(**config | {"providers": ("CPUExecutionProvider",)}))

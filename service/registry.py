@@ -4,7 +4,9 @@ Every change goes the same way, whether a poll found it or the repository API as
 the package, load and warm up its sessions (in a thread, off the event loop), then swap it in on the event
 loop, where requests pick their runtime. A runtime that is replaced or whose folder went is retired: it
 takes no new requests, and closes once the ones it lent itself to have finished. A package that fails to
-load never replaces what serves. All state changes on the event loop, so requests see one consistent view.
+load never replaces what serves. All state changes on the event loop, so requests see one consistent view,
+and one change at a time: a load or unload through the API waits for the change before it, and answers
+with the state it made itself.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import anyio
 from anyio import to_thread
 
 from service.errors import ServiceError
-from service.manifest import Manifest, PackageError
+from service.manifest import VERSION_PATTERN, Manifest, PackageError
 from service.metrics import UNKNOWN_MODEL, Metrics
-from service.repository import VERSION_PATTERN, Fingerprint, Key, PackageFolder, Repository
+from service.repository import ROOT, Fingerprint, Key, PackageFolder, Repository, Scan
 from service.runtime import ModelRuntime, SessionConfig
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class Registry:
         self._unloaded: set[str] = set()
         self._settled = False
         self._missing: set[Key] = set()  # missing from the last scan, removed if missing from the next
+        self._unreadable: dict[str, str] = {}  # folders the last scan could not list, with why
         self._lock = anyio.Lock()
 
     # --- what serves -------------------------------------------------------------------------------------
@@ -105,7 +108,7 @@ class Registry:
             raise ServiceError(404, "model_not_found", f"unknown model {name!r}; served: {sorted(self._entries)}")
         if version is None:
             return versions[self.default_version(name) or max(versions)]
-        entry = versions.get(int(version)) if VERSION_PATTERN.match(version) else None
+        entry = versions.get(int(version)) if VERSION_PATTERN.fullmatch(version) else None
         if entry is None:
             raise ServiceError(
                 404,
@@ -136,6 +139,12 @@ class Registry:
             runtime.release()
 
     @property
+    def unreadable(self) -> dict[str, str]:
+        """The folders the last scan could not list (ROOT for the models folder, else a model's folder), with
+        why; the packages they hold keep serving as they were."""
+        return dict(self._unreadable)
+
+    @property
     def settled(self) -> bool:
         """Whether the packages found at start-up have each been loaded or found broken."""
         return self._settled
@@ -146,6 +155,8 @@ class Registry:
             loading = [entry.label for entry in self.entries() if entry.status == "loading"]
             return False, f"still loading: {loading}" if loading else "the models folder has not been scanned yet"
         if not any(entry.serving for entry in self.entries()):
+            if ROOT in self._unreadable:
+                return False, f"no model serves: {self._unreadable[ROOT]}"
             return False, "no model serves: every package is broken, unloaded or gone"
         return True, "ready"
 
@@ -164,30 +175,34 @@ class Registry:
         """Lists the packages in the folder as loading, without loading them (`refresh` does): requests and
         readiness then name what is coming from the start."""
         async with self._lock:
-            self._add_pending(await self._scan(None) or {})
+            scan = await self._scan(None)
+            self._add_pending(scan)
+            self._note_unreadable(scan, None)
 
     async def refresh(self, only: str | None = None) -> None:
         """Brings what serves in line with the folder: loads new and changed packages, retires removed ones.
         Models unloaded through the API are left alone unless `only` names them."""
         async with self._lock:
-            found = await self._scan(only)
-            if found is None:
-                return
-            self._add_pending(found)
-            # `training fit --replace` moves the old folder aside and the new one in: a scan can fall between
-            # the two renames. So a folder goes only when two scans in a row miss it.
-            gone = set(self._gone(found, only))
-            for key in gone & self._missing:
-                self._remove(key)
-            scanned = {key for key in self._missing if only is None or key[0] == only}
-            self._missing = (self._missing - scanned) | (gone - self._missing)
-            for folder in found.values():
-                if folder.name in self._unloaded:
-                    continue
-                if self._entries[folder.name][folder.version].fingerprint != folder.fingerprint:
-                    outcome = await to_thread.run_sync(self._prepare, folder, abandon_on_cancel=True)
-                    self._install(folder, outcome)
-            self._settled = True
+            await self._refresh(only)
+
+    async def _refresh(self, only: str | None) -> None:
+        scan = await self._scan(only)
+        self._add_pending(scan)
+        self._note_unreadable(scan, only)
+        # `training fit --replace` moves the old folder aside and the new one in: a scan can fall between
+        # the two renames. So a folder goes only when two scans in a row miss it.
+        gone = set(self._gone(scan, only))
+        for key in gone & self._missing:
+            self._remove(key)
+        scanned = {key for key in self._missing if only is None or key[0] == only}
+        self._missing = (self._missing - scanned) | (gone - self._missing)
+        for folder in scan.packages.values():
+            if folder.name in self._unloaded:
+                continue
+            if self._entries[folder.name][folder.version].fingerprint != folder.fingerprint:
+                outcome = await to_thread.run_sync(self._prepare, folder, abandon_on_cancel=True)
+                self._install(folder, outcome)
+        self._settled = True
 
     async def unload(self, name: str) -> list[Entry]:
         """Retires every version of `name`; it stays unloaded across polls until `load(name)`."""
@@ -206,34 +221,47 @@ class Registry:
 
     async def load(self, name: str) -> list[Entry]:
         """Rescans `name` and serves what can be served; the entries, once at least one version serves."""
-        self._unloaded.discard(name)
-        await self.refresh(only=name)
-        versions = self._entries.get(name)
-        if not versions:
-            raise ServiceError(404, "model_not_found", f"no package of model {name!r} in the models folder")
-        if self.default_version(name) is None:
-            reasons = "; ".join(f"{entry.label}: {entry.reason}" for entry in versions.values())
-            raise ServiceError(400, "load_failed", f"no version of {name!r} could be loaded: {reasons}")
-        return list(versions.values())
+        # Under the lock from the rescan to the answer: an unload between the two would fail a healthy load.
+        async with self._lock:
+            self._unloaded.discard(name)
+            await self._refresh(only=name)
+            versions = self._entries.get(name, {})
+            unreadable = [self._unreadable[folder] for folder in (ROOT, name) if folder in self._unreadable]
+            if not versions and not unreadable:
+                raise ServiceError(404, "model_not_found", f"no package of model {name!r} in the models folder")
+            if self.default_version(name) is None:
+                reasons = unreadable + [f"{entry.label}: {entry.reason or entry.status}" for entry in versions.values()]
+                raise ServiceError(400, "load_failed", f"no version of {name!r} could be loaded: {'; '.join(reasons)}")
+            return list(versions.values())
 
-    async def _scan(self, only: str | None) -> dict[Key, PackageFolder] | None:
-        try:
-            return await to_thread.run_sync(self.repository.scan, only)
-        except OSError as exc:
-            # A folder that cannot be listed says nothing about the packages: keep serving them.
-            logger.error("cannot scan the models folder: %s", exc)
-            return None
+    async def _scan(self, only: str | None) -> Scan:
+        scan = await to_thread.run_sync(self.repository.scan, only)
+        for folder, why in scan.unreadable.items():
+            if self._unreadable.get(folder) != why:  # once, not at every poll
+                logger.error("%s; the packages it holds keep serving as they were", why)
+        return scan
 
-    def _add_pending(self, found: dict[Key, PackageFolder]) -> None:
-        for name, version in found:
+    def _note_unreadable(self, scan: Scan, only: str | None) -> None:
+        if only is None:
+            self._unreadable = dict(scan.unreadable)
+        else:
+            for folder in (ROOT, only):
+                self._unreadable.pop(folder, None)
+            self._unreadable.update(scan.unreadable)
+
+    def _add_pending(self, scan: Scan) -> None:
+        for name, version in scan.packages:
             if name not in self._unloaded:
                 self._entries.setdefault(name, {}).setdefault(version, Entry(name, version))
 
-    def _gone(self, found: dict[Key, PackageFolder], only: str | None) -> list[Key]:
+    def _gone(self, scan: Scan, only: str | None) -> list[Key]:
+        """Entries the scan missed, in folders it listed: one it could not list says nothing of them."""
         return [
             entry_key
             for entry in self.entries()
-            if (only is None or entry.name == only) and (entry_key := (entry.name, entry.version)) not in found
+            if (only is None or entry.name == only)
+            and scan.listed(entry.name)
+            and (entry_key := (entry.name, entry.version)) not in scan.packages
         ]
 
     def _prepare(self, folder: PackageFolder) -> _Loaded | _Failed:

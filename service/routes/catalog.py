@@ -54,9 +54,10 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 async def list_models(registry: RegistryDep) -> Response:
-    """Every package found, serving or not, with its status, execution provider and manifest facts."""
+    """Every package found, serving or not, with its status, execution provider and manifest facts; and the
+    folders the last scan could not list (`"."` for the models folder, else a model's folder), with why."""
     models = [describe(entry, registry) for entry in registry.entries()]
-    return json_response({"default_model": registry.default_name, "models": models})
+    return json_response({"default_model": registry.default_name, "models": models, "unreadable": registry.unreadable})
 
 
 async def model_versions(model: ModelName, registry: RegistryDep) -> Response:

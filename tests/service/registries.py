@@ -33,7 +33,7 @@ def serving(models_dir: Path, default_model: str | None = None) -> Registry:
 def package_at(folder: Path) -> Package:
     """The package in `models/<name>/<version>/` folder, read and verified."""
     repository = Repository(folder.parent.parent)
-    return repository.read(repository.scan(folder.parent.name)[folder.parent.name, int(folder.name)])
+    return repository.read(repository.scan(folder.parent.name).packages[folder.parent.name, int(folder.name)])
 
 
 def publish(folder: Path, models_dir: Path) -> Path:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 
@@ -242,3 +243,24 @@ async def test_a_folder_back_by_the_next_scan_never_stops_serving(
         sample(registry.metrics.render().decode(), "ae_model_loads_total", model="tab", version="1", outcome="loaded")
         == 1
     )
+
+
+async def test_a_storm_of_loads_and_unloads_never_fails_a_healthy_load(models: Path) -> None:
+    registry = await started(models)
+    storm = 40
+    answers: list[list[tuple[str, str]]] = []
+    failures: list[str] = []
+
+    async def load() -> None:
+        try:
+            answers.append([(entry.label, entry.status) for entry in await registry.load("tab")])
+        except ServiceError as exc:
+            failures.append(exc.message)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(storm):
+            group.start_soon(load)
+            group.start_soon(registry.unload, "tab")
+
+    assert failures == []
+    assert answers == [[("tab/1", "ready")]] * storm  # each load answers with the state it made itself

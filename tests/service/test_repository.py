@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from service.errors import ServiceError
 from service.metrics import Metrics
 from service.registry import Registry
 from service.repository import Repository
@@ -145,3 +146,35 @@ def test_reasons_name_packages_relative_to_the_models_folder(tmp_path: Path, cop
 
     assert reason is not None and reason.startswith("scorer.onnx: onnxruntime cannot load it")
     assert str(tmp_path) not in reason
+
+
+def test_names_and_versions_are_matched_whole(tmp_path: Path, copy_package: Any) -> None:
+    copy_package("tab", tmp_path, "tab")
+    shutil.copytree(tmp_path / "tab", tmp_path / "tab\n")  # `$` matches before a final newline; fullmatch not
+    shutil.copytree(tmp_path / "tab" / "1", tmp_path / "tab" / "2\n")
+
+    registry = serving(tmp_path)
+
+    assert [entry.label for entry in registry.entries()] == ["tab/1"]
+    with pytest.raises(ServiceError) as newline:
+        registry.find("tab", "1\n")
+    assert (newline.value.status, newline.value.code) == (404, "version_not_found")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/models/tab/versions/1%0A"),
+        ("POST", "/models/tab/versions/1%0A/score"),
+        ("GET", "/v2/models/tab/versions/1%0A/ready"),
+        ("POST", "/v2/models/tab/versions/1%0A/infer"),
+    ],
+)
+async def test_a_version_with_a_trailing_newline_is_not_found(client: Any, method: str, path: str) -> None:
+    response = await client.request(method, path, json={"inputs": [[0.0] * 5]})
+
+    assert response.status_code == 404
+    error = response.json()["error"]
+    message = "model 'tab' has no version '1\\n'; versions: [1, 2]"
+    assert error == (message if path.startswith("/v2") else {"code": "version_not_found", "message": message})
