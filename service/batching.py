@@ -8,15 +8,23 @@ together in order.
 Admission control: the queue is bounded by time, not by a count. The batcher keeps a running estimate of
 what a run costs (a fixed part per run and a part per row, `CostModel`); a request whose rows could not
 start within `max_queue_wait_s` behind the rows already queued and computing is refused at once with 503
-`overloaded` and a Retry-After, instead of joining a queue that only grows."""
+`overloaded` and a Retry-After, instead of joining a queue that only grows. Until a first run has been
+timed, a request is admitted only if it goes out with the next run. Routes ask the same question from the
+request's headers before they read its body (`wait_s`), so a refusal costs almost nothing.
+
+A request whose deadline passes while it queues (the request timeout, `deadline_at`) or whose caller went
+away (its waiter cancelled) leaves the queue at once: it is neither computed nor counted ahead of others."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +33,20 @@ import numpy as np
 from service.errors import ServiceError
 
 Outputs = list[np.ndarray]  # every output batch-first, in the graph's order
+
+# When the request being served must be answered by, on the event loop's clock; None: no deadline. Set per
+# request (service.routes.deadline), so every graph a request reaches sees it without being handed it.
+_deadline: ContextVar[float | None] = ContextVar("batching_deadline", default=None)
+
+
+@contextmanager
+def deadline_at(when: float | None) -> Iterator[None]:
+    """Rows submitted inside the block are dropped, not computed, once the event loop's clock passes `when`."""
+    token = _deadline.set(when)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 class BatchObserver(Protocol):
@@ -36,6 +58,8 @@ class _Waiting:
     x: np.ndarray
     future: asyncio.Future[Outputs]
     since: float
+    deadline: float | None
+    queued: bool = True  # still counted in the queue: not yet sent to a run, dropped or withdrawn
 
 
 class CostModel:
@@ -70,6 +94,16 @@ class CostModel:
         return max(0.0, (t - per_row * n) / weight), per_row
 
 
+def overloaded(wait: float, budget: float) -> ServiceError:
+    """The 503 a request gets when its rows could not start within `budget` seconds."""
+    if math.isinf(wait):
+        why = "a full batch is already waiting for its run, whose cost is not known yet"
+    else:
+        why = f"about {wait:.2f} s of work is queued, over the {budget:g} s the service lets a request wait"
+    retry = 1 if math.isinf(wait) else max(1, math.ceil(wait))
+    return ServiceError(503, "overloaded", f"the model is busy: {why}; retry later", {"Retry-After": str(retry)})
+
+
 class Batcher:
     def __init__(
         self,
@@ -85,7 +119,7 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.observer = observer
         self.max_queue_wait_s = max_queue_wait_s  # 0: no admission control
-        self._queue: list[_Waiting] = []
+        self._queue: deque[_Waiting] = deque()
         self._queued_rows = 0
         self.max_in_flight = max_in_flight
         self._in_flight = 0
@@ -94,36 +128,46 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="batcher")
 
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting for a run (dropped and withdrawn ones not counted)."""
+        return self._queued_rows
+
     async def submit(self, x: np.ndarray) -> Outputs:
         """The graph's outputs for exactly these rows, in order; 503 `overloaded` when they could not start
-        within the queue wait budget."""
-        self._admit(len(x))
-        return await self._submit(x)
+        within the queue wait budget; 504 `timeout` when the request's deadline passes before they start."""
+        self.admit(len(x))
+        return await self._submit(x, _deadline.get())
 
-    def _admit(self, rows: int) -> None:
-        if not self.max_queue_wait_s or not self.cost.trained:
-            return
-        # Ahead of these rows: the queued ones, in runs of max_rows, and the runs computing (half done, on
-        # average).
+    def admit(self, rows: int) -> None:
+        """503 `overloaded` (with Retry-After) when `rows` more rows could not start within the budget."""
+        wait = self.wait_s(rows)
+        if wait > self.max_queue_wait_s:
+            raise overloaded(wait, self.max_queue_wait_s)
+
+    def wait_s(self, rows: int) -> float:
+        """Seconds the last of `rows` new rows would wait for its run to start; 0 without admission control,
+        infinite when it would not go out with the next run and no run has been timed yet."""
+        if not self.max_queue_wait_s:
+            return 0.0
+        if not self.cost.trained:
+            fits = not self._queued_rows or self._queued_rows + rows <= self.max_rows
+            return 0.0 if fits else math.inf
+        # Ahead of its last rows: the queued ones, in runs of max_rows, the runs computing (half done, on
+        # average), and its own first parts when it is split.
         queued = self.cost.seconds(self._queued_rows, math.ceil(self._queued_rows / self.max_rows))
         computing = self.cost.seconds(self._in_flight_rows, self._in_flight) / 2
-        wait = (queued + computing) / self.max_in_flight
-        if wait > self.max_queue_wait_s:
-            raise ServiceError(
-                503,
-                "overloaded",
-                f"the model is busy: about {wait:.2f} s of work is queued, over the {self.max_queue_wait_s:g} s "
-                "the service lets a request wait; retry later",
-                {"Retry-After": str(max(1, math.ceil(wait)))},
-            )
+        parts = (rows - 1) // self.max_rows if rows > 0 else 0
+        own = self.cost.seconds(parts * self.max_rows, parts)
+        return (queued + computing + own) / self.max_in_flight
 
-    async def _submit(self, x: np.ndarray) -> Outputs:
+    async def _submit(self, x: np.ndarray, deadline: float | None) -> Outputs:
         if len(x) > self.max_rows:
             parts = [x[i : i + self.max_rows] for i in range(0, len(x), self.max_rows)]
-            results = await asyncio.gather(*(self._submit(part) for part in parts))
+            results = await asyncio.gather(*(self._submit(part, deadline) for part in parts))
             return [np.concatenate(outputs) for outputs in zip(*results, strict=True)]
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(x, loop.create_future(), time.perf_counter())
+        waiting = _Waiting(x, loop.create_future(), time.perf_counter(), deadline)
         self._queue.append(waiting)
         self._queued_rows += len(x)
         if self._in_flight >= self.max_in_flight:
@@ -132,20 +176,26 @@ class Batcher:
             self._dispatch(loop)
         elif self._timer is None:
             self._timer = loop.call_later(self.max_wait_s, self._dispatch, loop)
-        return await waiting.future
+        try:
+            return await waiting.future
+        except asyncio.CancelledError:  # the caller went away, or its deadline cancelled it
+            self._withdraw(waiting)
+            raise
+
+    def _withdraw(self, waiting: _Waiting) -> None:
+        if waiting.queued:
+            waiting.queued = False
+            self._queued_rows -= len(waiting.x)
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._in_flight >= self.max_in_flight or not self._queue:
+        if self._in_flight >= self.max_in_flight:
             return
-        batch, rows = [], 0
-        while self._queue and rows + len(self._queue[0].x) <= self.max_rows:
-            item = self._queue.pop(0)
-            batch.append(item)
-            rows += len(item.x)
-        self._queued_rows -= rows
+        batch, rows = self._next_batch(loop.time())
+        if not batch:
+            return
         self._in_flight += 1
         self._in_flight_rows += rows
         started = time.perf_counter()
@@ -153,6 +203,25 @@ class Batcher:
         x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
         future = loop.run_in_executor(self._executor, self._timed_run, x)
         future.add_done_callback(lambda done: self._finish(loop, batch, waits, done))
+
+    def _next_batch(self, now: float) -> tuple[list[_Waiting], int]:
+        """The waiting requests the next run takes, in order, skipping those that no longer want it."""
+        batch: list[_Waiting] = []
+        rows = 0
+        while self._queue:
+            item = self._queue[0]
+            if not item.queued or item.future.done():
+                self._withdraw(self._queue.popleft())
+            elif item.deadline is not None and item.deadline <= now:
+                self._withdraw(self._queue.popleft())
+                item.future.set_exception(ServiceError(504, "timeout", "the request's deadline passed in the queue"))
+            elif rows + len(item.x) <= self.max_rows:
+                self._withdraw(self._queue.popleft())
+                batch.append(item)
+                rows += len(item.x)
+            else:
+                break
+        return batch, rows
 
     def _timed_run(self, x: np.ndarray) -> tuple[Outputs, float]:
         started = time.perf_counter()

@@ -5,13 +5,15 @@ into one run (service.batching), the plain ones run a graph at once."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import onnxruntime as ort
 
-from service.batching import Batcher, Outputs
+from service.batching import Batcher, Outputs, overloaded
 from service.manifest import GRAPH_ROLES, Manifest, PackageError
 from service.metrics import Metrics
 from service.repository import Package
@@ -19,6 +21,7 @@ from service.repository import Package
 logger = logging.getLogger(__name__)
 
 ONNX_FLOAT = "tensor(float)"
+PRICE_ROWS = 64  # the larger of the two runs that price a graph at load
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class ModelRuntime:
             )
             for role in GRAPH_ROLES
         }
+        self._price_runs()
         if self.fell_back:
             logger.warning("%s asked for %s but runs on %s", self.label, list(self.config.providers), self.providers)
         self.ready = True
@@ -135,6 +139,13 @@ class ModelRuntime:
             batcher.close()
         self._batchers, self._sessions = {}, {}
         logger.info("model %s unloaded", self.label)
+
+    def admit(self, roles: Sequence[str], rows: int) -> None:
+        """503 `overloaded` when `rows` more rows could start within the queue wait budget on none of these
+        graphs: what a request that will run one of them gets, asked before its body is read."""
+        wait = min(self._batchers[role].wait_s(rows) for role in roles)
+        if wait > self.config.max_queue_wait_s:
+            raise overloaded(wait, self.config.max_queue_wait_s)
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Latent vectors [n, L] (a VAE: the mean) and, for a VAE, the log-variance [n, L]."""
@@ -195,6 +206,16 @@ class ModelRuntime:
             for arg in [*session.get_inputs(), *session.get_outputs()]:
                 _check_tensor(where, arg, shapes[arg.name])
 
+    def _price_runs(self) -> None:
+        # Admission prices the queue by what runs cost; without a price it could only admit what goes out
+        # with the next run, and a burst at start-up would be refused. So each batcher starts from two timed
+        # runs, a small and a larger one (fixed and per-row parts), and follows the real runs from there.
+        for role, batcher in self._batchers.items():
+            width = (self.manifest.latent.dim,) if role == "decoder" else self.manifest.row_shape
+            for rows in sorted({1, min(PRICE_ROWS, self.config.batch_rows)}):
+                x = np.zeros((rows, *width), dtype=np.float32)
+                batcher.cost.observe(rows, _timed(partial(self._run, role, x)))
+
     def _warm_up(self) -> None:
         # The first run allocates and optimises; doing it here keeps that cost off the first request and
         # proves the graphs produce what the manifest says on real data.
@@ -208,6 +229,12 @@ class ModelRuntime:
         for name, array in got.items():
             if array.shape != want[name]:
                 raise PackageError(f"warm-up: {name} has shape {list(array.shape)}, expected {list(want[name])}")
+
+
+def _timed(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
 
 
 def _check_tensor(where: str, arg: ort.NodeArg, row_shape: tuple[int, ...]) -> None:

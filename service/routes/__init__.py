@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request, Response, routing
 from fastapi.routing import APIRoute
 
+from service.batching import deadline_at
 from service.errors import ServiceError
 
 
@@ -40,7 +41,8 @@ class ServiceRoute(APIRoute):
 async def deadline(seconds: float) -> AsyncIterator[None]:
     """504 `timeout` when the block (reading the body, waiting for a batch, computing) takes too long."""
     try:
-        async with asyncio.timeout(seconds):
-            yield
+        async with asyncio.timeout(seconds) as timeout:
+            with deadline_at(timeout.when()):  # the batchers drop its rows once it has passed
+                yield
     except TimeoutError:
         raise ServiceError(504, "timeout", f"the request took longer than {seconds:g} s") from None

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from service import dataplane, schemas
+from service import admission, dataplane, schemas
 from service.payloads import Result, RowsRequest, read_json, read_rows, respond
 from service.routes import ServiceRoute, deadline
 from service.runtime import ModelRuntime
@@ -101,32 +101,36 @@ async def generate(request: Request, runtime: ModelRuntime, settings: Settings) 
 @dataclass(frozen=True)
 class Operation:
     handler: Handler
+    graph: str  # the graph its rows run through, asked for room before the body is read
     uploads: bool  # takes image uploads (multipart)
     png: bool  # can answer image/png
 
 
 OPERATIONS: dict[str, Operation] = {
-    "encode": Operation(encode, uploads=True, png=False),
-    "decode": Operation(decode, uploads=False, png=True),
-    "reconstruct": Operation(reconstruct, uploads=True, png=True),
-    "score": Operation(score, uploads=True, png=False),
-    "generate": Operation(generate, uploads=False, png=True),
+    "encode": Operation(encode, "encoder", uploads=True, png=False),
+    "decode": Operation(decode, "decoder", uploads=False, png=True),
+    "reconstruct": Operation(reconstruct, "scorer", uploads=True, png=True),
+    "score": Operation(score, "scorer", uploads=True, png=False),
+    "generate": Operation(generate, "decoder", uploads=False, png=True),
 }
 # path prefix -> how the route names its model
 STYLES = {"": "default", "/models/{model}": "by-name", "/models/{model}/versions/{version}": "by-version"}
 
 
-def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """The handler with the runtime the request names, leased from the registry for the request's duration."""
+def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
+    """The handler with the runtime the request names, leased from the registry for the request's duration;
+    refused before its body is read when the model's graph has no room for it (service.admission)."""
 
     async def endpoint(request: Request) -> Response:
         state, path, query = request.app.state, request.path_params, request.query_params
         model, version = path.get("model") or query.get("model"), path.get("version") or query.get("version")
         async with deadline(state.settings.request_timeout_s):
             with state.registry.lease(model, version) as runtime:
-                return await handler(request, runtime, state.settings)
+                width = admission.row_width(runtime, operation.graph)
+                await admission.admit_unread(request, runtime, [operation.graph], width)
+                return await operation.handler(request, runtime, state.settings)
 
-    endpoint.__doc__ = handler.__doc__
+    endpoint.__doc__ = operation.handler.__doc__
     return endpoint
 
 
@@ -135,7 +139,7 @@ def register(router: APIRouter) -> None:
         for name, operation in OPERATIONS.items():
             router.add_api_route(
                 f"{prefix}/{name}",
-                _endpoint(operation.handler),
+                _endpoint(operation),
                 methods=["POST"],
                 name=f"{name}-{style}",
                 operation_id=f"{name}_{style.replace('-', '_')}",

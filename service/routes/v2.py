@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from service import codecs, dataplane, schemas
+from service import admission, codecs, dataplane, schemas
 from service.errors import ServiceError
+from service.manifest import GRAPH_ROLES
 from service.registry import Registry
 from service.routes import ServiceRoute, deadline
 from service.routes.catalog import json_response
@@ -128,11 +129,19 @@ async def infer(request: Request) -> Response:
     path, state = request.path_params, request.app.state
     async with deadline(state.settings.request_timeout_s):
         with state.registry.lease(path["model"], path.get("version")) as runtime:
+            await _admit_unread(request, runtime)
             parsed = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
             outputs, parameters = await _run(runtime, parsed, state.settings.max_batch_rows)
             manifest = runtime.manifest
             body, headers = render_response(parsed, manifest.name, manifest.version, outputs, parameters)
     return Response(body, headers=headers)
+
+
+async def _admit_unread(request: Request, runtime: ModelRuntime) -> None:
+    # Which graphs run depends on the input and outputs the body names: before it is read, a request is
+    # refused only when none of them could start its rows in time (as x rows, the widest: the fewest rows).
+    width = admission.row_width(runtime, "scorer")
+    await admission.admit_unread(request, runtime, GRAPH_ROLES, width, HEADER_LENGTH)
 
 
 async def _run(

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from service.batching import Batcher, CostModel
+from service.batching import Batcher, CostModel, deadline_at
 from service.errors import ServiceError
+from service.routes import deadline
 from tests.service.conftest import AppMaker
 from tests.service.scrape import sample
 
@@ -156,3 +159,143 @@ def test_the_cost_model_tells_the_cost_of_a_run_from_the_cost_of_a_row() -> None
     for _ in range(3):
         same_size.observe(8, 0.016)
     assert same_size.seconds(16, 2) == pytest.approx(0.032)  # one size of run: a cost per row alone
+
+
+class _Gate:
+    """A graph run that blocks until released, recording the rows of every run it was given."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()  # a run has started
+        self.runs: list[np.ndarray] = []
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        self.entered.set()
+        self.release.wait(timeout=30)
+        self.runs.append(x.copy())
+        return [x * 2]
+
+
+async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the condition was not met in time"
+        await asyncio.sleep(0.005)
+
+
+def _busy_batcher(gate: _Gate, budget: float = 60.0) -> Batcher:
+    batcher = Batcher(gate, max_rows=4, max_wait_s=0.0, max_queue_wait_s=budget)
+    batcher.cost.observe(4, 0.1)  # priced: a run of 4 rows costs 0.1 s
+    return batcher
+
+
+async def test_rows_whose_deadline_passes_in_the_queue_are_neither_computed_nor_counted() -> None:
+    gate = _Gate()
+    batcher = _busy_batcher(gate)
+    running = asyncio.ensure_future(batcher.submit(np.full((4, 1), 1.0)))  # occupies the one run in flight
+    await _until(gate.entered.is_set)
+
+    async def with_deadline() -> object:
+        async with deadline(0.05):  # the routes' deadline: a timeout, and the batchers told when it ends
+            return await batcher.submit(np.full((3, 1), 2.0))
+
+    late = asyncio.ensure_future(with_deadline())
+    await _until(lambda: batcher.queued_rows == 3)
+    with pytest.raises(ServiceError) as timed_out:
+        await late
+    assert (timed_out.value.status, timed_out.value.code) == (504, "timeout")
+    assert batcher.queued_rows == 0  # no longer ahead of anyone
+    assert batcher.wait_s(1) == pytest.approx(0.05)  # only the run computing, half done on average
+
+    gate.release.set()
+    (out,) = await running
+    np.testing.assert_array_equal(out, np.full((4, 1), 2.0))
+    (fresh,) = await batcher.submit(np.full((1, 1), 5.0))
+    np.testing.assert_array_equal(fresh, [[10.0]])
+    assert [run[:, 0].tolist() for run in gate.runs] == [[1.0] * 4, [5.0]]  # the expired rows never ran
+    batcher.close()
+
+
+async def test_an_expired_request_still_queued_is_dropped_when_its_batch_goes_out() -> None:
+    gate = _Gate()
+    batcher = _busy_batcher(gate)
+    running = asyncio.ensure_future(batcher.submit(np.full((4, 1), 1.0)))
+    await _until(gate.entered.is_set)
+    loop = asyncio.get_running_loop()
+    with deadline_at(loop.time()):  # no timeout cancels it: the batcher alone sees the deadline pass
+        expired = asyncio.ensure_future(batcher.submit(np.full((2, 1), 3.0)))
+    kept = asyncio.ensure_future(batcher.submit(np.full((2, 1), 4.0)))
+    await _until(lambda: batcher.queued_rows == 4)
+    gate.release.set()
+    with pytest.raises(ServiceError) as dropped:
+        await expired
+    assert (dropped.value.status, dropped.value.code) == (504, "timeout")
+    (out,) = await kept
+    np.testing.assert_array_equal(out, np.full((2, 1), 8.0))
+    await running
+    assert [run[:, 0].tolist() for run in gate.runs] == [[1.0] * 4, [4.0, 4.0]]
+    batcher.close()
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_at_once() -> None:
+    gate = _Gate()
+    batcher = _busy_batcher(gate)
+    running = asyncio.ensure_future(batcher.submit(np.full((4, 1), 1.0)))
+    await _until(gate.entered.is_set)
+    waiters = [asyncio.ensure_future(batcher.submit(np.full((4, 1), float(i)))) for i in (2, 3, 4)]
+    await _until(lambda: batcher.queued_rows == 12)
+    waiters[1].cancel()  # the client of the middle one went away
+    await _until(lambda: waiters[1].done())
+    assert batcher.queued_rows == 8
+    gate.release.set()
+    results = await asyncio.gather(running, waiters[0], waiters[2])
+    assert [out[0][0, 0] for out in results] == [2.0, 4.0, 8.0]
+    assert [run[0, 0] for run in gate.runs] == [1.0, 2.0, 4.0]
+    batcher.close()
+
+
+async def test_admission_prices_the_queue_the_runs_computing_and_a_split_requests_own_parts() -> None:
+    gate = _Gate()
+    batcher = _busy_batcher(gate, budget=0.25)
+    batcher.cost.observe(1, 0.025)  # with the run of 4 rows in 0.1 s: no fixed part, 0.025 s a row
+    running = asyncio.ensure_future(batcher.submit(np.ones((4, 1))))
+    await _until(gate.entered.is_set)
+    assert batcher.wait_s(1) == pytest.approx(0.05)  # the run computing, half done on average
+    assert batcher.wait_s(9) == pytest.approx(0.05 + 0.2)  # and its own first two parts of 4 rows
+    batcher.admit(4)
+    with pytest.raises(ServiceError) as refused:
+        batcher.admit(40)
+    assert (refused.value.status, refused.value.code) == (503, "overloaded")
+    gate.release.set()
+    await running
+    batcher.close()
+
+
+async def test_before_any_run_is_timed_only_what_goes_out_with_the_next_run_is_admitted() -> None:
+    gate = _Gate()
+    batcher = Batcher(gate, max_rows=4, max_wait_s=0.0, max_queue_wait_s=1.0)
+    running = asyncio.ensure_future(batcher.submit(np.ones((4, 1))))
+    await _until(gate.entered.is_set)
+    queued = asyncio.ensure_future(batcher.submit(np.ones((3, 1))))  # the next run
+    await _until(lambda: batcher.queued_rows == 3)
+    batcher.admit(1)  # still fits in the next run
+    with pytest.raises(ServiceError) as refused:
+        batcher.admit(2)
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+    gate.release.set()
+    await asyncio.gather(running, queued)
+    assert batcher.cost.trained
+    batcher.close()
+
+
+def test_the_queue_is_a_deque() -> None:
+    batcher = Batcher(lambda x: [x], max_rows=4, max_wait_s=0.0)
+    assert isinstance(batcher._queue, collections.deque)
+    batcher.close()
+
+
+def test_models_are_priced_when_loaded(app: FastAPI) -> None:
+    # Timed runs at load: admission knows what a run costs before the first request, so a burst at
+    # start-up is priced instead of being let in whole (or refused beyond the first run).
+    runtime = app.state.registry.runtime("conv")
+    assert all(batcher.cost.trained for batcher in runtime._batchers.values())

@@ -1,0 +1,88 @@
+"""Admission before the body is read: from a request's headers alone (its model, media type and declared
+length), how many rows its body holds at least, and whether the graphs it will run could start them within
+the queue wait budget (service.batching). A request they could not is refused with the same 503
+`overloaded` and Retry-After that a parsed one gets, without its body being kept or parsed: a refusal under
+overload then costs the service almost nothing, where reading and parsing a 3 MB body cost milliseconds
+of the event loop that the admitted requests were waiting for.
+
+The parsed request is admitted again with its exact rows (Batcher.submit), so an estimate here only ever
+decides early what would be decided anyway."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from fastapi import Request
+from starlette.requests import ClientDisconnect
+
+from service import codecs
+from service.errors import ServiceError
+from service.runtime import ModelRuntime
+
+# The widest value a body may hold per number: 8 bytes (float64) in binary bodies; in text (JSON, CSV) a
+# generous bound on a number with its separator ("-1.2345678901234567e-300, "), so the rows estimated from
+# a text body's length are at most what it holds.
+BINARY_VALUE_BYTES = 8
+TEXT_VALUE_BYTES = 32
+NPY_HEADER_BYTES = 128  # numpy writes headers of 128 bytes for any row shape served here
+
+
+def rows_at_least(headers: Mapping[str, str], width: int, v2_header: str | None = None) -> int:
+    """A lower bound on the rows of `width` values the body holds, from its headers; 0 when none comes.
+    `v2_header`: the header that declares a V2 binary request's JSON part, whose length is not rows."""
+    declared = headers.get("content-length")
+    if declared is None:
+        return 1 if "transfer-encoding" in headers else 0  # a chunked body: at least a row, unless refused
+    if not (declared.isascii() and declared.isdigit()):
+        return 0  # malformed: left to the body limit and the codecs to refuse
+    size = int(declared)
+    if size == 0:
+        return 0
+    media = codecs.media_type(headers.get("content-type"))
+    if media == codecs.RAW:
+        json_part = headers.get(v2_header, "") if v2_header else ""
+        if json_part.isascii() and json_part.isdigit():
+            return max(1, (size - int(json_part)) // (BINARY_VALUE_BYTES * width))
+        kind = codecs.RAW_DTYPES.get(headers.get("x-dtype", "float32").strip().lower())
+        return max(1, size // ((kind.itemsize if kind is not None else BINARY_VALUE_BYTES) * width))
+    if media == codecs.NPY:
+        return max(1, (size - NPY_HEADER_BYTES) // (BINARY_VALUE_BYTES * width))
+    if media in (codecs.JSON, codecs.CSV):
+        return max(1, size // (TEXT_VALUE_BYTES * width))
+    return 1  # images (one per file, at least one) and media types the route will refuse
+
+
+async def admit_unread(
+    request: Request, runtime: ModelRuntime, graphs: Sequence[str], width: int, v2_header: str | None = None
+) -> None:
+    """Refuses the request with 503 `overloaded` before its body is read when the rows it holds could start
+    within the budget on none of `graphs`. A client that sent `Expect: 100-continue` has not sent its body:
+    it is told so at once and the connection closes (its body will never come). Any other client is sending
+    the body regardless; it is read and thrown away as it arrives, then refused, so the answer comes where
+    every client looks for it and the connection stays open."""
+    rows = rows_at_least(request.headers, width, v2_header)
+    if rows == 0:
+        return
+    try:
+        runtime.admit(graphs, rows)
+    except ServiceError as refused:
+        if request.headers.get("expect", "").lower() == "100-continue":
+            refused.headers = {**(refused.headers or {}), "Connection": "close"}
+        else:
+            await _discard_body(request)
+        raise
+
+
+async def _discard_body(request: Request) -> None:
+    try:
+        async for _ in request.stream():
+            pass
+    except ClientDisconnect:
+        pass  # gone: the refusal is written to no one
+
+
+def row_width(runtime: ModelRuntime, graph: str) -> int:
+    """Values per row of the graph's input: the latent size for the decoder, else the features."""
+    manifest = runtime.manifest
+    return manifest.latent.dim if graph == "decoder" else math.prod(manifest.row_shape)
