@@ -5,18 +5,22 @@ the queue wait budget (service.batching). A request they could not is refused wi
 overload then costs the service almost nothing, where reading and parsing a 3 MB body cost milliseconds
 of the event loop that the admitted requests were waiting for.
 
-The parsed request is admitted again with its exact rows (Batcher.submit), so an estimate here only ever
-decides early what would be decided anyway."""
+A request admitted this way holds its estimated rows in the graph's batcher while its body arrives, so the
+requests whose bodies are on their way count ahead of later ones (a burst of large requests is not all
+admitted at once because none of them has reached the queue yet). The parsed request is admitted again
+with its exact rows when it joins the queue (Batcher.submit)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from service import codecs
+from service.batching import Held
 from service.errors import ServiceError
 from service.runtime import ModelRuntime
 
@@ -55,23 +59,37 @@ def rows_at_least(headers: Mapping[str, str], width: int, v2_header: str | None 
 
 async def admit_unread(
     request: Request, runtime: ModelRuntime, graphs: Sequence[str], width: int, v2_header: str | None = None
-) -> None:
+) -> Held | None:
     """Refuses the request with 503 `overloaded` before its body is read when the rows it holds could start
-    within the budget on none of `graphs`. A client that sent `Expect: 100-continue` has not sent its body:
-    it is told so at once and the connection closes (its body will never come). Any other client is sending
-    the body regardless; it is read and thrown away as it arrives, then refused, so the answer comes where
-    every client looks for it and the connection stays open."""
+    within the budget on none of `graphs`; admitted for one graph, the rows it holds there (to release).
+
+    A client that sent `Expect: 100-continue` has not sent its body: it is refused at once and the connection
+    closes (the body will never come). Any other client is sending the body regardless; it is read and
+    thrown away as it arrives, then refused, so the answer comes where every client looks for it and the
+    connection stays open."""
     rows = rows_at_least(request.headers, width, v2_header)
     if rows == 0:
-        return
+        return None
     try:
-        runtime.admit(graphs, rows)
+        return runtime.admit(graphs, rows)
     except ServiceError as refused:
         if request.headers.get("expect", "").lower() == "100-continue":
             refused.headers = {**(refused.headers or {}), "Connection": "close"}
         else:
             await _discard_body(request)
         raise
+
+
+@asynccontextmanager
+async def room_for_body(request: Request, runtime: ModelRuntime, graph: str, width: int) -> AsyncIterator[None]:
+    """admit_unread for a request that runs one graph; its rows are held there, ahead of later requests,
+    while its body arrives, until they join the graph's queue or the block ends."""
+    held = await admit_unread(request, runtime, [graph], width)
+    if held is None:
+        yield
+        return
+    with held:
+        yield
 
 
 async def _discard_body(request: Request) -> None:

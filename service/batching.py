@@ -10,7 +10,9 @@ what a run costs (a fixed part per run and a part per row, `CostModel`); a reque
 start within `max_queue_wait_s` behind the rows already queued and computing is refused at once with 503
 `overloaded` and a Retry-After, instead of joining a queue that only grows. Until a first run has been
 timed, a request is admitted only if it goes out with the next run. Routes ask the same question from the
-request's headers before they read its body (`wait_s`), so a refusal costs almost nothing.
+request's headers before they read its body (`wait_s`), so a refusal costs almost nothing; the rows of a
+request admitted that way are held (`hold`) while its body arrives, counted ahead of later requests like
+queued rows, until they join the queue.
 
 A request whose deadline passes while it queues (the request timeout, `deadline_at`) or whose caller went
 away (its waiter cancelled) leaves the queue at once: it is neither computed nor counted ahead of others."""
@@ -47,6 +49,32 @@ def deadline_at(when: float | None) -> Iterator[None]:
         yield
     finally:
         _deadline.reset(token)
+
+
+class Held:
+    """Rows a request admitted from its headers holds in a batcher until its rows are queued or it ends. As
+    a context manager: the request's submits release them; they are released on exit in any case."""
+
+    def __init__(self, batcher: Batcher, rows: int) -> None:
+        self.batcher, self.rows = batcher, rows
+        batcher._held_rows += rows
+
+    def release(self) -> None:
+        self.batcher._held_rows -= self.rows
+        self.rows = 0
+
+    def __enter__(self) -> Held:
+        self._token = _held.set(self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        _held.reset(self._token)
+        self.release()
+
+
+# The rows the request being served holds in a batcher while its body is read; its first submit there
+# releases them, as its real rows take their place.
+_held: ContextVar[Held | None] = ContextVar("batching_held", default=None)
 
 
 class BatchObserver(Protocol):
@@ -121,6 +149,7 @@ class Batcher:
         self.max_queue_wait_s = max_queue_wait_s  # 0: no admission control
         self._queue: deque[_Waiting] = deque()
         self._queued_rows = 0
+        self._held_rows = 0
         self.max_in_flight = max_in_flight
         self._in_flight = 0
         self._in_flight_rows = 0
@@ -133,9 +162,16 @@ class Batcher:
         """Rows waiting for a run (dropped and withdrawn ones not counted)."""
         return self._queued_rows
 
+    def hold(self, rows: int) -> Held:
+        """Holds `rows` rows ahead of later requests while the body that carries them is read."""
+        return Held(self, rows)
+
     async def submit(self, x: np.ndarray) -> Outputs:
         """The graph's outputs for exactly these rows, in order; 503 `overloaded` when they could not start
         within the queue wait budget; 504 `timeout` when the request's deadline passes before they start."""
+        held = _held.get()
+        if held is not None and held.batcher is self:
+            held.release()
         self.admit(len(x))
         return await self._submit(x, _deadline.get())
 
@@ -150,12 +186,13 @@ class Batcher:
         infinite when it would not go out with the next run and no run has been timed yet."""
         if not self.max_queue_wait_s:
             return 0.0
+        ahead = self._queued_rows + self._held_rows
         if not self.cost.trained:
-            fits = not self._queued_rows or self._queued_rows + rows <= self.max_rows
+            fits = not ahead or ahead + rows <= self.max_rows
             return 0.0 if fits else math.inf
-        # Ahead of its last rows: the queued ones, in runs of max_rows, the runs computing (half done, on
-        # average), and its own first parts when it is split.
-        queued = self.cost.seconds(self._queued_rows, math.ceil(self._queued_rows / self.max_rows))
+        # Ahead of its last rows: the queued and held ones, in runs of max_rows, the runs computing (half
+        # done, on average), and its own first parts when it is split.
+        queued = self.cost.seconds(ahead, math.ceil(ahead / self.max_rows))
         computing = self.cost.seconds(self._in_flight_rows, self._in_flight) / 2
         parts = (rows - 1) // self.max_rows if rows > 0 else 0
         own = self.cost.seconds(parts * self.max_rows, parts)

@@ -13,7 +13,7 @@ from functools import partial
 import numpy as np
 import onnxruntime as ort
 
-from service.batching import Batcher, Outputs, overloaded
+from service.batching import Batcher, Held, Outputs, overloaded
 from service.manifest import GRAPH_ROLES, Manifest, PackageError
 from service.metrics import Metrics
 from service.repository import Package
@@ -140,12 +140,15 @@ class ModelRuntime:
         self._batchers, self._sessions = {}, {}
         logger.info("model %s unloaded", self.label)
 
-    def admit(self, roles: Sequence[str], rows: int) -> None:
+    def admit(self, roles: Sequence[str], rows: int) -> Held | None:
         """503 `overloaded` when `rows` more rows could start within the queue wait budget on none of these
-        graphs: what a request that will run one of them gets, asked before its body is read."""
-        wait = min(self._batchers[role].wait_s(rows) for role in roles)
+        graphs: what a request that will run one of them gets, asked before its body is read. Admitted into
+        one graph (the request runs that one), the rows are held there until they join its queue."""
+        waits = {role: self._batchers[role].wait_s(rows) for role in roles}
+        wait = min(waits.values())
         if wait > self.config.max_queue_wait_s:
             raise overloaded(wait, self.config.max_queue_wait_s)
+        return self._batchers[roles[0]].hold(rows) if len(roles) == 1 else None
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Latent vectors [n, L] (a VAE: the mean) and, for a VAE, the log-variance [n, L]."""

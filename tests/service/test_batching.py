@@ -299,3 +299,20 @@ def test_models_are_priced_when_loaded(app: FastAPI) -> None:
     # start-up is priced instead of being let in whole (or refused beyond the first run).
     runtime = app.state.registry.runtime("conv")
     assert all(batcher.cost.trained for batcher in runtime._batchers.values())
+
+
+async def test_rows_held_while_a_body_arrives_count_ahead_until_they_join_the_queue() -> None:
+    gate = _Gate()
+    batcher = _busy_batcher(gate)
+    gate.release.set()
+    assert batcher.wait_s(1) == 0.0
+    with batcher.hold(4):  # failed before its rows were queued: released at the end
+        assert batcher.wait_s(1) == pytest.approx(0.1)
+    assert batcher.wait_s(1) == 0.0
+    with batcher.hold(8):  # a request admitted from its headers, its body on the way
+        assert batcher.wait_s(1) == pytest.approx(0.2)  # two runs of 4 rows at 0.1 s ahead of the next one
+        (out,) = await batcher.submit(np.ones((8, 1)))  # its rows take the place of what it held
+        np.testing.assert_array_equal(out, np.full((8, 1), 2.0))
+        assert batcher.wait_s(1) == 0.0
+    assert batcher.wait_s(1) == 0.0
+    batcher.close()
