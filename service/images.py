@@ -23,12 +23,16 @@ _MODES = {None: "L", 1: "L", 3: "RGB", 4: "RGBA"}
 _GRID_GAP = 2
 
 
+class ImageError(ServiceError):
+    """A file `decode_image` cannot make a row of: the service answers its status, training reports bad data."""
+
+
 def decode_image(data: bytes, row_shape: tuple[int, ...], max_pixels: int) -> np.ndarray:
     """One row of pixel values (0..255, float32) shaped like the model's input, converted and resized."""
     height, width = row_shape[:2]
     channels = row_shape[2] if len(row_shape) == 3 else None
     if channels not in _MODES:
-        raise ServiceError(415, "unsupported_media_type", f"images cannot feed a model with {channels} channels")
+        raise ImageError(415, "unsupported_media_type", f"images cannot feed a model with {channels} channels")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -36,9 +40,9 @@ def decode_image(data: bytes, row_shape: tuple[int, ...], max_pixels: int) -> np
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise _too_large(max_pixels) from None
     except Exception:  # PIL's parsers raise many types on malformed files (SyntaxError, ValueError, struct.error)
-        raise ServiceError(422, "invalid_image", "the file is not a readable PNG, JPEG or BMP image") from None
+        raise ImageError(422, "invalid_image", "the file is not a readable PNG, JPEG or BMP image") from None
     if opened.format not in FORMATS:
-        raise ServiceError(
+        raise ImageError(
             415, "unsupported_media_type", f"{opened.format} images are not accepted; send PNG, JPEG or BMP"
         )
     if opened.width * opened.height > max_pixels:
@@ -49,7 +53,7 @@ def decode_image(data: bytes, row_shape: tuple[int, ...], max_pixels: int) -> np
             image = image.resize((width, height), Image.Resampling.BILINEAR)
         pixels = np.asarray(image, dtype=np.float32)
     except Exception:  # truncated or corrupt data only shows when the pixels are decoded, in any of PIL's types
-        raise ServiceError(422, "invalid_image", "the image data is truncated or corrupt") from None
+        raise ImageError(422, "invalid_image", "the image data is truncated or corrupt") from None
     return pixels.reshape(row_shape)
 
 
@@ -71,8 +75,8 @@ def check_total_pixels(blobs: list[bytes], max_pixels: int) -> None:
         )
 
 
-def _too_large(max_pixels: int) -> ServiceError:
-    return ServiceError(413, "image_too_large", f"the image has more than {max_pixels} pixels")
+def _too_large(max_pixels: int) -> ImageError:
+    return ImageError(413, "image_too_large", f"the image has more than {max_pixels} pixels")
 
 
 def from_pixels(pixels: np.ndarray, offset: np.ndarray, scale: np.ndarray) -> np.ndarray:

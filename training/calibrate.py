@@ -5,28 +5,30 @@ package's own scorer on the re-derived split and must equal the stored one, or n
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from service.manifest import MANIFEST, Manifest
 from training.config import FitConfig
-from training.data import DataError, load_dataset
+from training.data import load_dataset
+from training.errors import DataError
 from training.metrics import calibrate_threshold, score_quantiles
+from training.package import write_json
 from training.pipeline import run_graph, split_rows
 
 THRESHOLD_RTOL = 1e-5
 
 
 def add_quantiles(package: Path, data_path: Path) -> list[float]:
-    manifest_path = package / "manifest.json"
-    if not manifest_path.is_file():
-        raise DataError(f"{package}: no manifest.json, not a model package")
-    manifest = json.loads(manifest_path.read_text())
-    trained = manifest["training"]["config"]
+    manifest_path = package / MANIFEST
+    manifest = _read(manifest_path)
+    trained = manifest.training.config
     config = FitConfig(
         data=data_path,
-        name=manifest["name"],
+        name=manifest.name,
         seed=trained["seed"],
         val_fraction=trained["val_fraction"],
         normal_label=trained.get("normal_label"),
@@ -34,21 +36,33 @@ def add_quantiles(package: Path, data_path: Path) -> list[float]:
     )
     size, channels = trained.get("image_size"), trained.get("image_channels")
     data = load_dataset(data_path, config.label_column, tuple(size) if size else None, channels)
-    if list(data.shape) != manifest["input"]["shape"]:
-        raise DataError(f"{data_path}: rows of shape {list(data.shape)}; {package} takes {manifest['input']['shape']}")
+    if list(data.shape) != manifest.input.shape:
+        raise DataError(f"{data_path}: rows of shape {list(data.shape)}; {package} takes {manifest.input.shape}")
     split = split_rows(data, config)
-    scores = run_graph(package, manifest["graphs"]["scorer"]["file"], "score", data.x[split.val])
+    scores = run_graph(package, manifest.graphs["scorer"].file, "score", data.x[split.val])
     normal = scores[split.val_is_normal]
-    stored = manifest["score"]["threshold"]
-    again = calibrate_threshold(normal, manifest["score"]["calibration"]["quantile"]).value
+    stored = manifest.score.threshold
+    again = calibrate_threshold(normal, manifest.score.calibration.quantile).value
     if not math.isclose(again, stored, rel_tol=THRESHOLD_RTOL):
         raise DataError(
             f"{data_path}: not the data {package} was trained on (its validation rows give threshold {again:.6g}, "
             f"the package says {stored:.6g}); nothing written"
         )
     quantiles = score_quantiles(normal)
-    manifest["score"]["quantiles"] = quantiles
+    updated = manifest.model_copy(update={"score": manifest.score.model_copy(update={"quantiles": quantiles})})
     partial = manifest_path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(manifest, indent=2) + "\n")
+    # Only what was written before, and the curve: validating filled in defaults that are not written back.
+    write_json(partial, updated.model_dump(mode="json", exclude_unset=True))
     os.replace(partial, manifest_path)  # a reader sees the old manifest or the new one, never half
     return quantiles
+
+
+def _read(manifest_path: Path) -> Manifest:
+    if not manifest_path.is_file():
+        raise DataError(f"{manifest_path.parent}: no {MANIFEST}, not a model package")
+    try:
+        return Manifest.model_validate_json(manifest_path.read_bytes())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "manifest"
+        raise DataError(f"{manifest_path}: not a package manifest ({where}: {first['msg']})") from None

@@ -7,23 +7,13 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-from training.config import FitConfig
+from pydantic import BaseModel
 
-EXIT_BAD_INPUT = 2
-EXIT_EXPORT_FAILED = 3
-EXIT_INTERRUPTED = 130
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return values
+from training.config import FitConfig, Flag, sizes
+from training.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, TrainingError
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -36,99 +26,15 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def _image_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected H x W, like 28x28, got {text!r}") from None
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return height, width
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser(
         "fit",
         help="train an autoencoder and export it as a model package",
-        description="Train an autoencoder on a data file and write models/<name>/<version>/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=FitConfig.__doc__,
     )
-    data = fit.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        type=Path,
-        required=True,
-        help="IDX (gz or raw), .npz, .npy, .csv or .parquet; or a folder of PNG/JPEG/BMP images, labelled by "
-        "their first-level subfolders when there are any",
-    )
-    data.add_argument("--label-column", help="CSV/Parquet column holding labels (never a feature)")
-    data.add_argument(
-        "--image-size", type=_image_size, help="folders of images: H x W rows, e.g. 28x28 (default: the most common)"
-    )
-    data.add_argument(
-        "--image-channels",
-        type=int,
-        choices=(1, 3),
-        help="folders of images: 1 (grey) or 3 (RGB); default: most files'",
-    )
-    data.add_argument("--normal-label", help="train only on rows with this label (one-class setting)")
-    data.add_argument("--val-fraction", type=float, default=0.1, help="share of rows held out for validation")
-    data.add_argument(
-        "--scaling",
-        choices=["box", "minmax", "standardise"],
-        help="tables: box (default: q12.5..q87.5 onto [0, 1], reconstructions bounded to it; best for anomaly "
-        "scores), minmax or standardise (faithful reconstructions of the tails)",
-    )
-
-    out = fit.add_argument_group("output")
-    out.add_argument("--name", required=True, help="model name: lower case, digits, . _ -")
-    out.add_argument("--version", type=int, help="package version (default: the next integer)")
-    out.add_argument("--models-dir", type=Path, default=Path("models"), help="the model repository")
-    out.add_argument("--replace", action="store_true", help="overwrite an existing version")
-
-    model = fit.add_argument_group("model (defaults chosen from the data)")
-    model.add_argument(
-        "--arch",
-        choices=["dense", "conv", "vae"],
-        help="conv for images (dense under 2,000 training images), dense otherwise",
-    )
-    model.add_argument("--vae-body", choices=["dense", "conv"], help="the layers inside a VAE")
-    model.add_argument("--latent", type=int, help="latent size (16 for images; features/3 for tables)")
-    model.add_argument(
-        "--hidden", type=_int_list, help="dense hidden sizes, e.g. 256,128 (128 under 2,000 training images)"
-    )
-    model.add_argument("--channels", type=_int_list, help="conv channels per stride-2 layer, e.g. 32,64")
-    model.add_argument(
-        "--loss",
-        choices=["mse", "bce", "huber"],
-        help="mse (the score's own error; images), huber (robust to the anomalies among the rows; tables), or "
-        "bce (inputs in [0, 1])",
-    )
-    model.add_argument(
-        "--members",
-        type=int,
-        help="tables: dense autoencoders in one ensemble model, codes of 1 to --latent units, each reading a "
-        "random half of the features (default 10 without --arch, else 1: a single autoencoder)",
-    )
-    model.add_argument(
-        "--noise",
-        type=float,
-        help="denoising: std of input noise, normalised (0.02 tables; images 0, 0.5 under 2,000 training images)",
-    )
-    model.add_argument("--beta", type=float, default=1.0, help="VAE: weight of the KL term")
-
-    train = fit.add_argument_group("training")
-    train.add_argument("--epochs", type=int, help="60 for tables; images: at least 1500 steps, 30 to 200")
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--weight-decay", type=float, help="Adam's L2 penalty (1e-4 for tables, 0 for images)")
-    train.add_argument("--patience", type=int, help="early stopping: epochs without improvement (5, or 10 past 30)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    train.add_argument("--threshold-quantile", type=float, default=0.99, help="of normal validation scores")
-    train.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+    add_flags(fit, FitConfig)
     _add_evaluate(commands)
     calibrate = commands.add_parser(
         "calibrate",
@@ -194,38 +100,51 @@ def _add_evaluate(commands: Any) -> None:
             )
 
 
-def config_from_args(args: argparse.Namespace) -> FitConfig:
-    return FitConfig(
-        data=args.data,
-        name=args.name,
-        models_dir=args.models_dir,
-        version=args.version,
-        replace=args.replace,
-        label_column=args.label_column,
-        normal_label=args.normal_label,
-        image_size=args.image_size,
-        image_channels=args.image_channels,
-        scaling=args.scaling,
-        val_fraction=args.val_fraction,
-        arch=args.arch,
-        vae_body=args.vae_body,
-        latent=args.latent,
-        hidden=args.hidden,
-        channels=args.channels,
-        loss=args.loss,
-        members=args.members,
-        noise=args.noise,
-        beta=args.beta,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        seed=args.seed,
-        device=args.device,
-        threshold_quantile=args.threshold_quantile,
-        progress=not args.quiet,
+def add_flags(parser: argparse.ArgumentParser, config: type[BaseModel]) -> None:
+    """A flag for each field of `config` (its training.config.Flag says where and how), with the field's
+    docstring as its help and its default appended where it is a value, not a choice left to the data (None)."""
+    groups: dict[str, Any] = {}
+    for name, field in config.model_fields.items():
+        flag = next(item for item in field.metadata if isinstance(item, Flag))
+        if flag.group not in groups:
+            groups[flag.group] = parser.add_argument_group(flag.group)
+        option = flag.name or f"--{name.replace('_', '-')}"
+        kind, choices = _kind(field.annotation)
+        if kind is bool:
+            action = "store_false" if field.default else "store_true"
+            groups[flag.group].add_argument(option, dest=name, action=action, help=field.description)
+        elif field.is_required():
+            groups[flag.group].add_argument(
+                option, dest=name, type=flag.parse or kind, required=True, help=field.description
+            )
+        else:
+            shown = "" if field.default is None else f" (default: {field.default})"
+            groups[flag.group].add_argument(
+                option,
+                dest=name,
+                type=flag.parse or (sizes if kind is list else kind),
+                choices=choices,
+                default=field.default,
+                help=f"{field.description}{shown}",
+            )
+
+
+def _kind(annotation: Any) -> tuple[Any, list[Any] | None]:
+    """The type a field's text is read as, and its choices when it is a Literal; None is left aside."""
+    options = (
+        [arg for arg in get_args(annotation) if arg is not type(None)]
+        if get_origin(annotation) in (Union, UnionType)
+        else [annotation]
     )
+    kind = options[0]
+    if get_origin(kind) is Literal:
+        choices = list(get_args(kind))
+        return type(choices[0]), choices
+    return get_origin(kind) or kind, None
+
+
+def config_from_args(args: argparse.Namespace) -> FitConfig:
+    return FitConfig(**{name: getattr(args, name) for name in FitConfig.model_fields})
 
 
 TRAIN_EXTRA = ("torch", "onnx", "sklearn")
@@ -243,10 +162,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_BAD_INPUT
     args = build_parser().parse_args(argv)
-    # Imported late so `--help` and argument errors answer without loading torch.
-    from training.data import DataError
-    from training.export import ExportParityError
-
     try:
         if args.command == "evaluate":
             _evaluate(args)
@@ -259,12 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from training.pipeline import fit
 
             fit(config_from_args(args))
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ExportParityError as err:
-        print(f"error: export failed the parity gate, no package written: {err}", file=sys.stderr)
-        return EXIT_EXPORT_FAILED
+    except TrainingError as err:
+        print(f"error: {err.explain()}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted: no package written", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,55 +1,132 @@
-"""What one training run is asked to do: every `python -m training fit` flag, as one dataclass."""
+"""What one training run is asked to do: every `python -m training fit` flag, as one pydantic model.
+
+Each field is defined once, with its default and its help (the docstring below it); training.cli builds the
+command line from these fields. A default of None means "chosen from the data" (training.recipes).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 Arch = Literal["dense", "conv", "vae"]
 Loss = Literal["mse", "bce", "huber"]
 Scaling = Literal["box", "minmax", "standardise"]
 
 
-@dataclass
-class FitConfig:
-    data: Path
-    name: str
-    models_dir: Path = Path("models")
-    version: int | None = None
-    replace: bool = False
-    # Data selection.
-    label_column: str | None = None
-    normal_label: str | None = None
-    image_size: tuple[int, int] | None = None  # folders of images: H x W; None: the most common size
-    image_channels: int | None = None  # folders of images: 1 or 3; None: what most files have
-    val_fraction: float = 0.1
-    scaling: Scaling | None = None  # tables only; images are divided by their peak value
-    # Model; None means "chosen from the data" (see training.recipes).
-    arch: Arch | None = None
-    vae_body: Literal["dense", "conv"] | None = None
-    latent: int | None = None
-    hidden: list[int] | None = None
-    channels: list[int] | None = None
-    loss: Loss | None = None
-    members: int | None = None  # dense autoencoders in one ensemble model; 1: a single autoencoder
-    noise: float | None = None
-    beta: float = 1.0
-    # Optimisation.
-    epochs: int | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float | None = None
-    patience: int | None = None
-    seed: int = 0
-    device: str | None = None
-    threshold_quantile: float = 0.99
-    max_rows: int | None = None
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+@dataclass(frozen=True)
+class Flag:
+    """How a field shows on the command line: the help group that lists it, and where the field's name and
+    type do not say it, its flag (a bool whose default is True: the flag that turns it off) and how its
+    text is read."""
+
+    group: str
+    name: str | None = None
+    parse: Callable[[str], Any] | None = None
+
+
+def sizes(text: str) -> list[int]:
+    """Comma-separated positive integers, e.g. 256,128."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return values
+
+
+def height_x_width(text: str) -> tuple[int, int]:
+    """H x W, e.g. 28x28."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H x W, like 28x28, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return height, width
+
+
+DATA, OUTPUT, MODEL, TRAINING = (
+    Flag("data"),
+    Flag("output"),
+    Flag("model (defaults chosen from the data)"),
+    Flag("training"),
+)
+
+
+class FitConfig(BaseModel):
+    """Train an autoencoder on a data file and write models/<name>/<version>/."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    data: Annotated[Path, DATA]
+    """IDX (gz or raw), .npz, .npy, .csv or .parquet; or a folder of PNG/JPEG/BMP images, labelled by their
+    first-level subfolders when there are any."""
+    name: Annotated[str, OUTPUT]
+    """Model name: lower case, digits, . _ -"""
+    models_dir: Annotated[Path, OUTPUT] = Path("models")
+    """The model repository."""
+    version: Annotated[int | None, OUTPUT] = None
+    """Package version (default: the next integer)."""
+    replace: Annotated[bool, OUTPUT] = False
+    """Overwrite an existing version."""
+    label_column: Annotated[str | None, DATA] = None
+    """CSV/Parquet column holding labels (never a feature)."""
+    normal_label: Annotated[str | None, DATA] = None
+    """Train only on rows with this label (one-class setting)."""
+    image_size: Annotated[tuple[int, int] | None, Flag(DATA.group, parse=height_x_width)] = None
+    """Folders of images: H x W rows, e.g. 28x28 (default: the most common size)."""
+    image_channels: Annotated[Literal[1, 3] | None, DATA] = None
+    """Folders of images: 1 (grey) or 3 (RGB) (default: what most files have)."""
+    val_fraction: Annotated[float, DATA] = 0.1
+    """Share of rows held out for validation."""
+    scaling: Annotated[Scaling | None, DATA] = None
+    """Tables: box (default: q12.5..q87.5 onto [0, 1], reconstructions bounded to it; best for anomaly scores),
+    minmax or standardise (faithful reconstructions of the tails). Images are divided by their peak value."""
+    arch: Annotated[Arch | None, MODEL] = None
+    """conv for images (dense under 2,000 training images), dense otherwise."""
+    vae_body: Annotated[Literal["dense", "conv"] | None, MODEL] = None
+    """The layers inside a VAE."""
+    latent: Annotated[int | None, MODEL] = None
+    """Latent size (16 for images; features/3 for tables)."""
+    hidden: Annotated[list[int] | None, MODEL] = None
+    """Dense hidden sizes, e.g. 256,128 (128 under 2,000 training images)."""
+    channels: Annotated[list[int] | None, MODEL] = None
+    """Conv channels per stride-2 layer, e.g. 32,64."""
+    loss: Annotated[Loss | None, MODEL] = None
+    """mse (the score's own error; images), huber (robust to the anomalies among the rows; tables), or bce
+    (inputs in [0, 1])."""
+    members: Annotated[int | None, MODEL] = None
+    """Tables: dense autoencoders in one ensemble model, codes of 1 to --latent units, each reading a random
+    half of the features (default 10 without --arch, else 1: a single autoencoder)."""
+    noise: Annotated[float | None, MODEL] = None
+    """Denoising: std of input noise, normalised (0.02 tables; images 0, 0.5 under 2,000 training images)."""
+    beta: Annotated[float, MODEL] = 1.0
+    """VAE: weight of the KL term."""
+    epochs: Annotated[int | None, TRAINING] = None
+    """60 for tables; images: at least 1500 steps, 30 to 200."""
+    batch_size: Annotated[int, TRAINING] = 128
+    """Rows per optimiser step (per process under torchrun)."""
+    lr: Annotated[float, TRAINING] = 1e-3
+    """Adam's learning rate."""
+    weight_decay: Annotated[float | None, TRAINING] = None
+    """Adam's L2 penalty (1e-4 for tables, 0 for images)."""
+    patience: Annotated[int | None, TRAINING] = None
+    """Early stopping: epochs without improvement (5, or 10 past 30 epochs)."""
+    seed: Annotated[int, TRAINING] = 0
+    """Seeds the validation split, the initial weights, the input noise and the batch order."""
+    device: Annotated[str | None, TRAINING] = None
+    """cpu or cuda (default: cuda when available)."""
+    threshold_quantile: Annotated[float, TRAINING] = 0.99
+    """The anomaly threshold: this quantile of the normal validation rows' scores."""
+    progress: Annotated[bool, Flag(TRAINING.group, name="--quiet")] = True
+    """Progress output while training; --quiet turns it off, leaving only the summary."""
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["data"] = str(self.data)
-        out["models_dir"] = str(self.models_dir)
-        return out
+        return self.model_dump(mode="json")

@@ -20,11 +20,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from training.errors import DataError
+
 InputKind = Literal["image", "tabular"]
-
-
-class DataError(Exception):
-    """Bad input data; the CLI prints the message and exits with status 2."""
 
 
 @dataclass
@@ -262,8 +260,7 @@ def load_image_folder(
     count, converted by service.images.decode_image, exactly as the service converts an upload."""
     from PIL import Image
 
-    from service.errors import ServiceError
-    from service.images import decode_image
+    from service.images import ImageError, decode_image
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -292,7 +289,7 @@ def load_image_folder(
     for row, path in enumerate(files):
         try:
             x[row] = decode_image(path.read_bytes(), row_shape, max_pixels=1 << 31)
-        except ServiceError as err:
+        except ImageError as err:
             raise DataError(f"{path}: {err.message}") from None
     y = np.asarray(labels) if classes else None
     digest = hashlib.sha256()

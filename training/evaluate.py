@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from training.config import FitConfig
-from training.data import DataError, Dataset, load_dataset
+from training.data import Dataset, load_dataset
+from training.errors import DataError
 from training.export import ScorerGraph
 from training.metrics import auroc, pca_scores
 from training.models import Autoencoder

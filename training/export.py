@@ -16,16 +16,13 @@ import torch
 from torch import nn
 
 from service.manifest import Graph, graph_io
+from training.errors import ExportParityError
 from training.models import Autoencoder, ModelSpec
 from training.recipes import Normalisation
 
 PARITY_ATOL = 1e-4
 PARITY_RTOL = 1e-3
 PARITY_ROWS = 256
-
-
-class ExportParityError(Exception):
-    """onnxruntime disagrees with PyTorch: the export is wrong and no package is written."""
 
 
 class _Normalised(nn.Module):

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from service.manifest import MANIFEST, NAME_PATTERN
-from training.data import DataError, file_sha256
+from training.data import file_sha256
+from training.errors import DataError
 
 
 def check_name(name: str) -> str:

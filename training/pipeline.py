@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -28,8 +28,9 @@ from service.manifest import (
 )
 from training import report
 from training.config import FitConfig
-from training.data import DataError, Dataset, load_dataset, normal_mask
+from training.data import Dataset, load_dataset, normal_mask
 from training.distributed import World, join
+from training.errors import DataError
 from training.export import (
     PARITY_ATOL,
     PARITY_ROWS,
@@ -69,7 +70,7 @@ def fit(config: FitConfig) -> Path:
     world = join()
     try:
         if not world.is_main:
-            config = replace(config, progress=False)
+            config = config.model_copy(update={"progress": False})
         check_name(config.name)
         data = load_dataset(config.data, config.label_column, config.image_size, config.image_channels)
         if world.is_main:

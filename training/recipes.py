@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from service.manifest import Preprocessing
 from training.config import FitConfig, Loss, Scaling
-from training.data import DataError, Dataset
+from training.data import Dataset
+from training.errors import DataError
 from training.models import ModelSpec
 
 
@@ -155,16 +156,18 @@ def resolve_training(config: FitConfig, data: Dataset, train_rows: int) -> FitCo
     validation split and the normal-label filter: `split_rows`)."""
     if data.kind == "tabular":
         epochs = config.epochs or TABULAR_EPOCHS
-        return replace(
-            config,
-            scaling=config.scaling or "box",
-            noise=_given(config.noise, TABULAR_NOISE),
-            weight_decay=_given(config.weight_decay, TABULAR_WEIGHT_DECAY),
-            epochs=epochs,
-            patience=config.patience or _patience(epochs),
-            # The ensemble is the default model, not an architecture: --arch (dense included) asks for one
-            # autoencoder of that kind; --members still builds an ensemble of dense ones.
-            members=config.members if config.members is not None else (TABULAR_MEMBERS if config.arch is None else 1),
+        # The ensemble is the default model, not an architecture: --arch (dense included) asks for one
+        # autoencoder of that kind; --members still builds an ensemble of dense ones.
+        members = config.members if config.members is not None else (TABULAR_MEMBERS if config.arch is None else 1)
+        return config.model_copy(
+            update={
+                "scaling": config.scaling or "box",
+                "noise": _given(config.noise, TABULAR_NOISE),
+                "weight_decay": _given(config.weight_decay, TABULAR_WEIGHT_DECAY),
+                "epochs": epochs,
+                "patience": config.patience or _patience(epochs),
+                "members": members,
+            }
         )
     if config.scaling is not None:
         raise DataError(f"{data.source}: --scaling is for tables; images are divided by their peak value")
@@ -173,14 +176,15 @@ def resolve_training(config: FitConfig, data: Dataset, train_rows: int) -> FitCo
     # The small-set recipe is a dense model: it applies unless the flags ask for another architecture.
     small = train_rows < SMALL_IMAGE_SET and config.arch in (None, "dense") and config.channels is None
     epochs = config.epochs or _image_epochs(config, train_rows)
-    return replace(
-        config,
-        arch="dense" if small else config.arch,
-        hidden=SMALL_IMAGE_HIDDEN if small and config.hidden is None else config.hidden,
-        noise=_given(config.noise, SMALL_IMAGE_NOISE if small else 0.0),
-        weight_decay=_given(config.weight_decay, 0.0),
-        epochs=epochs,
-        patience=config.patience or _patience(epochs),
+    return config.model_copy(
+        update={
+            "arch": "dense" if small else config.arch,
+            "hidden": SMALL_IMAGE_HIDDEN if small and config.hidden is None else config.hidden,
+            "noise": _given(config.noise, SMALL_IMAGE_NOISE if small else 0.0),
+            "weight_decay": _given(config.weight_decay, 0.0),
+            "epochs": epochs,
+            "patience": config.patience or _patience(epochs),
+        }
     )
 
 

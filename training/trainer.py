@@ -18,17 +18,19 @@ from training.distributed import World
 from training.models import Autoencoder
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainerConfig:
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 5
-    noise: float = 0.0
-    seed: int = 0
-    device: str = "cpu"
-    progress: bool = True
+    """What the loop needs of a run, every value chosen (training.pipeline takes them from a resolved FitConfig)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    patience: int
+    noise: float
+    seed: int
+    device: str
+    progress: bool
 
 
 @dataclass

@@ -28,8 +28,24 @@ def older_package(tmp_path: Path) -> tuple[Path, Path, list[float]]:
 
 def test_the_curve_fit_would_have_written(older_package: tuple[Path, Path, list[float]]) -> None:
     package, rows, written = older_package
+    before = json.loads((package / "manifest.json").read_text())
     assert main(["calibrate", str(package), "--data", str(rows)]) == 0
-    assert json.loads((package / "manifest.json").read_text())["score"]["quantiles"] == written
+    after = json.loads((package / "manifest.json").read_text())
+    assert after["score"].pop("quantiles") == written
+    assert after == before  # the rest as it was written
+
+
+def test_a_manifest_that_breaks_the_format_is_refused(
+    older_package: tuple[Path, Path, list[float]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    package, rows, _ = older_package
+    manifest = json.loads((package / "manifest.json").read_text())
+    del manifest["score"]["threshold"]
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["calibrate", str(package), "--data", str(rows)]) == EXIT_BAD_INPUT
+    assert f"error: {package / 'manifest.json'}: not a package manifest (score.threshold: Field required)" in (
+        capsys.readouterr().err
+    )
 
 
 def test_other_data_writes_nothing(older_package: tuple[Path, Path, list[float]], tmp_path: Path) -> None:

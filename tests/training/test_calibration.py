@@ -7,12 +7,19 @@ import numpy as np
 import pytest
 
 from service.manifest import Score
-from training.metrics import QUANTILE_POINTS, score_quantiles
+from training.metrics import QUANTILE_POINTS, calibrate_threshold, score_quantiles
 
 
 def test_percentiles_of_exponential_scores_match_their_distribution() -> None:
     rng = np.random.default_rng(0)
-    curve = Score(threshold=1.0, quantiles=score_quantiles(rng.exponential(size=20_000)))
+    normal = rng.exponential(size=20_000)
+    threshold = calibrate_threshold(normal, 0.99)
+    curve = Score(
+        definition="exponential scores",
+        threshold=threshold.value,
+        calibration=threshold.calibration(normal_label=None),
+        quantiles=score_quantiles(normal),
+    )
     assert len(curve.quantiles or []) == QUANTILE_POINTS
 
     fresh = rng.exponential(size=2000)

@@ -141,6 +141,19 @@ def test_a_failure_after_training_leaves_no_package(
     assert list((tmp_path / "tab").iterdir()) == []
 
 
+def test_a_failed_parity_gate_exits_3_and_leaves_no_package(
+    tabular_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import training.export
+
+    monkeypatch.setattr(training.export, "PARITY_ATOL", -1.0)  # a gate no export can pass
+    assert _fit("--data", str(tabular_npz), "--name", "tab", "--models-dir", str(tmp_path), "--epochs", "1") == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: export failed the parity gate, no package written: encoder.onnx output 'z': ")
+    assert "Traceback" not in err
+    assert list((tmp_path / "tab").iterdir()) == []
+
+
 def test_cli_process_exit_status_and_help(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,oops\n")

@@ -82,6 +82,11 @@ def test_folder_mistakes_are_named(tmp_path: Path, folder: Path) -> None:
     (folder / "3" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"broken\.png: not a readable PNG, JPEG or BMP image"):
         load_image_folder(folder)
+    # Its header reads, its pixels do not: decode_image's refusal becomes training's own error.
+    noise = np.random.default_rng(1).integers(0, 256, SIZE, dtype=np.uint8)
+    (folder / "3" / "broken.png").write_bytes(png(noise)[:100])
+    with pytest.raises(DataError, match=r"broken\.png: the image data is truncated or corrupt"):
+        load_image_folder(folder)
     (folder / "3" / "broken.png").unlink()
     (folder / "stray.png").write_bytes(png(np.zeros(SIZE, np.uint8)))
     with pytest.raises(DataError, match=r"stray\.png: with class subfolders, every image must be in one of them"):
