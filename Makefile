@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/datasets
 MODELS_DIR ?= models
 
-.PHONY: serve test lint models evaluate bench soak install-wrk screenshots install-service install-train install-dev install-bench system-deps clean
+.PHONY: serve test test-fast lint models evaluate bench soak install-wrk screenshots install-service install-train install-dev install-bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ test: install-dev system-deps
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The units and the in-process app tests, under a minute: no server process, venv build, Schemathesis,
+# torchrun or browser (the `e2e` and `slow` markers); `make test` runs them all.
+test-fast: install-dev
+	$(BIN)/python -m pytest -m "not e2e and not slow"
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -27,6 +27,8 @@ from packaging.utils import canonicalize_name
 
 from .tools import REPO, find_tool, parse_stages, pinned_version, read_pins
 
+pytestmark = pytest.mark.slow  # builds a virtual environment, resolves the gpu pins
+
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 PACKAGES = sorted(path.parent for path in REPO.glob("models/*/*/manifest.json") if path.parent.name.isdigit())
 # The gpu image's Python: Ubuntu 24.04's, the release the CUDA base image is built on (test_dockerfile).

@@ -13,6 +13,7 @@ error overflows float32 (values finite as inputs but far outside anything the mo
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +23,8 @@ from schemathesis.checks import CheckContext, negative_data_rejection, positive_
 from schemathesis.core.transport import Response
 
 from tests.service.conftest import AppMaker
+
+pytestmark = pytest.mark.slow
 
 EXAMPLES = 250  # per operation and mode: about 2 minutes here
 

@@ -15,6 +15,8 @@ from tests.service.registries import serving
 from training.config import FitConfig
 from training.pipeline import fit
 
+pytestmark = pytest.mark.slow  # torchrun, two training processes
+
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
 
