@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], model: null, latentRanges: null, lastLatent: null, distribution: null };
+const state = { models: [], model: null, latentRanges: null, lastLatent: null, distribution: null, firstSlider: 0 };
 const MAX_SLIDERS = 8;
 
 // --- the API -------------------------------------------------------------------------------------------
@@ -41,10 +41,20 @@ function showError(error) {
 
 function clearError() { $("error").hidden = true; }
 
-async function guarded(action) {
+// Runs an action, showing its error; `clearResults` then removes what an earlier action showed, so no old
+// result stands under the new error as if it were the answer.
+async function guarded(action, clearResults = null) {
   clearError();
-  try { await action(); } catch (error) { showError(error); }
+  try {
+    await action();
+  } catch (error) {
+    if (clearResults) clearResults();
+    showError(error);
+  }
 }
+
+const scoreImage = (action) => guarded(action, clearImageResults);
+const scoreTable = (action) => guarded(action, clearTableResults);
 
 const route = (model, operation) => `/models/${encodeURIComponent(model.name)}/versions/${model.version}/${operation}`;
 
@@ -87,11 +97,19 @@ function renderFacts(model) {
     const item = document.createElement("div");
     const term = document.createElement("dt");
     const detail = document.createElement("dd");
+    item.dataset.fact = name;
     term.textContent = name;
-    detail.textContent = value;
+    detail.append(...breakable(String(value)));
     item.append(term, detail);
     return item;
   }));
+}
+
+// A CamelCase name such as CPUExecutionProvider as its words (CPU, Execution, Provider) with <wbr> between
+// them: a narrow column breaks it between words, never inside one.
+function breakable(text) {
+  const words = text.split(/(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])/);
+  return words.flatMap((word, index) => (index ? [document.createElement("wbr"), word] : [word]));
 }
 
 function selectModel() {
@@ -149,6 +167,36 @@ function paint(canvas, values, model, colour = null) {
 function heatColour(share) {
   const t = Math.max(0, Math.min(1, share));
   return [255 * Math.min(1, 3 * t), 255 * Math.max(0, Math.min(1, 3 * t - 1)), 255 * Math.max(0, 3 * t - 2)];
+}
+
+// A table cell's colour for its share of the row's squared error, on a square-root scale (small shares
+// stay visible) and more opaque as the share grows.
+function cellColour(share) {
+  const t = Math.sqrt(Math.max(0, Math.min(1, share)));
+  return [...heatColour(t), 0.15 + 0.7 * t];
+}
+
+// The legend of a heat map: a bar drawn with the map's own colour function (`colourAt(t)`, t from 0 to 1
+// along the bar) and `ticks`, [position 0..1, text] pairs.
+function showScale(box, colourAt, ticks, description) {
+  const stops = Array.from({ length: 21 }, (_, i) => {
+    const [red, green, blue, alpha = 1] = colourAt(i / 20);
+    return `rgba(${Math.round(red)}, ${Math.round(green)}, ${Math.round(blue)}, ${alpha}) ${5 * i}%`;
+  });
+  const bar = document.createElement("span");
+  bar.className = "bar";
+  bar.style.background = `linear-gradient(to right, ${stops.join(", ")})`;
+  const marks = document.createElement("span");
+  marks.className = "ticks";
+  marks.append(...ticks.map(([at, text]) => {
+    const mark = document.createElement("span");
+    mark.style.left = `${100 * at}%`;
+    mark.textContent = text;
+    return mark;
+  }));
+  box.replaceChildren(bar, marks);
+  box.setAttribute("aria-label", description);
+  box.hidden = false;
 }
 
 function verdict(score, threshold, anomaly, percentile) {
@@ -219,7 +267,7 @@ function onCanvasKey(event) {
   const move = PEN_MOVES[event.key];
   if (move) movePen(move, event.shiftKey ? 4 * PEN_STEP : PEN_STEP);
   else if (event.key === " ") togglePen();
-  else if (event.key === "Enter") guarded(scoreDrawing);
+  else if (event.key === "Enter") scoreImage(scoreDrawing);
   else if (event.key === "Delete" || event.key === "Backspace") clearDrawing();
   else return;
   event.preventDefault();  // Space and the arrows would scroll the page under the pen
@@ -239,7 +287,7 @@ function movePen([dx, dy], step) {
 
 function togglePen() {
   setPen(!pen.down);
-  if (!pen.down) guarded(scoreDrawing);  // lifting the pen ends the stroke, as releasing the mouse does
+  if (!pen.down) scoreImage(scoreDrawing);  // lifting the pen ends the stroke, as releasing the mouse does
 }
 
 function setPen(down) {
@@ -315,6 +363,9 @@ function showImageResult(model, reconstruction, squaredError, score, threshold, 
   const errors = flat(squaredError);
   const top = Math.max(...errors, 1e-12);
   paint($("heat"), errors, model, (value) => heatColour(value / top));
+  $("heat-scale").dataset.max = String(top);
+  showScale($("heat-scale"), heatColour, [[0, "0"], [0.5, format(top / 2)], [1, format(top)]],
+    `Colour scale: black is a squared error of 0, red, yellow and then white up to ${format(top)}`);
   $("image-result").replaceChildren(verdict(score, threshold, anomaly, percentile));
   state.lastLatent = flat(latent);
   $("latent").textContent = state.lastLatent.map((v) => v.toFixed(3)).join("  ");
@@ -385,12 +436,35 @@ async function latentRanges() {
   return state.latentRanges;
 }
 
+// Up to MAX_SLIDERS dimensions have sliders at once; a longer latent vector is explored in windows of them,
+// chosen in #latent-dims, and the page says which part of the vector the sliders show.
+function showLatentWindow(dim) {
+  const windows = Math.ceil(dim / MAX_SLIDERS);
+  state.firstSlider = Math.min(state.firstSlider, (windows - 1) * MAX_SLIDERS);
+  const last = (first) => Math.min(first + MAX_SLIDERS, dim) - 1;
+  const select = $("latent-dims");
+  select.replaceChildren(...Array.from({ length: windows }, (_, w) => {
+    const first = w * MAX_SLIDERS;
+    return new Option(`z${first}\u2013z${last(first)}`, String(first));
+  }));
+  select.value = String(state.firstSlider);
+  $("latent-window").hidden = windows < 2;
+  $("latent-shown").textContent = windows < 2
+    ? `The sliders show all ${dim} latent dimensions.`
+    : `The sliders show z${state.firstSlider}\u2013z${last(state.firstSlider)}, ${last(state.firstSlider) - state.firstSlider + 1} ` +
+      `of the ${dim} latent dimensions; choose others below.`;
+}
+
 async function buildSliders() {
   const ranges = await latentRanges();
   const latent = state.lastLatent;
+  if (!latent) return;
+  showLatentWindow(latent.length);
   const box = $("sliders");
   box.replaceChildren();
-  latent.slice(0, MAX_SLIDERS).forEach((value, d) => {
+  const first = state.firstSlider;
+  latent.slice(first, first + MAX_SLIDERS).forEach((value, offset) => {
+    const d = first + offset;
     const [low, high] = [Math.min(ranges[d][0], value), Math.max(ranges[d][1], value)];
     const label = document.createElement("label");
     label.htmlFor = `latent-${d}`;
@@ -426,15 +500,26 @@ function decodeLatent(latent) {
   });
 }
 
+// Everything a scored image left on the panel: a failed request leaves none of it behind.
+function clearImageResults() {
+  for (const id of ["reconstruction", "heat", "explore"]) {
+    $(id).getContext("2d").clearRect(0, 0, $(id).width, $(id).height);
+  }
+  $("heat-scale").hidden = true;
+  $("image-result").replaceChildren();
+  $("latent").textContent = "";
+  $("latent-shown").textContent = "";
+  $("latent-window").hidden = true;
+  $("sliders").replaceChildren();
+  state.lastLatent = null;
+}
+
 function openImagePanel(model) {
   $("image-panel").hidden = false;
   resetCanvas();
-  for (const id of ["reconstruction", "heat", "explore", "samples"]) {
-    $(id).getContext("2d").clearRect(0, 0, $(id).width, $(id).height);
-  }
-  $("image-result").replaceChildren();
-  $("latent").textContent = "";
-  $("sliders").replaceChildren();
+  clearImageResults();
+  state.firstSlider = 0;
+  $("samples").getContext("2d").clearRect(0, 0, $("samples").width, $("samples").height);
   guarded(showSamples);
 }
 
@@ -518,13 +603,16 @@ function renderTable(names, rows, answer) {
       cell.className = "heat";
       cell.dataset.share = share.toFixed(4);
       cell.title = `${names[f]}: squared error ${format(answer.sq_err[r][f])} (${(100 * share).toFixed(1)}% of the row's)`;
-      const [red, green, blue] = heatColour(Math.sqrt(share));
-      cell.style.background = `rgba(${red}, ${green}, ${blue}, ${0.15 + 0.7 * Math.sqrt(share)})`;
+      const [red, green, blue, alpha] = cellColour(share);
+      cell.style.background = `rgba(${red}, ${green}, ${blue}, ${alpha})`;
       line.append(cell);
     });
     return line;
   });
   table.replaceChildren(head, ...body);
+  // The bar runs along the square root of the share, as the cells' colours do.
+  showScale($("table-scale"), (t) => cellColour(t * t), [[0, "0%"], [0.5, "25%"], [1, "100%"]],
+    "Colour scale: from a faint red for no share of the row's squared error to white for all of it");
 }
 
 function drawDistribution(scores, threshold) {
@@ -564,14 +652,20 @@ function drawDistribution(scores, threshold) {
   context.fillText(`score (log scale) ${format(10 ** low)} .. ${format(10 ** high)}`, pad, height - 6);
 }
 
+// Everything scored rows left on the panel: a failed request leaves none of it behind.
+function clearTableResults() {
+  $("rows-table").replaceChildren();
+  $("table-result").textContent = "";
+  $("table-scale").hidden = true;
+  state.distribution = null;
+  $("distribution").getContext("2d").clearRect(0, 0, $("distribution").width, $("distribution").height);
+}
+
 function openTablePanel(model) {
   $("table-panel").hidden = false;
   const names = featureNames(model);
   $("csv").placeholder = `${names.join(",")}\n${names.map(() => "0").join(",")}`;
-  $("rows-table").replaceChildren();
-  $("table-result").textContent = "";
-  state.distribution = null;
-  $("distribution").getContext("2d").clearRect(0, 0, $("distribution").width, $("distribution").height);
+  clearTableResults();
 }
 
 // --- wiring --------------------------------------------------------------------------------------------
@@ -592,28 +686,32 @@ function wire() {
   canvas.addEventListener("blur", () => { $("pen").hidden = true; });
   canvas.addEventListener("pointerup", () => {
     drawing.active = false;
-    guarded(scoreDrawing);
+    scoreImage(scoreDrawing);
   });
   canvas.addEventListener("dragover", (event) => event.preventDefault());
   canvas.addEventListener("drop", (event) => {
     event.preventDefault();
     const file = event.dataTransfer.files[0];
-    if (file) guarded(() => scoreUpload(file));
+    if (file) scoreImage(() => scoreUpload(file));
   });
-  $("score-image").addEventListener("click", () => guarded(scoreDrawing));
+  $("score-image").addEventListener("click", () => scoreImage(scoreDrawing));
   $("clear").addEventListener("click", clearDrawing);
   $("image-file").addEventListener("change", (event) => {
     const file = event.target.files[0];
-    if (file) guarded(() => scoreUpload(file));
+    if (file) scoreImage(() => scoreUpload(file));
   });
-  $("use-sample").addEventListener("click", () => guarded(useSample));
+  $("use-sample").addEventListener("click", () => scoreImage(useSample));
   $("generate").addEventListener("click", () => guarded(showSamples));
-  $("score-rows").addEventListener("click", () => guarded(scoreRows));
+  $("latent-dims").addEventListener("change", () => {
+    state.firstSlider = Number($("latent-dims").value);
+    guarded(buildSliders);
+  });
+  $("score-rows").addEventListener("click", () => scoreTable(scoreRows));
   $("csv-file").addEventListener("change", async (event) => {
     const file = event.target.files[0];
     if (!file) return;
     $("csv").value = await file.text();
-    guarded(scoreRows);
+    scoreTable(scoreRows);
   });
   $("api-key").addEventListener("change", loadModels);
   window.addEventListener("resize", () => { if (state.distribution) drawDistribution(...state.distribution); });

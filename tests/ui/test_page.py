@@ -23,7 +23,7 @@ from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from tests.deploy.tools import find_tool
 from tests.service.servers import running_server
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a browser
 
 ROOT = Path(__file__).resolve().parents[2]
 FEATURES = 21  # the committed cardio model's
@@ -123,7 +123,20 @@ def test_a_drawn_stroke_scores_what_post_score_gives_for_its_pixels(
     assert page.locator("#latent").text_content().count(".") == 32  # the latent vector, 32 numbers
     page.wait_for_selector("#sliders input[type=range]")
     assert page.locator("#sliders input[type=range]").count() == 8
+    assert "z0\u2013z7, 8 of the 32 latent dimensions" in (page.locator("#latent-shown").text_content() or "")
+
+    # The heat map's legend runs from 0 to the largest squared error of a pixel.
+    errors = server.post("/models/mnist-dense/score", json={"inputs": [pixels], "return_sq_err": True}).json()
+    largest = float(np.max(errors["sq_err"][0]))
+    assert float(page.locator("#heat-scale").get_attribute("data-max") or "nan") == pytest.approx(largest, rel=1e-5)
+    ticks = page.locator("#heat-scale .ticks span").all_text_contents()
+    assert ticks[0] == "0" and float(ticks[-1]) == pytest.approx(largest, rel=1e-3)  # shown to 4 digits
     screenshot(page, "image-model", tmp_path)
+
+    page.select_option("#latent-dims", label="z24\u2013z31")
+    page.wait_for_selector("#latent-24")
+    assert page.locator("#sliders input[type=range]").count() == 8
+    assert "z24\u2013z31" in (page.locator("#latent-shown").text_content() or "")
 
 
 def test_an_uploaded_png_scores_what_the_upload_route_gives(
@@ -179,16 +192,59 @@ def test_pasted_rows_are_scored_marked_and_mapped(
     screenshot(page, "phone", tmp_path)
 
 
-def test_errors_are_shown_as_messages(page: Page) -> None:
+def test_errors_are_shown_as_messages_with_no_old_result_under_them(page: Page) -> None:
     choose(page, "cardio")
+    page.fill("#csv", ",".join(["0"] * FEATURES))
+    page.click("#score-rows")
+    page.wait_for_selector("#rows-table td")
+    assert page.locator("#table-scale").is_visible()
     page.fill("#csv", "1,2,3")
     page.click("#score-rows")
     assert page.locator("#error").text_content() == "row 1 has 3 values; this model takes 21"
+    assert page.locator("#rows-table tr").count() == 0
+    assert page.locator("#table-result").text_content() == ""
+    assert not page.locator("#table-scale").is_visible()
     page.fill("#csv", ",".join(["1e999"] * FEATURES))  # Infinity in the browser, null in JSON
     page.click("#score-rows")
     page.wait_for_selector("#error:has-text('422')")
     assert "inputs must hold numbers only" in (page.locator("#error").text_content() or "")
     assert page.locator("#table-panel").is_visible()
+
+
+def test_a_failed_image_leaves_no_old_result(page: Page) -> None:
+    choose(page, "mnist-conv")
+    page.click("#use-sample")
+    assert shown_score(page) > 0
+    assert page.locator("#heat-scale").is_visible()
+    broken = {"name": "broken.png", "mimeType": "image/png", "buffer": b"not a png"}
+    page.set_input_files("#image-file", files=[broken])
+    page.wait_for_selector("#error", state="visible")
+    assert page.locator("[data-testid=score]").count() == 0
+    assert page.locator("#latent").text_content() == ""
+    assert page.locator("#sliders input").count() == 0
+    assert not page.locator("#heat-scale").is_visible()
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_facts_break_between_words_never_inside_one(page: Page, width: int) -> None:
+    choose(page, "mnist-dense")
+    page.set_viewport_size({"width": width, "height": 900})
+    provider = page.locator("#facts [data-fact='execution provider'] dd")
+    assert provider.text_content() == "CPUExecutionProvider"
+    # Each word (a text node between <wbr>s) sits on one line: the tops of its letters are one value.
+    lines_per_word = provider.evaluate(
+        """dd => [...dd.childNodes].filter((n) => n.nodeType === Node.TEXT_NODE).map((word) => {
+             const tops = new Set();
+             for (let i = 0; i < word.length; i++) {
+               const letter = document.createRange();
+               letter.setStart(word, i);
+               letter.setEnd(word, i + 1);
+               tops.add(Math.round(letter.getBoundingClientRect().top));
+             }
+             return tops.size;
+           })"""
+    )
+    assert lines_per_word == [1, 1, 1]  # CPU, Execution, Provider
 
 
 def test_every_control_works_from_the_keyboard(page: Page) -> None:
