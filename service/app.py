@@ -11,7 +11,7 @@ import anyio
 from fastapi import FastAPI, params
 from fastapi.openapi.utils import get_openapi
 
-from service import schemas
+from service import memory, schemas
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import ApiKeys, BodyLimit, RequestMetrics
@@ -26,6 +26,7 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
     """The app, with nothing loaded yet: its lifespan scans the models folder and loads the packages in the
     background (so /healthz answers at once and /readyz turns 200 once they are settled), then polls it.
     `dependencies` run before every route (e.g. an embedding application's own authentication)."""
+    memory.configure()
     sessions = SessionConfig(
         providers=tuple(settings.execution_providers()),
         intra_op_threads=settings.onnxruntime_threads(),

@@ -3,11 +3,11 @@ objects); media types are looked up in tables, so a binary codec is one more row
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,11 +62,20 @@ def load_json(body: bytes) -> dict[str, Any]:
     return value
 
 
-def load_json_with_rows(body: bytes, key: str) -> dict[str, Any]:
+def load_json_with_rows(body: bytes, key: str, options: Sequence[str] = ()) -> dict[str, Any]:
     """load_json, with the rows in field `key` read by simdjson straight into numpy whenever the body allows
-    that exactly (service.fastjson); the same answer and the same errors either way."""
-    value = fastjson.loads(body, lambda path: path == (key,))
-    return value if isinstance(value, dict) else load_json(body)
+    that exactly (service.fastjson); the same answer and the same errors either way. Fields are checked
+    (`check_fields`) before any value is converted, so an unknown field costs nothing to refuse."""
+    element = fastjson.parse(body)
+    if element is not None and fastjson.is_object(element):
+        check_fields(dict.fromkeys(element.keys()), [key], options)
+        value = fastjson.convert(element, ((key,),))
+        if isinstance(value, dict):
+            return value
+    del element  # the parser's buffers go with it
+    value = load_json(body)
+    check_fields(value, [key], options)
+    return value
 
 
 # Python's json module takes about 100 ms per MB: above this, a body orjson refuses is just malformed.
@@ -147,17 +156,17 @@ def rows_by_name(rows: list[Any], names: Sequence[str] | None, field: str) -> li
         if not isinstance(row, dict):
             raise ServiceError(422, "invalid_shape", f"{field}: row {index} is not an object like the rows before it")
         missing, unknown = sorted(expected - row.keys()), sorted(row.keys() - expected)
-        problems = [f"lacks {_few(missing)}"] * bool(missing) + [f"has unknown {_few(unknown)}"] * bool(unknown)
+        problems = [f"lacks {few(missing)}"] * bool(missing) + [f"has unknown {few(unknown)}"] * bool(unknown)
         if problems:
             raise ServiceError(
                 422,
                 "invalid_request",
-                f"{field}: row {index} {' and '.join(problems)}; the features are {_few(list(names))}",
+                f"{field}: row {index} {' and '.join(problems)}; the features are {few(list(names))}",
             )
     return [[row[name] for name in names] for row in rows]
 
 
-def _few(names: list[str]) -> str:
+def few(names: list[str]) -> str:
     return str(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
@@ -167,122 +176,127 @@ def shaped(array: np.ndarray, row_shape: tuple[int, ...], field: str, max_rows: 
     if array.dtype.kind not in _NUMERIC_KINDS:
         found = _OTHER_KINDS.get(array.dtype.kind, str(array.dtype))
         raise ServiceError(422, "invalid_dtype", f"{field} must hold numbers only, found {found}")
-    features = math.prod(row_shape)
-    if array.shape != row_shape and len(row_shape) > 1 and array.ndim in (1, 2) and array.shape[-1] == features:
-        array = array.reshape(-1, *row_shape)
-    elif array.ndim == len(row_shape):
-        array = array[np.newaxis]
-    if array.shape[1:] != row_shape:
+    batch = batch_shape(array.shape, row_shape)
+    if batch is None:
         raise ServiceError(422, "invalid_shape", f"{field} has shape {list(array.shape)}; {_expected(row_shape)}")
-    return checked_rows(array, field, max_rows)
+    return checked_rows(array.reshape(batch), field, max_rows)
 
 
-def load_csv(body: bytes, names: Sequence[str] | None, features: int) -> np.ndarray:
-    """Rows from CSV text: numbers only, or a first line of the model's feature names in any order."""
+def batch_shape(shape: tuple[int, ...], row_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The [n, *row_shape] an array of this shape is read as (see `shaped`); None when it holds no rows of
+    that shape. Known from headers alone, so a binary body's row count is checked before it is read."""
+    features = math.prod(row_shape)
+    if shape != row_shape and len(row_shape) > 1 and len(shape) in (1, 2) and shape[-1] == features:
+        return (math.prod(shape) // features, *row_shape)
+    if len(shape) == len(row_shape):
+        shape = (1, *shape)
+    return shape if shape[1:] == row_shape else None
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+    offset: int  # where the array's bytes start
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+NPY_MAGIC = b"\x93NUMPY"
+# What numpy itself reads: longer headers are refused by np.load too.
+MAX_NPY_HEADER = 10_000
+_NPY_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+    (3, 0): np.lib.format.read_array_header_2_0,  # 3.0 is 2.0 with a UTF-8 header: the same for numbers
+}
+
+
+def npy_header(data: bytes) -> NpyHeader | None:
+    """The header at the start of a .npy file; None while `data` is too short to hold all of it."""
+    if not NPY_MAGIC.startswith(data[:6]) or (len(data) >= 4 and data[:4] == b"PK\x03\x04"):
+        what = "an .npz archive; send one .npy array" if data[:4] == b"PK\x03\x04" else "not a .npy file"
+        raise _bad_npy(what)
+    if len(data) < 8:
+        return None
+    version = (data[6], data[7])
+    read_header = _NPY_HEADERS.get(version)
+    if read_header is None:
+        raise _bad_npy(f"format version {version[0]}.{version[1]} is not one of {sorted(_NPY_HEADERS)}")
+    size_bytes = 2 if version == (1, 0) else 4
+    if len(data) < 8 + size_bytes:
+        return None
+    offset = 8 + size_bytes + int.from_bytes(data[8 : 8 + size_bytes], "little")
+    if offset > MAX_NPY_HEADER:
+        raise _bad_npy(f"its header is longer than {MAX_NPY_HEADER} bytes")
+    if len(data) < offset:
+        return None
     try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ServiceError(400, "malformed_csv", "the CSV body is not UTF-8 text") from None
-    try:
-        # newline="" as the csv module asks: a lone \r inside a line is then a line break, not an error.
-        lines = [row for row in csv.reader(io.StringIO(text, newline="")) if row and any(cell.strip() for cell in row)]
-    except csv.Error as error:
-        raise ServiceError(400, "malformed_csv", f"the CSV body cannot be read: {error}") from None
-    if not lines:
-        raise ServiceError(422, "empty_batch", "the CSV body has no rows: send at least one")
-    order = None
-    header = [cell.strip() for cell in lines[0]]
-    if not any(_is_number(cell) for cell in header):  # a header: names only
-        order = _csv_columns(header, names)
-        lines = lines[1:]
-    rows = []
-    for index, line in enumerate(lines, start=1 if order is None else 2):
-        if len(line) != features:
-            raise ServiceError(
-                422, "invalid_shape", f"CSV line {index} has {len(line)} values; the model takes {features}"
-            )
-        cells = line if order is None else [line[i] for i in order]
-        if not all(_is_number(cell) for cell in cells):
-            raise ServiceError(422, "invalid_dtype", f"CSV line {index} holds a value that is not a number")
-        rows.append([float(cell) for cell in cells])
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), features)
-
-
-def _csv_columns(header: list[str], names: Sequence[str] | None) -> list[int]:
-    if names is None:
-        raise ServiceError(422, "invalid_request", "this model has no feature names: send CSV rows without a header")
-    missing, unknown = sorted(set(names) - set(header)), sorted(set(header) - set(names))
-    if missing or unknown or len(header) != len(names):
-        raise ServiceError(
-            422,
-            "invalid_request",
-            f"the CSV header must name each feature once: missing {_few(missing)}, unknown {_few(unknown)}",
-        )
-    return [header.index(name) for name in names]
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
+        stream = io.BytesIO(data[:offset])
+        stream.seek(8)
+        shape, fortran, dtype = read_header(stream)
+    except (ValueError, OSError, EOFError, TypeError) as exc:
+        raise _bad_npy(str(exc)) from None
+    if dtype.hasobject:
+        raise _bad_npy("object arrays are refused (they would need unpickling)")
+    return NpyHeader(tuple(shape), dtype, fortran, offset)
 
 
 def load_npy(body: bytes) -> np.ndarray:
-    """An array from a .npy file; object arrays are refused without unpickling anything."""
-    _check_npy_size(body)
-    try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ServiceError(400, "malformed_npy", f"the body is not a readable .npy file: {exc}") from None
-    if not isinstance(array, np.ndarray):  # np.load also opens .npz archives
-        raise ServiceError(400, "malformed_npy", "the body is an .npz archive; send one .npy array")
-    return array
+    """An array from a .npy file, read without np.load: the header is checked against the bytes that
+    follow it (np.load allocates what a header claims), and nothing is ever unpickled."""
+    header = npy_header(body)
+    if header is None:
+        raise _bad_npy(f"{len(body)} bytes end before its header does")
+    held = len(body) - header.offset
+    if held != header.nbytes:
+        raise _bad_npy(f"its header says shape {list(header.shape)} ({header.nbytes} bytes) but {held} bytes follow")
+    array = np.frombuffer(body, dtype=header.dtype, count=math.prod(header.shape), offset=header.offset)
+    return array.reshape(header.shape, order="F" if header.fortran else "C")
 
 
-_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+def _bad_npy(why: str) -> ServiceError:
+    return ServiceError(400, "malformed_npy", f"the body is not a readable .npy file: {why}")
 
 
-def _check_npy_size(body: bytes) -> None:
-    # np.load allocates what the header claims before reading: a header promising 2^40 rows must be
-    # refused by comparing it with the bytes that came, not by trying.
-    stream = io.BytesIO(body)
-    try:
-        version = np.lib.format.read_magic(stream)
-        read_header = _NPY_HEADERS.get(version)
-        if read_header is None:
-            return  # other versions: np.load says what is wrong
-        shape, _, dtype = read_header(stream)
-    except (ValueError, OSError, EOFError):
-        return  # not a .npy header: np.load refuses it with its own message
-    if dtype.hasobject:
-        return
-    needed, held = math.prod(shape) * dtype.itemsize, len(body) - stream.tell()
-    if needed != held:
+# Larger than any axis a valid request has; numpy itself fails on axes near 2^63 even when another is 0.
+MAX_AXIS = 2**32
+
+
+def check_axes(shape: Sequence[int], where: str, code: str = "invalid_shape_header") -> None:
+    """400 for a shape no array here can have: too many dimensions, or an axis beyond MAX_AXIS."""
+    if len(shape) > MAX_DIMS or any(dim > MAX_AXIS for dim in shape):
         raise ServiceError(
             400,
-            "malformed_npy",
-            f"the body is not a readable .npy file: its header says shape {list(shape)} ({needed} bytes) "
-            f"but {held} bytes follow",
+            code,
+            f"{where} must have at most {MAX_DIMS} dimensions of at most {MAX_AXIS} each, got {list(shape)[:10]}",
         )
+
+
+def raw_layout(shape: str | None, dtype: str | None) -> tuple[tuple[int, ...], np.dtype]:
+    """The dimensions and dtype the X-Shape and X-Dtype headers of a raw body declare."""
+    if not shape:
+        raise ServiceError(400, "missing_shape", f"{RAW} bodies need an X-Shape header, e.g. X-Shape: 64,784")
+    parts = shape.split(",")
+    # int() also reads non-ASCII digits and "1_0": only ASCII digits are a dimension.
+    if len(parts) > MAX_DIMS or not all(part.strip().isascii() and part.strip().isdigit() for part in parts):
+        raise ServiceError(
+            400, "invalid_shape_header", f"X-Shape must be at most {MAX_DIMS} comma-separated integers, got {shape!r}"
+        )
+    dims = tuple(int(part) for part in parts)
+    check_axes(dims, "X-Shape")
+    kind = RAW_DTYPES.get((dtype or "float32").strip().lower())
+    if kind is None:
+        raise ServiceError(415, "invalid_dtype", f"X-Dtype {dtype!r} is not one of {sorted(RAW_DTYPES)}")
+    return dims, kind
 
 
 def load_raw(body: bytes, shape: str | None, dtype: str | None) -> np.ndarray:
     """An array from raw little-endian bytes, shaped by the X-Shape header (e.g. `64,784`)."""
-    if not shape:
-        raise ServiceError(400, "missing_shape", f"{RAW} bodies need an X-Shape header, e.g. X-Shape: 64,784")
-    try:
-        dims = tuple(int(dim) for dim in shape.split(","))
-    except ValueError:
-        dims = (-1,)
-    if any(dim < 0 for dim in dims) or len(dims) > MAX_DIMS:
-        raise ServiceError(
-            400, "invalid_shape_header", f"X-Shape must be at most {MAX_DIMS} comma-separated integers, got {shape!r}"
-        )
-    kind = RAW_DTYPES.get((dtype or "float32").strip().lower())
-    if kind is None:
-        raise ServiceError(415, "invalid_dtype", f"X-Dtype {dtype!r} is not one of {sorted(RAW_DTYPES)}")
+    dims, kind = raw_layout(shape, dtype)
     needed = math.prod(dims) * kind.itemsize
     if len(body) != needed:
         raise ServiceError(

@@ -47,7 +47,9 @@ async def encode(runtime: ModelRuntime, x: np.ndarray, return_logvar: bool = Fal
 
 
 async def decode(runtime: ModelRuntime, z: np.ndarray) -> np.ndarray:
-    return await runtime.decode_batched(z)
+    reconstructions = await runtime.decode_batched(z)
+    _check_finite(reconstructions, "reconstructions")  # latents far outside the prior overflow the decoder
+    return reconstructions
 
 
 async def score(runtime: ModelRuntime, x: np.ndarray) -> Scored:

@@ -9,11 +9,16 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
+from anyio import to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import memory
 from service.errors import ServiceError, render
 from service.metrics import Metrics
 from service.registry import Registry
+
+# After a body this large, the worker hands the memory it freed back to the system (service.memory).
+TRIM_BYTES = 1024 * 1024
 
 
 class BodyLimit:
@@ -73,6 +78,8 @@ class BodyLimit:
             await self.app(scope, limited_receive, send)
         finally:
             self.in_flight -= received
+            if received >= TRIM_BYTES:
+                await to_thread.run_sync(memory.trim)
 
     def _too_large(self) -> ServiceError:
         return ServiceError(413, "body_too_large", f"the request body exceeds {self.max_bytes} bytes")

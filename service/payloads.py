@@ -20,7 +20,7 @@ from anyio import to_thread
 from fastapi import Request, Response
 from starlette.datastructures import UploadFile
 
-from service import codecs, images
+from service import bodies, codecs, images
 from service.errors import ServiceError
 from service.runtime import ModelRuntime
 
@@ -65,18 +65,17 @@ async def read_json(request: Request, required: list[str], options: Options) -> 
     media = codecs.media_type(request.headers.get("content-type"))
     if media != codecs.JSON:
         raise ServiceError(415, "unsupported_media_type", f"{media} is not accepted here; send {codecs.JSON}")
-    body = codecs.load_json(await request.body())
+    body = codecs.load_json(await bodies.read(request.stream(), bodies.JsonScan(bodies.SMALL_JSON)))
     codecs.check_fields(body, required, list(options))
     values = {name: body[name] for name in required}
     return values | {name: codecs.option(body, name, kind, default) for name, (kind, default) in options.items()}
 
 
 async def _json_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
-    body = codecs.load_json_with_rows(await request.body(), spec.key)
-    codecs.check_fields(body, [spec.key], list(spec.options))
+    scan = bodies.JsonScan(bodies.JsonLimits.for_rows(spec.row_shape, spec.max_rows))
+    body = codecs.load_json_with_rows(await bodies.read(request.stream(), scan), spec.key, list(spec.options))
     rows = codecs.as_batch(body[spec.key], spec.row_shape, spec.key, spec.max_rows, spec.feature_names)
-    options = {name: codecs.option(body, name, kind, default) for name, (kind, default) in spec.options.items()}
-    return rows, options
+    return rows, _options(request, spec, {name: value for name, value in body.items() if name != spec.key})
 
 
 async def _upload_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
@@ -95,32 +94,52 @@ async def _upload_rows(request: Request, spec: RowsRequest, runtime: ModelRuntim
     offset, scale = runtime.manifest.normalisation()
     rows = codecs.checked_rows(images.from_pixels(pixels, offset, scale), "file", spec.max_rows)
     fields = {name: _form_value(name, value) for name, value in form.items() if name != "file"}
-    codecs.check_fields(fields, [], list(spec.options))
-    options = {name: codecs.option(fields, name, kind, default) for name, (kind, default) in spec.options.items()}
-    return rows, options
+    return rows, _options(request, spec, fields)
 
 
 async def _npy_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
-    array = codecs.load_npy(await request.body())
-    return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), _query_options(request, spec)
+    options = _options(request, spec)
+    check = bodies.NpyRows(spec.row_shape, spec.max_rows, spec.key, _declared_length(request))
+    array = codecs.load_npy(await bodies.read(request.stream(), check))
+    return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), options
 
 
 async def _csv_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
-    # The csv module is Python: parsing runs in a thread, where the event loop can interleave with it.
-    body, features = await request.body(), math.prod(spec.row_shape)
-    array = await to_thread.run_sync(codecs.load_csv, body, spec.feature_names, features)
-    return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), _query_options(request, spec)
+    options = _options(request, spec)
+    parser = bodies.CsvRows(spec.feature_names, math.prod(spec.row_shape), spec.max_rows, spec.key)
+    # The csv module is Python: each chunk is parsed in a thread, where the event loop can interleave with it.
+    async for chunk in request.stream():
+        await to_thread.run_sync(parser, chunk)
+    return codecs.shaped(parser.rows(), spec.row_shape, spec.key, spec.max_rows), options
 
 
 async def _raw_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
+    options = _options(request, spec)
     headers = request.headers
-    array = codecs.load_raw(await request.body(), headers.get("x-shape"), headers.get("x-dtype"))
-    return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), _query_options(request, spec)
+    dims, kind = codecs.raw_layout(headers.get("x-shape"), headers.get("x-dtype"))
+    batch = codecs.batch_shape(dims, spec.row_shape)
+    if batch is not None and batch[0] > spec.max_rows:  # refused before a byte of the body is read
+        raise ServiceError(413, "too_many_rows", f"{spec.key} has {batch[0]} rows; at most {spec.max_rows} per request")
+    body = await bodies.read(request.stream(), bodies.ByteLimit(math.prod(dims) * kind.itemsize, dims, kind))
+    array = codecs.load_raw(body, headers.get("x-shape"), headers.get("x-dtype"))
+    return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), options
 
 
-def _query_options(request: Request, spec: RowsRequest) -> dict[str, Any]:
+def _declared_length(request: Request) -> int | None:
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isascii() and declared.isdigit() else None
+
+
+def _options(request: Request, spec: RowsRequest, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The route's options from the query string (`?top_features=2`) and the body's own fields, checked and
+    defaulted; one given both ways is refused rather than one of the two silently winning."""
     query = request.query_params.items()
     fields = {name: _form_value(name, value) for name, value in query if name not in ("model", "version")}
+    codecs.check_fields(fields, [], list(spec.options))
+    both = sorted(set(fields) & set(given or {}))
+    if both:
+        raise ServiceError(400, "invalid_request", f"option(s) {both} are given both in the query string and the body")
+    fields |= given or {}
     codecs.check_fields(fields, [], list(spec.options))
     return {name: codecs.option(fields, name, kind, default) for name, (kind, default) in spec.options.items()}
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service import fastjson
-from service.codecs import MAX_DIMS, holds_booleans
+from service import bodies, fastjson
+from service.codecs import MAX_AXIS, MAX_DIMS, holds_booleans
 from service.errors import ServiceError
 
 # V2 datatype -> numpy dtype of its little-endian wire layout.
@@ -38,6 +38,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 NUMERIC_INPUTS = {name for name in DATATYPES if name != "BOOL"}
 OUTPUT_DATATYPES = {np.dtype("float32"): "FP32", np.dtype("bool"): "BOOL", np.dtype("O"): "BYTES"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# Where the numbers of a JSON request are: each input's data.
+DATA: fastjson.Pattern = ("inputs", None, "data")
 
 
 @dataclass
@@ -57,30 +59,55 @@ def bad(message: str) -> ServiceError:
     return ServiceError(400, "invalid_request", message)
 
 
+# Far more than any request needs (we take one input; a model has nine outputs): counted before any value
+# is converted, so a request of a million inputs costs its parse and nothing more.
+MAX_INPUTS, MAX_OUTPUTS, MAX_PARAMETERS, MAX_TENSOR_FIELDS = 8, 32, 64, 16
+FIELDS = ("id", "parameters", "inputs", "outputs")
+
+
+def scan(header_length: str | None, row_shape: tuple[int, ...], latent: int, max_rows: int) -> bodies.Feed:
+    """What checks an infer body as it arrives: its JSON header against what the largest valid request (of x
+    rows or z latents) holds; the binary data after it is not JSON."""
+    length = _header_length(header_length)
+    x, z = bodies.JsonLimits.for_rows(row_shape, max_rows), bodies.JsonLimits.for_rows((latent,), max_rows)
+    json_scan = bodies.JsonScan(bodies.JsonLimits(max(x.values, z.values), max(x.arrays, z.arrays)))
+    seen = 0
+
+    def feed(chunk: bytes) -> None:
+        nonlocal seen
+        if length is not None:
+            chunk = chunk[: max(0, length - seen)]
+        seen += len(chunk)
+        if chunk:
+            json_scan(chunk)
+
+    return feed
+
+
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     """The infer request in `body`; every way it can be malformed is a 400 that says where."""
     header, binary = _split(body, header_length)
-    document = fastjson.loads(header, _is_data)
+    element = fastjson.parse(header)
+    document = None
+    if element is not None and fastjson.is_object(element):
+        _check_counts(element)
+        document = fastjson.convert(element, (DATA,))
+    del element  # the parser's buffers go with it
     if document is None:
         try:
             document = orjson.loads(header)
         except orjson.JSONDecodeError as exc:
             raise bad(f"the inference header is not JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise bad("the inference header must be a JSON object")
-    unknown = sorted(set(document) - {"id", "parameters", "inputs", "outputs"})
-    if unknown:
-        raise bad(f"unknown fields {unknown}; a request has id, parameters, inputs and outputs")
+        if not isinstance(document, dict):
+            raise bad("the inference header must be a JSON object")
+        _check_counts(document)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise bad("id must be a string")
     parameters = _parameters(document, "the request")
-    raw_inputs = document.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise bad("inputs must be a non-empty list of tensors")
     inputs: dict[str, np.ndarray] = {}
     offset = 0
-    for tensor in raw_inputs:
+    for tensor in document["inputs"]:
         name, array, offset = _input(tensor, binary, offset)
         if name in inputs:
             raise bad(f"input {name!r} is given twice")
@@ -93,16 +120,51 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     return InferRequest(request_id, inputs, _outputs(document.get("outputs")), binary_default, parameters)
 
 
-def _is_data(path: fastjson.Path) -> bool:
-    return len(path) == 3 and path[0] == "inputs" and path[2] == "data"
+def _check_counts(document: Any) -> None:
+    """The request's fields, and how many inputs, outputs and parameters it has, checked on the parsed
+    document (simdjson's, unconverted, or orjson's) before any value is converted."""
+    unknown = sorted(set(document.keys()) - set(FIELDS))
+    if unknown:
+        raise bad(f"unknown fields {unknown[:10]}; a request has id, parameters, inputs and outputs")
+    inputs = document.get("inputs")
+    if not fastjson.is_list(inputs) or not len(inputs):
+        raise bad("inputs must be a non-empty list of tensors")
+    if len(inputs) > MAX_INPUTS:
+        raise bad(f"{len(inputs)} inputs; a request has at most {MAX_INPUTS}")
+    outputs = document.get("outputs")
+    if fastjson.is_list(outputs) and len(outputs) > MAX_OUTPUTS:
+        raise bad(f"{len(outputs)} outputs requested; a request names at most {MAX_OUTPUTS}")
+    _check_parameters(document.get("parameters"), "the request")
+    for tensor in inputs:
+        if fastjson.is_dict(tensor):
+            if len(tensor) > MAX_TENSOR_FIELDS:
+                raise bad(f"an input has {len(tensor)} fields; a tensor has name, shape, datatype, parameters, data")
+            _check_parameters(tensor.get("parameters"), "an input")
+
+
+def _check_parameters(parameters: Any, where: str) -> None:
+    # The protocol's parameters are booleans, numbers and strings: nothing to convert at length.
+    if not fastjson.is_dict(parameters):
+        return  # absent, or refused with its message by _parameters
+    if len(parameters) > MAX_PARAMETERS:
+        raise bad(f"parameters of {where} has {len(parameters)} entries; at most {MAX_PARAMETERS}")
+    if any(fastjson.is_list(parameters[key]) or fastjson.is_dict(parameters[key]) for key in parameters):
+        raise bad(f"parameters of {where} must be booleans, numbers or strings")
+
+
+def _header_length(header_length: str | None) -> int | None:
+    if header_length is None:
+        return None
+    # str.isdigit also takes digits such as "\xb2" that int() refuses: ASCII digits only.
+    if not (header_length.isascii() and header_length.isdigit()) or len(header_length) > 12:
+        raise bad(f"{HEADER_LENGTH} must be a byte count, got {header_length[:40]!r}")
+    return int(header_length)
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    if header_length is None:
+    length = _header_length(header_length)
+    if length is None:
         return body, b""
-    if not header_length.isdigit() or len(header_length) > 12:
-        raise bad(f"{HEADER_LENGTH} must be a byte count, got {header_length[:40]!r}")
-    length = int(header_length)
     if length > len(body):
         raise bad(f"{HEADER_LENGTH} is {length} but the body has {len(body)} bytes")
     return body[:length], body[length:]
@@ -125,6 +187,8 @@ def _input(tensor: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, in
     shape = tensor.get("shape")
     if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(type(dim) is int and dim >= 0 for dim in shape):
         raise bad(f"{where}: shape must be a list of at most {MAX_DIMS} non-negative integers")
+    if any(dim > MAX_AXIS for dim in shape):  # numpy fails on such axes even when another is 0
+        raise bad(f"{where}: shape {shape[:MAX_DIMS]} has an axis over {MAX_AXIS}")
     datatype = tensor.get("datatype")
     if datatype == "BYTES":
         raise bad(f"{where}: BYTES tensors are not taken here; send numbers ({sorted(NUMERIC_INPUTS)})")

@@ -98,9 +98,9 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, str]] = [
      "the CSV body has no rows: send at least one"),
     ("a CSV body that is not UTF-8", "/models/named/score", {"content": b"\xff\xfe1,2", "headers": CSV}, 400,
      "malformed_csv", "the CSV body is not UTF-8 text"),
-    ("a CSV field beyond the csv module's limit", "/models/named/score",
-     {"content": '1,"' + "2" * 200_000 + '"', "headers": CSV}, 400, "malformed_csv",
-     "the CSV body cannot be read: field larger than field limit (131072)"),
+    ("a CSV line longer than any row", "/models/named/score",
+     {"content": '1,"' + "2" * 200_000 + '"', "headers": CSV}, 422, "invalid_shape",
+     f"a CSV line is longer than {256 * len(NAMES) + 4096} characters: not a row"),
 ]
 # fmt: on
 
