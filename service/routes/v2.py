@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from service import admission, codecs, dataplane, schemas
+from service import admission, bodies, codecs, dataplane, schemas, v2_codec
 from service.errors import ServiceError
 from service.manifest import GRAPH_ROLES
 from service.registry import Registry
@@ -130,7 +130,10 @@ async def infer(request: Request) -> Response:
     async with deadline(state.settings.request_timeout_s):
         with state.registry.lease(path["model"], path.get("version")) as runtime:
             await _admit_unread(request, runtime)
-            parsed = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+            header_length, manifest = request.headers.get(HEADER_LENGTH), runtime.manifest
+            max_rows = state.settings.max_batch_rows
+            check = v2_codec.scan(header_length, manifest.row_shape, manifest.latent.dim, max_rows)
+            parsed = parse_request(await bodies.read(request.stream(), check), header_length)
             outputs, parameters = await _run(runtime, parsed, state.settings.max_batch_rows)
             manifest = runtime.manifest
             body, headers = render_response(parsed, manifest.name, manifest.version, outputs, parameters)
