@@ -12,18 +12,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from training.config import FitConfig, Flag, sizes
+from training.config import EvalConfig, FitConfig, Flag, sizes
 from training.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, TrainingError
-
-
-def _seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not seeds or any(s < 0 for s in seeds):
-        raise argparse.ArgumentTypeError(f"seeds must be non-negative integers, got {text!r}")
-    return seeds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,27 +77,19 @@ def _add_evaluate(commands: Any) -> None:
         )
         nargs = None if name == "mnist" else "+"
         sub.add_argument("--data", type=Path, required=True, nargs=nargs, help=data_help)
-        sub.add_argument("--out", type=Path, default=Path("reports/evaluation"), help="where JSON and PNG go")
-        sub.add_argument("--epochs", type=int, help="override the recipe's epochs (quick checks only)")
-        sub.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-        sub.add_argument("--quiet", action="store_true", help="no progress bar, only the table")
-        if name == "tabular":
-            sub.add_argument(
-                "--seeds",
-                type=_seeds,
-                default=(0, 1, 2),
-                help="the autoencoder's seeds: the first is compared with the baselines, all give its spread",
-            )
+        add_flags(sub, EvalConfig, leave_out=("seeds",) if name == "mnist" else ())
 
 
-def add_flags(parser: argparse.ArgumentParser, config: type[BaseModel]) -> None:
+def add_flags(parser: argparse.ArgumentParser, config: type[BaseModel], leave_out: tuple[str, ...] = ()) -> None:
     """A flag for each field of `config` (its training.config.Flag says where and how), with the field's
     docstring as its help and its default appended where it is a value, not a choice left to the data (None)."""
-    groups: dict[str, Any] = {}
+    groups: dict[str | None, Any] = {}
     for name, field in config.model_fields.items():
+        if name in leave_out:
+            continue
         flag = next(item for item in field.metadata if isinstance(item, Flag))
         if flag.group not in groups:
-            groups[flag.group] = parser.add_argument_group(flag.group)
+            groups[flag.group] = parser if flag.group is None else parser.add_argument_group(flag.group)
         option = flag.name or f"--{name.replace('_', '-')}"
         kind, choices = _kind(field.annotation)
         if kind is bool:
@@ -118,7 +100,7 @@ def add_flags(parser: argparse.ArgumentParser, config: type[BaseModel]) -> None:
                 option, dest=name, type=flag.parse or kind, required=True, help=field.description
             )
         else:
-            shown = "" if field.default is None else f" (default: {field.default})"
+            shown = "" if field.default is None else f" (default: {_shown(field.default)})"
             groups[flag.group].add_argument(
                 option,
                 dest=name,
@@ -127,6 +109,11 @@ def add_flags(parser: argparse.ArgumentParser, config: type[BaseModel]) -> None:
                 default=field.default,
                 help=f"{field.description}{shown}",
             )
+
+
+def _shown(value: Any) -> str:
+    """A default as it would be typed on the command line."""
+    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
 
 
 def _kind(annotation: Any) -> tuple[Any, list[Any] | None]:
@@ -145,6 +132,10 @@ def _kind(annotation: Any) -> tuple[Any, list[Any] | None]:
 
 def config_from_args(args: argparse.Namespace) -> FitConfig:
     return FitConfig(**{name: getattr(args, name) for name in FitConfig.model_fields})
+
+
+def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
+    return EvalConfig(**{name: getattr(args, name) for name in EvalConfig.model_fields if hasattr(args, name)})
 
 
 TRAIN_EXTRA = ("torch", "onnx", "sklearn")
@@ -184,10 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from training.evaluate import EvalConfig, run
+    from training.evaluate import run
 
-    config = EvalConfig(out=args.out, epochs=args.epochs, device=args.device, progress=not args.quiet)
-    if args.protocol == "tabular":
-        config.seeds = args.seeds
+    config = eval_config_from_args(args)
     paths = args.data if isinstance(args.data, list) else [args.data]
     run(args.protocol, paths, config)

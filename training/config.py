@@ -1,4 +1,4 @@
-"""What one training run is asked to do: every `python -m training fit` flag, as one pydantic model.
+"""What `python -m training` is asked to do: every flag of `fit` (FitConfig) and `evaluate` (EvalConfig).
 
 Each field is defined once, with its default and its help (the docstring below it); training.cli builds the
 command line from these fields. A default of None means "chosen from the data" (training.recipes).
@@ -25,7 +25,7 @@ class Flag:
     type do not say it, its flag (a bool whose default is True: the flag that turns it off) and how its
     text is read."""
 
-    group: str
+    group: str | None = None  # None: the command's own options
     name: str | None = None
     parse: Callable[[str], Any] | None = None
 
@@ -38,6 +38,17 @@ def sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return values
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """Comma-separated non-negative integers, e.g. 0,1,2."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"seeds must be non-negative integers, got {text!r}")
     return values
 
 
@@ -130,3 +141,20 @@ class FitConfig(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+class EvalConfig(BaseModel):
+    """How `python -m training evaluate` runs its protocol (the data files are its --data)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    out: Annotated[Path, Flag()] = Path("reports/evaluation")
+    """Where the JSON and PNG go."""
+    epochs: Annotated[int | None, Flag()] = None
+    """Override the recipe's epochs (quick checks only)."""
+    device: Annotated[str | None, Flag()] = None
+    """cpu or cuda (default: cuda when available)."""
+    progress: Annotated[bool, Flag(name="--quiet")] = True
+    """A progress bar while models train; --quiet turns it off, leaving only the table."""
+    seeds: Annotated[tuple[int, ...], Flag(parse=seed_list)] = (0, 1, 2)
+    """Tables: the autoencoder's seeds; the first is compared with the baselines, all give its spread."""

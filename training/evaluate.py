@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.config import FitConfig
+from training.config import EvalConfig, FitConfig
 from training.data import Dataset, load_dataset
 from training.errors import DataError
 from training.export import ScorerGraph
@@ -36,16 +36,6 @@ MNIST_TRAIN_ROWS = 8000
 MNIST_TEST_ROWS = 2000
 RECONSTRUCTION_LATENTS = (32, 16)
 SEED = 0
-SEEDS = (0, 1, 2)
-
-
-@dataclass
-class EvalConfig:
-    out: Path = Path("reports/evaluation")
-    epochs: int | None = None  # None: FitConfig's default, as `fit` without --epochs
-    device: str | None = None
-    progress: bool = True
-    seeds: tuple[int, ...] = SEEDS  # tables: the autoencoder's seeds; the first is compared with the baselines
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The fit command line, generated from FitConfig: one flag per field, each with its help and the field's default."""
+"""The training command lines, generated from FitConfig and EvalConfig: a flag per field, with its help and default."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import build_parser, config_from_args
-from training.config import FitConfig
+from training.cli import build_parser, config_from_args, eval_config_from_args
+from training.config import EvalConfig, FitConfig
 
 REQUIRED = ["fit", "--data", "rows.csv", "--name", "m"]
 
@@ -76,3 +76,20 @@ def test_bad_flags_exit_2_naming_the_flag(flags: list[str], message: str, capsys
         build_parser().parse_args(args)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _evaluate_parser(protocol: str) -> argparse.ArgumentParser:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    evaluate = commands.choices["evaluate"]
+    protocols = next(a for a in evaluate._actions if isinstance(a, argparse._SubParsersAction))
+    return protocols.choices[protocol]
+
+
+def test_evaluate_flags_are_evalconfigs_fields() -> None:
+    tabular = {a.dest for a in _evaluate_parser("tabular")._actions} - {"help", "data"}
+    mnist = {a.dest for a in _evaluate_parser("mnist")._actions} - {"help", "data"}
+    assert tabular == set(EvalConfig.model_fields) and mnist == tabular - {"seeds"}  # MNIST has one seed
+    args = build_parser().parse_args(["evaluate", "tabular", "--data", "a.npz"])
+    assert eval_config_from_args(args) == EvalConfig()
+    args = build_parser().parse_args(["evaluate", "tabular", "--data", "a.npz", "--seeds", "3,4", "--quiet"])
+    assert (eval_config_from_args(args).seeds, eval_config_from_args(args).progress) == ((3, 4), False)
