@@ -59,7 +59,8 @@ RUN /build/docker/install-service.sh cpu /opt/venv
 COPY pyproject.toml /build/src/
 COPY service/ /build/src/service/
 COPY training/ /build/src/training/
-RUN /opt/venv/bin/python -m pip install "/build/src[train]" \
+# The lock as constraints: the train extra adds torch and its tools, never moves a pinned package.
+RUN /opt/venv/bin/python -m pip install --constraint /build/requirements/service-cpu.txt "/build/src[train]" \
     && /opt/venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 RUN useradd --system --user-group --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 WORKDIR /work

@@ -4,29 +4,49 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/datasets
 MODELS_DIR ?= models
+# The port of `make serve`, `make bench` and `make soak` (unset: 8000, 8100 and 8299); 0 takes a free one.
+PORT ?=
+PORT_FLAG := $(if $(PORT),--port $(PORT))
 
-.PHONY: serve test test-fast lint models evaluate bench soak install-wrk screenshots install-service install-train install-dev install-bench system-deps clean
+.PHONY: serve test test-fast lint lock models evaluate bench soak install-wrk screenshots install-service install-train install-dev install-bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# Stamps re-run the install whenever pyproject.toml changes.
-$(VENV)/.service-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+# The service's runtime at the versions the images install (requirements/service-common.txt, the lock):
+# constraints, so the extras' tools add packages but never move a pinned one.
+LOCK := requirements/service-cpu.txt requirements/service-common.txt
+PIP_INSTALL := $(BIN)/pip install -q -c requirements/service-cpu.txt
+
+# Stamps re-run the install whenever pyproject.toml or the lock changes.
+$(VENV)/.service-installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP_INSTALL) -e .
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[train,dev]'
+$(VENV)/.dev-installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[train,dev]'
 	touch $@ $(VENV)/.service-installed $(VENV)/.train-installed
 
-$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[bench]'
+$(VENV)/.bench-installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[bench]'
 	touch $@ $(VENV)/.service-installed
 
-$(VENV)/.train-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[train]'
+$(VENV)/.train-installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[train]'
 	touch $@ $(VENV)/.service-installed
+
+# Rewrites the pins of requirements/service-common.txt (its comment header kept) from a fresh environment:
+# the newest versions pyproject.toml's ranges allow, onnxruntime left to service-cpu.txt and service-gpu*.txt.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --only-binary=:all: .
+	{ sed '/^[^#]/,$$d' requirements/service-common.txt; \
+	  $(LOCK_VENV)/bin/pip freeze | grep -viE '^(autoencoder-service|onnxruntime)==' | sort -f; } > $(LOCK_VENV)/lock.txt
+	mv $(LOCK_VENV)/lock.txt requirements/service-common.txt
+	rm -rf $(LOCK_VENV)
 
 install-service: $(VENV)/.service-installed
 # torch (CPU wheel, pinned), onnx, scikit-learn...: what `python -m training` needs beside the service.
@@ -48,8 +68,10 @@ $(GPU_VENV)/.service-installed: requirements/service-gpu-host.txt requirements/s
 	touch $@
 
 SERVE_VENV := $(if $(filter 1,$(GPU)),$(GPU_VENV),$(VENV))
+# On gunicorn's arbiter (docs/deploy.md): kill -HUP replaces the workers one at a time, -TTIN/-TTOU add
+# and remove one.
 serve: $(SERVE_VENV)/.service-installed
-	$(SERVE_VENV)/bin/python -m service --models-dir $(MODELS_DIR)
+	$(SERVE_VENV)/bin/python -m service --models-dir $(MODELS_DIR) $(PORT_FLAG)
 
 # Tools the tests call that pip cannot install, Debian's packages: docker-compose checks docker-compose.yml,
 # chromium is the browser tests/ui drives (Playwright with executable_path: no browser download).
@@ -87,7 +109,7 @@ models: install-dev
 COMPARE ?=
 BENCH_SECONDS ?= 6
 bench: install-bench install-wrk
-	$(BIN)/python bench/run.py --seconds $(BENCH_SECONDS) $(foreach target,$(COMPARE),--compare $(target))
+	$(BIN)/python bench/run.py --seconds $(BENCH_SECONDS) $(PORT_FLAG) $(foreach target,$(COMPARE),--compare $(target))
 
 # wrk, the load generator of bench and soak, from Debian when it is missing.
 install-wrk:
@@ -97,14 +119,14 @@ install-wrk:
 # (reports/soak/: JSON and a chart); SOAK_SECONDS=60 for a short look.
 SOAK_SECONDS ?= 600
 soak: install-bench install-wrk
-	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS) $(PORT_FLAG)
 
 # The README's screenshots of the page and /docs, taken by the browser tests.
 screenshots: install-dev system-deps
 	UI_SCREENSHOTS=docs/ui $(BIN)/python -m pytest tests/ui
 
 clean:
-	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(GPU_VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # The default recipes against PCA and IsolationForest; tables, JSON and charts in reports/evaluation/.
 evaluate: install-dev
