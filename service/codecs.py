@@ -254,6 +254,7 @@ def load_npy(body: bytes) -> np.ndarray:
     held = len(body) - header.offset
     if held != header.nbytes:
         raise _bad_npy(f"its header says shape {list(header.shape)} ({header.nbytes} bytes) but {held} bytes follow")
+    check_axes(header.shape, "the array", "malformed_npy")
     array = np.frombuffer(body, dtype=header.dtype, count=math.prod(header.shape), offset=header.offset)
     return array.reshape(header.shape, order="F" if header.fortran else "C")
 

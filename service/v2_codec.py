@@ -227,19 +227,28 @@ def _json_data(data: Any, shape: list[int], datatype: str, where: str) -> np.nda
         raise bad(f"{where}: data has {array.size} values, shape {shape} needs {math.prod(shape)}")
     dtype = DATATYPES[datatype]
     if dtype.kind in "iu" and array.size:
-        _check_integers(array, datatype, where)
+        array = _check_integers(array, data, datatype, where)
     # Floats beyond the datatype's range become inf, refused with the other non-finite values downstream.
     with np.errstate(over="ignore", invalid="ignore"):
         return array.astype(dtype).reshape(shape)
 
 
-def _check_integers(array: np.ndarray, datatype: str, where: str) -> None:
-    """Refuses what astype would silently wrap (300 as UINT8 is 44) or truncate (1.5 as INT32 is 1)."""
+def _check_integers(array: np.ndarray, data: Any, datatype: str, where: str) -> np.ndarray:
+    """The array, refusing what astype would silently wrap (300 as UINT8 is 44) or truncate (1.5 as INT32
+    is 1). Integers past 2^53, which np.asarray rounds to floats, are checked as the exact ints JSON gave."""
     info = np.iinfo(DATATYPES[datatype])
-    whole = array.dtype.kind in "iu" or bool(np.all(np.floor(array) == array))
-    # .item(): Python compares its ints and floats exactly, where numpy would round 2**64 - 1 to a float.
-    if not whole or array.min().item() < info.min or array.max().item() > info.max:
+    if array.dtype.kind == "f" and float(np.abs(array).max()) >= 2.0**53:
+        array = np.asarray(data, dtype=object)
+        values = array.ravel().tolist()
+        whole = all(type(value) is int or value.is_integer() for value in values)
+        low, high = min(values), max(values)
+    else:
+        whole = array.dtype.kind in "iu" or bool(np.all(np.floor(array) == array))
+        # .item(): Python compares its ints and floats exactly, where numpy would round 2**64 - 1 to a float.
+        low, high = array.min().item(), array.max().item()
+    if not whole or low < info.min or high > info.max:
         raise bad(f"{where}: {datatype} data must be whole numbers from {info.min} to {info.max}")
+    return array
 
 
 def _outputs(raw: Any) -> dict[str, bool | None]:

@@ -49,11 +49,17 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def npy_claiming(rows: int) -> bytes:
-    """A .npy file whose header promises `rows` rows of 5 float32, followed by two rows."""
-    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, 5), }}".encode()
+def npy_claiming(rows: int, version: int = 1, width: int = 5) -> bytes:
+    """A .npy file (format `version`.0) whose header promises `rows` rows of `width` float32, followed by
+    ten float32."""
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {width}), }}".encode()
     header = header.ljust(118) + b"\n"
-    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + np.zeros(10, np.float32).tobytes()
+    size = len(header).to_bytes(2 if version == 1 else 4, "little")
+    return b"\x93NUMPY" + bytes([version, 0]) + size + header + np.zeros(10, np.float32).tobytes()
+
+
+# Latents at float32's edge, in every sign: whatever the weights, some overflow the decoder.
+HUGE_LATENTS = [[a * 3.4e38, b * 3.4e38] for a in (1, -1) for b in (1, -1)]
 
 
 def png(size: tuple[int, int] = (8, 8), mode: str = "L", fmt: str = "PNG") -> bytes:
@@ -129,6 +135,22 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
     ("an .npy header claiming 2^40 rows", "POST", TAB, {"content": npy_claiming(2**40), "headers": NPY}, 400,
      "malformed_npy", "the body is not a readable .npy file: its header says shape [1099511627776, 5] "
      "(21990232555520 bytes) but 40 bytes follow"),
+    ("a format 3.0 .npy header claiming 2^40 rows", "POST", TAB, {"content": npy_claiming(2**40, 3), "headers": NPY},
+     400, "malformed_npy", "the body is not a readable .npy file: its header says shape [1099511627776, 5] "
+     "(21990232555520 bytes) but 40 bytes follow"),
+    ("an .npy of format 4.0", "POST", TAB, {"content": npy_claiming(2, 4), "headers": NPY}, 400, "malformed_npy",
+     "the body is not a readable .npy file: format version 4.0 is not one of [(1, 0), (2, 0), (3, 0)]"),
+    ("an .npy of no rows and an axis of 2^63", "POST", TAB,
+     {"content": npy_claiming(0, 1, 2**63)[:-40], "headers": NPY}, 400, "malformed_npy",
+     f"the array must have at most 8 dimensions of at most 4294967296 each, got [0, {2**63}]"),
+    ("X-Shape of no rows and an axis of 2^63", "POST", TAB, {"content": b"", "headers": raw(f"0,{2**63}")}, 400,
+     "invalid_shape_header", f"X-Shape must have at most 8 dimensions of at most 4294967296 each, got [0, {2**63}]"),
+    ("X-Shape in non-ASCII digits", "POST", TAB, {"content": b"", "headers": {**raw(""), "x-shape": b"\xb2,5"}},
+     400, "invalid_shape_header", "X-Shape must be at most 8 comma-separated integers, got '\xb2,5'"),
+    ("X-Shape over the row limit, refused unread", "POST", TAB, {"content": b"", "headers": raw("5000,5")}, 413,
+     "too_many_rows", f"inputs has 5000 rows; at most {MAX_ROWS} per request"),
+    ("latents that overflow the decoder", "POST", "/decode?model=tab",
+     {"json": {"latents": [[0.0, 0.0], *HUGE_LATENTS]}}, 422, "non_finite_result", "the reconstructions of rows ..."),
     ("empty .npy batch", "POST", TAB, {"content": npy(np.zeros((0, 5), np.float32)), "headers": NPY}, 422,
      "empty_batch", "inputs has no rows: send at least one"),
     ("empty raw batch", "POST", TAB, {"content": b"", "headers": raw("0,5")}, 422, "empty_batch",

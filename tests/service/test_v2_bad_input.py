@@ -76,7 +76,7 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("binary data left over", INFER, binary({"inputs": [tensor(parameters={"binary_data_size": 20})]}, FP32_ROW * 2),
      400, "that no input claims"),
     ("huge shape", INFER,
-     binary({"inputs": [tensor(shape=[2**40, 5], parameters={"binary_data_size": 20})]}, FP32_ROW), 400, "takes"),
+     binary({"inputs": [tensor(shape=[2**40, 5], parameters={"binary_data_size": 20})]}, FP32_ROW), 400, "axis over"),
     ("row shape mismatch", INFER, plain({"inputs": [tensor(shape=[1, 4], data=ROW[:4])]}), 400, "expected one row"),
     ("data count mismatch", INFER, plain({"inputs": [tensor(shape=[2, 5], data=ROW)]}), 400, "needs 10"),
     ("ragged data", INFER, plain({"inputs": [tensor(data=[[1.0, 2.0], [3.0]])]}), 400, "ragged"),
@@ -121,7 +121,11 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("empty batch", INFER, plain({"inputs": [tensor(shape=[0, 5], data=[])]}), 400, "no rows"),
     ("empty binary batch", INFER, binary({"inputs": [tensor(shape=[0, 5], parameters={"binary_data_size": 0})]}, b""),
      400, "no rows"),
-    ("too many rows", INFER, plain({"inputs": [tensor(shape=[2000, 5], data=ROW * 2000)]}), 413, "at most"),
+    ("too many rows", INFER, plain({"inputs": [tensor(shape=[2000, 5], data=ROW * 2000)]}), 413,
+     "more values or arrays than the largest valid request"),
+    ("too many rows, binary", INFER,
+     binary({"inputs": [tensor(shape=[2000, 5], parameters={"binary_data_size": 40000})]}, FP32_ROW * 2000), 413,
+     "at most"),
     ("body over the limit", INFER, {"content": b" " * (MAX_BYTES + 1)}, 413, f"exceeds {MAX_BYTES} bytes"),
     ("chunked body over the limit", INFER, {"content": chunks(MAX_BYTES + 4096)}, 413, f"exceeds {MAX_BYTES} bytes"),
     ("unknown input", INFER, plain({"inputs": [tensor(name="q", data=ROW)]}), 400, "exactly one input"),
@@ -135,6 +139,25 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("score from latents", INFER,
      plain({"inputs": [tensor("z", [1, 2], data=[0.0, 0.0])], "outputs": [{"name": "score"}]}),
      400, "cannot be computed from z"),
+    ("a zero-size shape with an axis of 2^63", INFER, plain({"inputs": [tensor(shape=[0, 2**63], data=[])]}), 400,
+     "has an axis over 4294967296"),
+    ("its binary twin", INFER,
+     binary({"inputs": [tensor(shape=[0, 2**63], parameters={"binary_data_size": 0})]}, b""), 400, "has an axis over"),
+    ("header length in non-ASCII digits", INFER,
+     {"content": b"{}", "headers": {"Inference-Header-Content-Length": b"\xb2"}}, 400, "must be a byte count"),
+    ("latents that overflow the decoder", INFER,
+     plain({"inputs": [tensor("z", [4, 2], data=[a * 3.4e38 for a in (1, 1, 1, -1, -1, 1, -1, -1)])]}), 400,
+     "the reconstructions of rows"),
+    ("nine inputs", INFER, plain({"inputs": [tensor(data=ROW)] * 9}), 400, "9 inputs; a request has at most 8"),
+    ("forty outputs", INFER, plain({**GOOD, "outputs": [{"name": "score"}] * 40}), 400, "at most 32"),
+    ("a list as a parameter", INFER, plain({**GOOD, "parameters": {"pad": [0] * 10}}), 400,
+     "must be booleans, numbers or strings"),
+    ("an object as an input's parameter", INFER, plain({"inputs": [tensor(data=ROW, parameters={"a": {}})]}), 400,
+     "must be booleans, numbers or strings"),
+    ("JSON nested 40 deep", INFER, {"content": b'{"id": ' + b"[" * 40 + b"]" * 40 + b"}"}, 400, "deeper than 16"),
+    ("a JSON header holding more values than any request", INFER,
+     plain({"inputs": [tensor(data=ROW)], "id": "x", "outputs": [{"name": "score"}] * 7000}), 413,
+     "more values or arrays than the largest valid request"),
     ("id not a string", INFER, plain({**GOOD, "id": 7}), 400, "id must be a string"),
     ("binary_data not a bool", INFER, plain({**GOOD, "outputs": [{"name": "score", "parameters": {"binary_data": 1}}]}),
      400, "true or false"),
@@ -158,6 +181,19 @@ async def test_bad_infer_requests_are_refused_in_the_protocols_shape(
     assert phrase in body["error"]
     good = await client.post(INFER, json=GOOD)
     assert good.status_code == 200 and good.json()["outputs"]
+
+
+async def test_uint64_extremes_are_read_exactly(client: httpx.AsyncClient) -> None:
+    # 2^64 - 1 is a valid UINT64; read as a float64 it would round to 2^64 and be refused as out of range.
+    data = [0, 1, 2, 3, 2**64 - 1]
+    answer = await client.post(
+        INFER, json={"inputs": [tensor(datatype="UINT64", data=data)], "outputs": [{"name": "z"}]}
+    )
+    as_floats = await client.post(
+        INFER, json={"inputs": [tensor(data=[float(v) for v in data])], "outputs": [{"name": "z"}]}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == as_floats.json()["outputs"]
 
 
 @pytest.mark.parametrize(
