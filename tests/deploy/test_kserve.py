@@ -36,6 +36,7 @@ def schema_of(document: dict[str, Any]) -> dict[str, Any]:
     return VENDORED[f"{document['apiVersion']}/{document['kind']}"]
 
 
+@pytest.mark.slow  # validates against KServe's large CRD schemas
 @pytest.mark.parametrize("manifest", ["servingruntime.yaml", "inferenceservice.yaml"])
 def test_manifests_validate_against_the_crds(manifest: str) -> None:
     document = load(manifest)
@@ -49,6 +50,7 @@ def test_a_wrong_field_is_caught_by_the_schema() -> None:
         jsonschema.validate(document, schema_of(document))
 
 
+@pytest.mark.slow  # validates against KServe's large CRD schemas
 @pytest.mark.skipif(not SHARED_CRDS.is_dir(), reason="no ../shared/kserve to compare the vendored schemas with")
 @pytest.mark.parametrize("key", sorted(CRD_FILES))
 def test_the_vendored_schemas_are_kserves(key: str) -> None:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +43,7 @@ def test_bad_setting_stops_the_start_with_a_message() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.e2e
 def test_a_warning_when_listening_beyond_loopback_without_keys(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "service", "--host", "0.0.0.0", "--port", "0", "--models-dir", str(tmp_path)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

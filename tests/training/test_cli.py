@@ -50,6 +50,7 @@ def test_tabular_package_is_complete_and_consistent(tabular_npz: Path, tmp_path:
     assert not [p for p in (models / "tab").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow  # seconds of training
 def test_threshold_is_the_quantile_of_served_scores(tabular_npz: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
     _fit("--data", str(tabular_npz), "--name", "tab", "--models-dir", str(models), "--threshold-quantile", "0.9")
@@ -66,6 +67,7 @@ def test_threshold_is_the_quantile_of_served_scores(tabular_npz: Path, tmp_path:
     assert manifest["score"]["calibration"]["rows"] == len(normal_val)
 
 
+@pytest.mark.slow  # seconds of training
 def test_image_package_matches_its_checkpoint(image_idx: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
     args = ["--data", str(image_idx), "--name", "img", "--models-dir", str(models), "--latent", "4", "--arch", "conv"]
@@ -85,6 +87,7 @@ def test_image_package_matches_its_checkpoint(image_idx: Path, tmp_path: Path) -
     assert norm["scale"] == [255.0]
 
 
+@pytest.mark.slow  # seconds of training
 @pytest.mark.parametrize("arch", ["dense", "vae"])
 def test_other_architectures_export(image_idx: Path, tmp_path: Path, arch: str) -> None:
     models = tmp_path / "models"
@@ -98,6 +101,7 @@ def test_other_architectures_export(image_idx: Path, tmp_path: Path, arch: str) 
     assert manifest["architecture"]["noise"] == 0.1
 
 
+@pytest.mark.slow  # seconds of training
 def test_versions_increase_and_existing_ones_are_protected(tabular_npz: Path, tmp_path: Path) -> None:
     args = ["--data", str(tabular_npz), "--name", "tab", "--models-dir", str(tmp_path)]
     assert _fit(*args) == 0 and _fit(*args) == 0
@@ -154,6 +158,7 @@ def test_a_failed_parity_gate_exits_3_and_leaves_no_package(
     assert list((tmp_path / "tab").iterdir()) == []
 
 
+@pytest.mark.slow  # seconds of training
 def test_cli_process_exit_status_and_help(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,oops\n")
@@ -168,6 +173,7 @@ def test_cli_process_exit_status_and_help(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.slow  # seconds of training
 def test_same_seed_same_model(tabular_npz: Path, tmp_path: Path) -> None:
     for run in ("a", "b"):
         assert _fit("--data", str(tabular_npz), "--name", "tab", "--models-dir", str(tmp_path / run)) == 0

@@ -76,6 +76,7 @@ def test_pca_baseline_is_exact_on_a_linear_dataset(tmp_path: Path) -> None:
     assert row["pca"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # seconds of training
 def test_mnist_protocol_splits_by_index_and_covers_every_class(tmp_path: Path) -> None:
     images, labels = tiny_images(rows=160)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
@@ -90,6 +91,7 @@ def test_mnist_protocol_splits_by_index_and_covers_every_class(tmp_path: Path) -
     assert all(r["pca"] > 0.95 for r in results["one_class_auroc"])
 
 
+@pytest.mark.slow  # seconds of training
 def test_evaluated_score_is_the_served_score(tabular_npz: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
     assert main(["fit", "--data", str(tabular_npz), "--name", "t", "--models-dir", str(models), *QUICK]) == 0

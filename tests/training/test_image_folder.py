@@ -53,6 +53,7 @@ def test_labels_sizes_and_channels_come_from_the_folder(folder: Path) -> None:
     assert load_image_folder(folder, image_size=(8, 10), image_channels=3).x.shape == (53, 8, 10, 3)
 
 
+@pytest.mark.slow  # seconds of training
 def test_a_folder_trains_serves_and_scores_an_upload_as_training_saw_it(folder: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
     args = ["fit", "--data", str(folder), "--normal-label", "3", "--name", "digits", "--models-dir", str(models)]

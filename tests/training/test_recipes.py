@@ -193,6 +193,7 @@ def test_normalisation_fitted_on_row_blocks_is_that_of_a_copy_of_the_rows(
     assert batch.numpy().tobytes() == want[positions.numpy()].tobytes()
 
 
+@pytest.mark.slow  # the default recipe, trained in full
 @pytest.mark.parametrize("members", [None, "1"], ids=["ensemble", "single"])
 def test_box_scaled_package_bounds_reconstructions_and_scores_in_box_space(
     tabular_npz: Path, tmp_path: Path, members: str | None
