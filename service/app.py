@@ -8,13 +8,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, params
+from fastapi import FastAPI, Request, Response, params
 from fastapi.openapi.utils import get_openapi
 
-from service import memory, schemas
+from service import codecs, memory, schemas
 from service.errors import install_error_handlers
+from service.manifest import Manifest
 from service.metrics import Metrics
 from service.middleware import ApiKeys, BodyLimit, RequestMetrics
+from service.pacing import Paced
 from service.registry import Registry
 from service.repository import Repository
 from service.routes import catalog, repository, rest, v2, web
@@ -45,6 +47,8 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
         # service.routes.web serves both from local assets instead of a CDN.
         docs_url=None,
         redoc_url=None,
+        # Served below from a cache: FastAPI's own route writes the document's JSON again on every call.
+        openapi_url=None,
     )
     metrics = app.state.metrics = Metrics()
     registry = Registry(Repository(settings.models_dir), sessions, metrics, settings.default_model)
@@ -63,8 +67,18 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
     # request (about a quarter of a one-row request). Inference first: routes are matched in order.
     for protocol in (rest, v2, catalog, repository, web):
         protocol.register(app.router)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customise it
+    app.state.openapi = schemas.ServedDocument(lambda manifests, default: _openapi(app, manifests, default))
+    app.state.openapi_turns = Paced(OPENAPI_GAP_S)
+    app.openapi = lambda: _served_document(app).document  # type: ignore[method-assign]  # FastAPI's documented way
+    app.openapi_url = OPENAPI_URL  # where /docs and /redoc fetch it (service.routes.web)
+    app.router.add_route(OPENAPI_URL, _openapi_json, include_in_schema=False)
     return app
+
+
+OPENAPI_URL = "/openapi.json"
+# At most 50 answers a second per worker: a page or a client generator fetches the document once, and a
+# client asking in a loop must not take the event loop from inference (even cached, an answer is 80-150 KB).
+OPENAPI_GAP_S = 0.02
 
 
 @asynccontextmanager
@@ -80,11 +94,23 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks.cancel_scope.cancel()
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document of the one route table, with request examples from the models that serve now
-    (so it is rebuilt per call: models come and go)."""
+def _openapi(app: FastAPI, manifests: list[Manifest], default_model: str | None) -> dict[str, Any]:
+    """The OpenAPI document of the one route table, with request examples from the models that serve."""
     document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    schemas.add_served_models(document, manifests, default_model, app.state.settings.max_batch_rows)
+    return document
+
+
+def _served_document(app: FastAPI) -> schemas.ServedDocument:
+    """The document for the models that serve now: models come and go, so it is checked on every call, and
+    built again when they changed."""
     registry: Registry = app.state.registry
     manifests = [entry.manifest for entry in registry.entries() if entry.serving and entry.manifest is not None]
-    schemas.add_served_models(document, manifests, registry.default_name, app.state.settings.max_batch_rows)
+    document: schemas.ServedDocument = app.state.openapi
+    document.update(manifests, registry.default_name, len(app.routes))
     return document
+
+
+async def _openapi_json(request: Request) -> Response:
+    async with request.app.state.openapi_turns.turn():
+        return Response(_served_document(request.app).body, media_type=codecs.JSON)

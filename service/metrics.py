@@ -4,17 +4,34 @@ Request metrics are recorded by service.middleware.RequestMetrics, batch metrics
 load outcomes and default versions by service.registry. Model labels only ever name models the registry
 knows: requests for any other name are counted under UNKNOWN_MODEL, so clients cannot grow the series.
 
-Under `--workers N`, `python -m service` points PROMETHEUS_MULTIPROC_DIR at a fresh folder: every worker
-writes its values there and whichever worker answers /metrics adds them all up (prometheus_client's
-multiprocess mode)."""
+`python -m service` points PROMETHEUS_MULTIPROC_DIR at a fresh folder (with one worker too: TTIN adds
+more): every worker writes its values there and whichever worker answers /metrics adds them all up
+(prometheus_client's multiprocess mode). A worker's counts outlive it; its live gauges go with it
+(service.workers marks it dead).
+
+Rendering adds up every series (under several workers, reading every worker's files): 4 to 10 ms. So
+GET /metrics renders in a thread, off the event loop, and a scrape that arrives while a render runs waits
+for the next one instead of starting its own (`Scrapes`)."""
 
 from __future__ import annotations
 
+import math
 import os
+import time
+from collections.abc import Callable
 
+import anyio
+from anyio import to_thread
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+# Renders of one worker begin at least MIN_RENDER_GAP_S apart, and far enough apart that rendering takes at most
+# RENDER_SHARE of its CPU, but at most MAX_RENDER_GAP_S apart (Prometheus waits 10 s for an answer by default).
+# A render in a thread still holds the GIL, and the event loop waits for it each time it wakes up, so
+# renders must be rare, not merely off the loop.
+MIN_RENDER_GAP_S = 0.25
+RENDER_SHARE = 0.1
+MAX_RENDER_GAP_S = 1.0
 SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # Not a valid model name (service.repository.NAME_PATTERN), so it can never collide with one.
@@ -62,6 +79,8 @@ class Metrics:
             multiprocess_mode="livemax",
         )
 
+        self.scrapes = Scrapes(self.render)
+
     def for_graph(self, model: str, version: int, graph: str) -> GraphStats:
         return GraphStats(self, (model, str(version), graph))
 
@@ -82,3 +101,34 @@ class GraphStats:
         self.compute.observe(compute)
         for wait in waits:
             self.queued.observe(wait)
+
+
+class Scrapes:
+    """Answers to GET /metrics, each a render that began after its scrape arrived (so it shows every request
+    answered before the scrape), rendered in a thread, one at a time. Scrapes that arrive during a render
+    share the next one, which begins MIN_RENDER_GAP_S after the last one began, or later when the last one
+    took more than RENDER_SHARE of that in CPU time. A flood of scrapes gets slower answers (by a quarter of a
+    second), not more renders."""
+
+    def __init__(self, render: Callable[[], bytes]) -> None:
+        self._render = render
+        self._lock = anyio.Lock()
+        self._body = b""
+        self._started = -math.inf
+        self._next = -math.inf
+
+    async def latest(self) -> bytes:
+        arrived = time.monotonic()
+        async with self._lock:
+            if self._started < arrived:
+                await anyio.sleep(max(0.0, self._next - time.monotonic()))
+                self._body, started, cpu_s = await to_thread.run_sync(self._timed_render)
+                gap = min(max(MIN_RENDER_GAP_S, cpu_s / RENDER_SHARE), MAX_RENDER_GAP_S)
+                self._started, self._next = started, started + gap
+            return self._body
+
+    def _timed_render(self) -> tuple[bytes, float, float]:
+        """The render, when it began, and the CPU time it took (not the wall time: on a busy worker the
+        thread waits for the GIL, which costs nothing)."""
+        started, cpu = time.monotonic(), time.thread_time()
+        return self._render(), started, time.thread_time() - cpu

@@ -89,7 +89,7 @@ async def readyz(registry: RegistryDep) -> Response:
 async def prometheus(request: Request) -> Response:
     """Requests, errors and latency per model and operation; batch sizes, queue and compute time per graph;
     package loads by outcome; the default version of each model."""
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+    return Response(await request.app.state.metrics.scrapes.latest(), media_type=CONTENT_TYPE)
 
 
 _NOT_READY: dict[int | str, dict[str, Any]] = {503: {"model": schemas.ErrorBody, "description": "not ready"}}
