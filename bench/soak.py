@@ -89,7 +89,7 @@ def traffic(rng: np.random.Generator) -> list[Traffic]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=600, help="how long the traffic runs")
-    parser.add_argument("--port", type=int, default=8299)
+    parser.add_argument("--port", type=int, default=8299, help="where the service listens (make soak PORT=...)")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "soak")
     args = parser.parse_args()

@@ -25,6 +25,8 @@ import onnxruntime as ort
 import pytest
 from packaging.utils import canonicalize_name
 
+from tests.service.servers import reported_port
+
 from .tools import REPO, find_tool, parse_stages, pinned_version, read_pins
 
 pytestmark = pytest.mark.slow  # builds a virtual environment, resolves the gpu pins
@@ -43,6 +45,7 @@ def image_python(image_arg: str) -> str:
 
 
 def free_port() -> int:
+    """A port nothing listens on (the health check's failing case)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -72,20 +75,19 @@ def service_url(image_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     shutil.copytree(REPO / "service", app / "service", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "docker" / "healthcheck.py", app)
     (entrypoint,) = parse_stages(DOCKERFILE)["cpu"].args("ENTRYPOINT")
-    port = free_port()
     env = {
         "PATH": f"{image_venv / 'bin'}:/usr/bin:/bin",
         "HOME": str(app),
         "PYTHONDONTWRITEBYTECODE": "1",
         "AE_HOST": "127.0.0.1",
-        "AE_PORT": str(port),
+        "AE_PORT": "0",  # a free one, which the log names
         "AE_MODELS_DIR": str(REPO / "models"),
     }
     log = app / "service.log"
     with log.open("wb") as out:
         process = subprocess.Popen(json.loads(entrypoint), cwd=app, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
+        url = f"http://127.0.0.1:{reported_port(process, log, READY_WITHIN_S)}"
         deadline = time.monotonic() + READY_WITHIN_S
         while True:
             if process.poll() is not None:
