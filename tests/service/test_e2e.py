@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service.servers import free_port, running_server
+from tests.service.servers import reported_port, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -216,12 +216,12 @@ def test_a_port_in_use_stops_the_start_with_a_message(models_dir: Path, tmp_path
 
 
 def test_shutdown_waits_for_a_stalled_request_at_most_the_shutdown_timeout(models_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
-    command = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models_dir)]
+    command = [sys.executable, "-m", "service", "--port", "0", "--models-dir", str(models_dir)]
     env = os.environ | {"AE_SHUTDOWN_TIMEOUT_S": "1", "AE_PROVIDERS": "CPUExecutionProvider"}
     with (tmp_path / "server.log").open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
+        port = reported_port(process, tmp_path / "server.log")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
