@@ -1,9 +1,9 @@
 """Admission before the body is read: from a request's headers alone (its model, media type and declared
 length), how many rows its body holds at least, and whether the graphs it will run could start them within
 the queue wait budget (service.batching). A request they could not is refused with the same 503
-`overloaded` and Retry-After that a parsed one gets, without its body being kept or parsed: a refusal under
-overload then costs the service almost nothing, where reading and parsing a 3 MB body cost milliseconds
-of the event loop that the admitted requests were waiting for.
+`overloaded` and Retry-After that a parsed one gets, before its body is read: a refusal under overload then
+costs the service almost nothing, where reading and parsing a 3 MB body cost milliseconds of the event loop
+that the admitted requests were waiting for.
 
 A request admitted this way holds its estimated rows in the graph's batcher while its body arrives, so the
 requests whose bodies are on their way count ahead of later ones (a burst of large requests is not all
@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import Request
-from starlette.requests import ClientDisconnect
 
 from service import codecs
 from service.batching import Held
@@ -63,20 +62,18 @@ async def admit_unread(
     """Refuses the request with 503 `overloaded` before its body is read when the rows it holds could start
     within the budget on none of `graphs`; admitted for one graph, the rows it holds there (to release).
 
-    A client that sent `Expect: 100-continue` has not sent its body: it is refused at once and the connection
-    closes (the body will never come). Any other client is sending the body regardless; it is read and
-    thrown away as it arrives, then refused, so the answer comes where every client looks for it and the
-    connection stays open."""
+    The refusal goes out at once and the connection closes: a client that sent `Expect: 100-continue` never
+    sends its body; one that is sending it anyway finds the 503 waiting when its upload is cut short (curl,
+    httpx and wrk read it; Linux keeps it readable after the reset). Reading the body first, to keep the
+    connection, cost as much of the event loop as the refusal saved: under the 64-connection overload of
+    docs/benchmark.md, 48 answers a second against 194."""
     rows = rows_at_least(request.headers, width, v2_header)
     if rows == 0:
         return None
     try:
         return runtime.admit(graphs, rows)
     except ServiceError as refused:
-        if request.headers.get("expect", "").lower() == "100-continue":
-            refused.headers = {**(refused.headers or {}), "Connection": "close"}
-        else:
-            await _discard_body(request)
+        refused.headers = {**(refused.headers or {}), "Connection": "close"}
         raise
 
 
@@ -90,14 +87,6 @@ async def room_for_body(request: Request, runtime: ModelRuntime, graph: str, wid
         return
     with held:
         yield
-
-
-async def _discard_body(request: Request) -> None:
-    try:
-        async for _ in request.stream():
-            pass
-    except ClientDisconnect:
-        pass  # gone: the refusal is written to no one
 
 
 def row_width(runtime: ModelRuntime, graph: str) -> int:
