@@ -33,7 +33,7 @@ from service.repository import MAX_FILE_BYTES, MAX_MANIFEST_BYTES, ROOT, Reposit
 from tests.service.reference import torch_reference
 from tests.service.registries import publish, refreshed, serving
 from tests.service.servers import ROOT as REPO
-from tests.service.servers import free_port
+from tests.service.servers import reported_port
 
 GIB = 1024**3
 MIB = 1024**2
@@ -284,12 +284,16 @@ def test_an_unreadable_models_folder_keeps_what_serves(tmp_path: Path, copy_pack
 @contextmanager
 def unprivileged_server(models: Path, log: Path) -> Iterator[httpx.Client]:
     """`python -m service` over `models`, polling it every 0.2 s, as a process that permission bits stop."""
-    port = free_port()
-    command = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models)]
+    command = [sys.executable, "-m", "service", "--port", "0", "--models-dir", str(models)]
     command += ["--reload-interval", "0.2", "--workers", "1"]
     environment = os.environ | {"AE_PROVIDERS": "CPUExecutionProvider"}
     with log.open("wb") as output:
         process = subprocess.Popen(unprivileged(command), cwd=REPO, env=environment, stdout=output, stderr=output)
+    try:
+        port = reported_port(process, log, 60)
+    except BaseException:
+        process.kill()
+        raise
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
 
     def ready() -> bool:
