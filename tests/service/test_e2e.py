@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.poll import delivered, wait_until
 from tests.service.servers import reported_port, running_server
 
 pytestmark = pytest.mark.e2e
@@ -135,7 +137,7 @@ def test_stalled_bodies_are_dropped_and_held_bytes_are_bounded(models_dir: Path,
         assert time.monotonic() - started < 5
 
         holding = _half_sent(port, "/models/tab/score", 200_000, b" " * 80_000)  # 80 KB held, more promised
-        time.sleep(0.3)
+        wait_until(lambda: delivered(holding), message="the server reads the 80 KB it then holds")
         second = _answer(_half_sent(port, "/models/tab/score", 200_000, b" " * 40_000), within=10)
         assert second.startswith(b"HTTP/1.1 503") and b'"code":"overloaded"' in second and b"retry-after: 1" in second
         holding.close()
@@ -222,15 +224,9 @@ def test_shutdown_waits_for_a_stalled_request_at_most_the_shutdown_timeout(model
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         port = reported_port(process, tmp_path / "server.log")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until(lambda: _ready(port), 30, "the server is ready")
         stalled = _half_sent(port, "/models/tab/score", 100, b'{"inputs": ')  # a request that never ends
-        time.sleep(0.3)
+        wait_until(lambda: delivered(stalled), message="the server reads the start of the request")
         process.terminate()
         started = time.monotonic()
         assert process.wait(timeout=15) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
@@ -238,6 +234,13 @@ def test_shutdown_waits_for_a_stalled_request_at_most_the_shutdown_timeout(model
         stalled.close()
     finally:
         process.kill()
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def _chunked(path: str, body: bytes, trailers: bytes, headers: bytes = b"") -> bytes:
@@ -279,11 +282,10 @@ def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(models_di
         head = "POST /models/conv/reconstruct HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
         one = head.encode() + f"Content-Length: {len(request)}\r\n\r\n".encode() + request
         reader.settimeout(20)  # without the send timeout, sendall blocks: the server stops reading from it
-        try:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):  # dropped while still sending
             reader.sendall(one * 20)  # twenty answers of about 1 MB each, none read for now
-            time.sleep(4)
-        except (ConnectionResetError, BrokenPipeError):
-            pass  # dropped while still sending
+        log = tmp_path / "server.log"
+        wait_until(lambda: "dropped a connection that stopped reading" in log.read_text(), 20, "the server drops it")
         reader.settimeout(10)
         received = b""
         try:
