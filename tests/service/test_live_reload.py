@@ -101,9 +101,18 @@ def test_publish_break_change_remove_unload_and_load_without_a_failed_request(
         body = server.post("/models/tab/score", json={"inputs": tabular_rows.tolist()}).json()
         return body["version"], identify(body["scores"])
 
-    def status(version: int) -> int | str:
-        response = server.get(f"/models/tab/versions/{version}")
+    def status(version: int, model: str = "tab") -> int | str:
+        response = server.get(f"/models/{model}/versions/{version}")
         return response.json()["status"] if response.status_code == 200 else response.status_code
+
+    markers = iter(range(1, 100))
+
+    def polled() -> None:
+        """Returns once the service has polled the folder since the call: a poll found a package published
+        now, a version of a model of its own ("marker"), and looked at every other folder on the way."""
+        version = next(markers)
+        publish(copy_package("tab", tmp_path / f"scratch-marker-{version}", "marker", version=version), models)
+        until(lambda: status(version, "marker") == "ready", f"a poll finds marker v{version}")
 
     clients = Clients(str(server.base_url), tabular_rows, identify)
     threads = [threading.Thread(target=clients.run) for _ in range(4)] + [threading.Thread(target=clients.readiness)]
@@ -134,7 +143,7 @@ def test_publish_break_change_remove_unload_and_load_without_a_failed_request(
         half.mkdir()
         shutil.copy(source / "manifest.json", half)
         until(lambda: status(4) == "unavailable", "a half-copied folder is seen and refused")
-        time.sleep(3 * INTERVAL)
+        polled()
         assert latest() == (2, "tab")
         shutil.copytree(source, half, dirs_exist_ok=True)
         until(lambda: latest() == (4, "tab-b"), "the completed copy serves")
@@ -146,7 +155,7 @@ def test_publish_break_change_remove_unload_and_load_without_a_failed_request(
         shutil.rmtree(models / "tab" / "3")
         until(lambda: status(3) == 404, "a removed broken version is gone")
 
-        _repository_api_unloads_and_loads(server)
+        _repository_api_unloads_and_loads(server, polled)
     finally:
         clients.stop.set()
         for thread in threads:
@@ -164,7 +173,7 @@ def test_publish_break_change_remove_unload_and_load_without_a_failed_request(
     assert sample(metrics, "ae_model_default_version", model="tab") == 2
 
 
-def _repository_api_unloads_and_loads(server: httpx.Client) -> None:
+def _repository_api_unloads_and_loads(server: httpx.Client, polled: Callable[[], None]) -> None:
     row = {"inputs": [3.0] * 5}
     refused = server.post("/v2/repository/models/side/unload")
     assert refused.status_code == 401
@@ -176,7 +185,7 @@ def _repository_api_unloads_and_loads(server: httpx.Client) -> None:
     assert server.post("/v2/repository/models/side/unload", headers=ADMIN).status_code == 200
     unloaded = server.post("/models/side/score", json=row)
     assert (unloaded.status_code, unloaded.json()["error"]["code"]) == (503, "model_unavailable")
-    time.sleep(3 * INTERVAL)  # polls leave an unloaded model alone
+    polled()  # a poll leaves an unloaded model alone
     assert server.post("/models/side/score", json=row).status_code == 503
     index = server.post("/v2/repository/index", headers=ADMIN, json={}).json()
     assert {
