@@ -1,7 +1,7 @@
 """Request bodies read as they arrive, each format's limits checked on the way, so a body that breaks them
 is refused after about as much of it as proves the excess, and no work or memory goes into the rest.
 
-- JSON: `JsonScan` counts the structure outside strings chunk by chunk (numpy, linear): commas (a lower
+- JSON: `JsonScan` counts the structure outside strings chunk by chunk (service.jsonscan): commas (a lower
   bound on the values and fields the text holds), arrays, and nesting depth, against what the largest
   valid request could hold. A body within those bounds costs the parser at most what a valid one does.
 - CSV: `CsvRows` parses complete lines as they arrive, with the row cap applied as rows come.
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service import jsonscan
 from service.codecs import MAX_NPY_HEADER, NpyHeader, batch_shape, few, npy_header
 from service.errors import ServiceError
 
@@ -28,11 +29,7 @@ from service.errors import ServiceError
 MAX_DEPTH = 16
 # Fields, options and parameters besides the numbers: every request has far fewer.
 SLACK = 256
-# numpy works on slices of this many bytes, so a chunk of any size uses bounded scratch memory.
-_SLICE = 1024 * 1024
 
-_QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
-_OPEN_ARRAY, _CLOSE_ARRAY, _OPEN_OBJECT, _CLOSE_OBJECT = ord("["), ord("]"), ord("{"), ord("}")
 
 Feed = Callable[[bytes], None]
 
@@ -68,54 +65,19 @@ SMALL_JSON = JsonLimits(values=SLACK, arrays=SLACK)  # a request without rows (g
 
 
 class JsonScan:
-    """Feeds on a JSON text chunk by chunk and raises once it holds more than `limits` allow. Exact for
-    valid JSON (strings and their escapes are followed across chunks); invalid JSON is the parser's to
-    refuse, never counted as more than it holds."""
+    """Feeds on a JSON text chunk by chunk (service.jsonscan counts its structure) and raises once it holds
+    more than `limits` allow."""
 
     def __init__(self, limits: JsonLimits) -> None:
         self.limits = limits
-        self.commas = self.arrays = self.depth = 0
-        self._in_string = False
-        self._backslashes = 0  # the run of backslashes that ended the previous chunk
+        self.structure = jsonscan.Structure()
 
     def __call__(self, chunk: bytes) -> None:
-        for start in range(0, len(chunk), _SLICE):
-            self._scan(np.frombuffer(chunk, dtype=np.uint8, count=min(_SLICE, len(chunk) - start), offset=start))
-        self._check()
-
-    def _scan(self, text: np.ndarray) -> None:
-        quotes = text == _QUOTE
-        backslashes = text == _BACKSLASH
-        if self._backslashes or backslashes.any():
-            quotes &= self._unescaped(backslashes)
-        parity = np.cumsum(quotes, dtype=np.int32) & 1
-        outside = parity == 0 if not self._in_string else parity == 1
-        if quotes.size:
-            self._in_string ^= bool(parity[-1])
-        self.commas += int(np.count_nonzero(outside & (text == _COMMA)))
-        opens = outside & ((text == _OPEN_ARRAY) | (text == _OPEN_OBJECT))
-        self.arrays += int(np.count_nonzero(opens & (text == _OPEN_ARRAY)))
-        closes = outside & ((text == _CLOSE_ARRAY) | (text == _CLOSE_OBJECT))
-        depth = self.depth + np.cumsum(opens.astype(np.int32) - closes)
-        if depth.size:
-            if int(depth.max()) > self.limits.depth:
-                raise ServiceError(400, "too_deep", f"the JSON body nests deeper than {self.limits.depth} levels")
-            self.depth = int(depth[-1])
-
-    def _unescaped(self, backslashes: np.ndarray) -> np.ndarray:
-        """Where a character is not escaped: preceded by an even run of backslashes (runs cross chunks)."""
-        index = np.arange(backslashes.size)
-        last_other = np.maximum.accumulate(np.where(backslashes, -1, index))
-        run = np.empty(backslashes.size, dtype=np.int64)
-        run[0] = self._backslashes
-        run[1:] = index[:-1] - last_other[:-1] + np.where(last_other[:-1] < 0, self._backslashes, 0)
-        tail = backslashes.size - 1 - int(last_other[-1])
-        self._backslashes = tail + (self._backslashes if last_other[-1] < 0 else 0)
-        return run % 2 == 0
-
-    def _check(self) -> None:
-        limits = self.limits
-        if self.commas >= limits.values + limits.arrays or self.arrays > limits.arrays:
+        self.structure.feed(chunk)
+        structure, limits = self.structure, self.limits
+        if structure.deepest > limits.depth:
+            raise ServiceError(400, "too_deep", f"the JSON body nests deeper than {limits.depth} levels")
+        if structure.commas >= limits.values + limits.arrays or structure.arrays > limits.arrays:
             raise ServiceError(
                 413,
                 "too_many_values",

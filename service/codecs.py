@@ -69,7 +69,7 @@ def load_json_with_rows(body: bytes, key: str, options: Sequence[str] = ()) -> d
     element = fastjson.parse(body)
     if element is not None and fastjson.is_object(element):
         check_fields(dict.fromkeys(element.keys()), [key], options)
-        value = fastjson.convert(element, ((key,),))
+        value = fastjson.convert(element, ((key,),), body)
         if isinstance(value, dict):
             return value
     del element  # the parser's buffers go with it

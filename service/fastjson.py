@@ -3,10 +3,11 @@ into numpy, never through Python floats (about 2.5x faster than orjson plus np.a
 
 `convert` gives exactly what orjson.loads followed by np.asarray on the numeric arrays would give, or None:
 then the caller takes the orjson path, which also owns every error message. So it only accepts what it can
-prove: no duplicate keys where it walks objects, numeric arrays that are rectangular (their minified text,
-numbers left out, is exactly the text of an array of their shape) and whose numbers a float64 holds
-exactly as orjson would read them. Every step is linear in the document: arrays and objects are iterated,
-never indexed, and subtrees that cannot hold a numeric array are converted by simdjson's C code."""
+prove: no duplicate keys where it walks objects, numeric arrays whose levels are of equal lengths and whose
+numbers a float64 holds exactly as orjson would read them, and (the proof that no array hides among the
+leaves, which simdjson's buffer would flatten) as many `[` characters in the text as the document has
+arrays, counting those inside its strings. Every step is linear in the document: arrays and objects are
+iterated, never indexed, and subtrees that cannot hold a numeric array are converted by simdjson's C code."""
 
 from __future__ import annotations
 
@@ -25,17 +26,16 @@ Path = tuple[str | int, ...]
 MAX_WALKED_KEYS = 64
 # Integers beyond 2^53 lose digits in a float64, where orjson keeps them exact.
 EXACT_INTEGERS = 2.0**53
-_STRUCTURE = b"[],"
-_NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in _STRUCTURE)
 
 
 class _NotExact(Exception):
     """The document is not one this module can convert exactly; the caller falls back to orjson."""
 
 
-# Bodies up to this size share one parser; a larger body gets a parser of its own, freed with it, so no
-# buffer sized by the largest body ever sent outlives its request.
-SHARED_PARSER_BYTES = 1024 * 1024
+# Bodies up to this size (a 1,024 x 784 batch written with full float precision) share one parser, whose
+# buffers stay warm; a larger body gets a parser of its own, freed with it, so what outlives a request is
+# bounded by this size, not by the largest body ever sent.
+SHARED_PARSER_BYTES = 8 * 1024 * 1024
 _PARSER = simdjson.Parser()
 
 
@@ -62,19 +62,22 @@ def is_list(value: Any) -> bool:
     return isinstance(value, list | simdjson.Array)
 
 
-def convert(element: Any, numeric: tuple[Pattern, ...]) -> Any | None:
-    """The element as Python values, each non-empty array at a path matching one of `numeric` as a float64
-    ndarray shaped as np.asarray would shape the nested lists; None when that cannot be done exactly."""
+def convert(element: Any, numeric: tuple[Pattern, ...], text: bytes) -> Any | None:
+    """The element parsed from `text` as Python values, each non-empty array at a path matching one of
+    `numeric` as a float64 ndarray shaped as np.asarray would shape the nested lists; None when that cannot
+    be done exactly."""
+    brackets = [0]
     try:
-        return _convert(element, (), numeric)
+        value = _convert(element, (), numeric, brackets)
     except Exception:  # _NotExact, and simdjson's own refusals
         return None
+    return value if text.count(b"[") == brackets[0] else None
 
 
 def loads(body: bytes, numeric: tuple[Pattern, ...]) -> Any | None:
     """parse, then convert."""
     element = parse(body)
-    return None if element is None else convert(element, numeric)
+    return None if element is None else convert(element, numeric, body)
 
 
 def _parse(body: bytes) -> Any:
@@ -102,43 +105,60 @@ def _step(part: str | int, want: str | None) -> bool:
     return isinstance(part, int) if want is None else part == want
 
 
-def _convert(element: Any, path: Path, numeric: tuple[Pattern, ...]) -> Any:
+def _convert(element: Any, path: Path, numeric: tuple[Pattern, ...], brackets: list[int]) -> Any:
     is_object, is_array = isinstance(element, simdjson.Object), isinstance(element, simdjson.Array)
     if not (is_object or is_array):
+        brackets[0] += _brackets(element)
         return element
     if is_array and len(element) and any(_matches(path, pattern) for pattern in numeric):
-        return _numbers(element)
+        array, count = _numbers(element)
+        brackets[0] += count
+        return array
     if not any(_leads_to(path, pattern) for pattern in numeric):
-        return element.as_dict() if is_object else element.as_list()
+        value = element.as_dict() if is_object else element.as_list()
+        brackets[0] += _brackets(value)
+        return value
     if is_array:
-        return [_convert(item, (*path, index), numeric) for index, item in enumerate(element)]
+        brackets[0] += 1
+        return [_convert(item, (*path, index), numeric, brackets) for index, item in enumerate(element)]
     keys = list(element.keys())
     if len(keys) > MAX_WALKED_KEYS or len(set(keys)) != len(keys):
         raise _NotExact  # orjson keeps the last of duplicate keys, simdjson's lookup the first
-    return {key: _convert(element[key], (*path, key), numeric) for key in keys}
+    brackets[0] += sum(key.count("[") for key in keys)
+    return {key: _convert(element[key], (*path, key), numeric, brackets) for key in keys}
 
 
-def _numbers(array: Any) -> np.ndarray:
-    """The numbers of a nested array; _NotExact when it is ragged, holds anything but numbers, or holds
-    integers a float64 cannot hold exactly."""
-    values = np.frombuffer(array.as_buffer(of_type="d"), dtype=np.float64)
-    shape, node = [], array
-    while isinstance(node, simdjson.Array):
-        shape.append(len(node))
-        if not shape[-1]:
+def _brackets(value: Any) -> int:
+    """The `[` a converted value was written with: one per list, and those in its strings and keys (an
+    escaped one, `\\u005b`, is not in the text: the count then fails and orjson takes over)."""
+    if isinstance(value, str):
+        return value.count("[")
+    if isinstance(value, list):
+        return 1 + sum(_brackets(item) for item in value if isinstance(item, list | dict | str))
+    if isinstance(value, dict):
+        return sum(key.count("[") + _brackets(item) for key, item in value.items())
+    return 0
+
+
+def _numbers(array: Any) -> tuple[np.ndarray, int]:
+    """The numbers of a nested array and how many arrays it holds; _NotExact when its levels are ragged, it
+    holds anything but numbers, or integers a float64 cannot hold exactly."""
+    shape, level, arrays = [], [array], 1
+    while True:
+        sizes = {len(item) for item in level}
+        if len(sizes) != 1:
+            raise _NotExact
+        size = sizes.pop()
+        shape.append(size)
+        if size == 0 or not isinstance(level[0][0], simdjson.Array):
             break
-        node = node[0]
-    if values.size != math.prod(shape) or array.mini.translate(None, _NOT_STRUCTURE) != _structure(tuple(shape)):
+        level = [child for item in level for child in item]
+        if not all(isinstance(child, simdjson.Array) for child in level):
+            raise _NotExact
+        arrays += len(level)
+    values = np.frombuffer(array.as_buffer(of_type="d"), dtype=np.float64)
+    if values.size != math.prod(shape):
         raise _NotExact
     if values.size and float(np.abs(values).max()) >= EXACT_INTEGERS:
         raise _NotExact
-    return values.reshape(shape)
-
-
-def _structure(shape: tuple[int, ...]) -> bytes:
-    """The brackets and commas of a rectangular array of this shape, numbers left out: (2, 2) -> [[,],[,]]."""
-    if not shape:
-        return b""
-    if shape[0] == 0:
-        return b"[]"
-    return b"[" + b",".join([_structure(shape[1:])] * shape[0]) + b"]"
+    return values.reshape(shape), arrays

@@ -91,7 +91,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     document = None
     if element is not None and fastjson.is_object(element):
         _check_counts(element)
-        document = fastjson.convert(element, (DATA,))
+        document = fastjson.convert(element, (DATA,), header)
     del element  # the parser's buffers go with it
     if document is None:
         try:

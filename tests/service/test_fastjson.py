@@ -41,6 +41,7 @@ def test_well_formed_rows_match_orjson_exactly(shape: tuple[int, ...]) -> None:
         b'{"inputs": [true, 1]}',  # a boolean
         b'{"inputs": [[1e400]]}',  # beyond float64
         b'{"inputs": [[1]], "inputs": [[2]]}',  # duplicate keys: orjson keeps the last
+        b'{"inputs": [[1]], "key\\u005b": 1}',  # an escaped bracket: the count cannot prove anything
         b'{"inputs": [[1, 2]]} trailing',
         b'{"inputs": [[1, 123456789012345678901234567890]]}',  # beyond 64 bits (simdjson: RuntimeError)
         b'{"a\\u0000b": [], "inputs": [[1]]}',  # a key simdjson cannot look up (found by schemathesis)
@@ -64,7 +65,6 @@ def test_other_arrays_stay_lists() -> None:
         b'{"\\udabd\\ude5c\\u00c9": 1, "inputs": [[1]]}',
         b'{"x\\"y": [1], "inputs": [[1, 2]]}',
         b'{"inputs": [[-0.0, 1e-300]]}',
-        b'{"inputs": [[1]], "key\\u005b": [1, [2]]}',
     ],
 )
 def test_escapes_in_other_fields_match_orjson(body: bytes) -> None:

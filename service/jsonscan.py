@@ -1,0 +1,59 @@
+"""The structure of a JSON text outside its strings, counted chunk by chunk with numpy (linear, a few
+passes over the bytes): commas, arrays, and the nesting depth. Exact for valid JSON, whose strings and
+escapes it follows across chunks; invalid JSON is its parser's to refuse."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# numpy works on slices of this many bytes, so a chunk of any size uses bounded scratch memory.
+_SLICE = 1024 * 1024
+_QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
+_OPEN_ARRAY, _CLOSE_ARRAY, _OPEN_OBJECT, _CLOSE_OBJECT = ord("["), ord("]"), ord("{"), ord("}")
+
+
+class Structure:
+    def __init__(self) -> None:
+        self.commas = self.arrays = self.depth = self.deepest = 0
+        self._in_string = False
+        self._backslashes = 0  # the run of backslashes that ended the previous chunk
+
+    def feed(self, chunk: bytes) -> None:
+        for start in range(0, len(chunk), _SLICE):
+            self._scan(np.frombuffer(chunk, dtype=np.uint8, count=min(_SLICE, len(chunk) - start), offset=start))
+
+    def _scan(self, text: np.ndarray) -> None:
+        quotes = text == _QUOTE
+        backslashes = text == _BACKSLASH
+        if self._backslashes or backslashes.any():
+            quotes &= self._unescaped(backslashes)
+        parity = np.cumsum(quotes, dtype=np.int32) & 1
+        outside = parity == 0 if not self._in_string else parity == 1
+        if quotes.size:
+            self._in_string ^= bool(parity[-1])
+        self.commas += int(np.count_nonzero(outside & (text == _COMMA)))
+        opens = outside & ((text == _OPEN_ARRAY) | (text == _OPEN_OBJECT))
+        self.arrays += int(np.count_nonzero(opens & (text == _OPEN_ARRAY)))
+        closes = outside & ((text == _CLOSE_ARRAY) | (text == _CLOSE_OBJECT))
+        depth = self.depth + np.cumsum(opens.astype(np.int32) - closes)
+        if depth.size:
+            self.deepest = max(self.deepest, int(depth.max()))
+            self.depth = int(depth[-1])
+
+    def _unescaped(self, backslashes: np.ndarray) -> np.ndarray:
+        """Where a character is not escaped: preceded by an even run of backslashes (runs cross chunks)."""
+        index = np.arange(backslashes.size)
+        last_other = np.maximum.accumulate(np.where(backslashes, -1, index))
+        run = np.empty(backslashes.size, dtype=np.int64)
+        run[0] = self._backslashes
+        run[1:] = index[:-1] - last_other[:-1] + np.where(last_other[:-1] < 0, self._backslashes, 0)
+        tail = backslashes.size - 1 - int(last_other[-1])
+        self._backslashes = tail + (self._backslashes if last_other[-1] < 0 else 0)
+        return run % 2 == 0
+
+
+def arrays(text: bytes) -> int:
+    """How many arrays a JSON text holds (brackets inside strings are not arrays)."""
+    structure = Structure()
+    structure.feed(text)
+    return structure.arrays
