@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.batching import Batcher, Held, Outputs, overloaded
-from service.manifest import GRAPH_ROLES, Manifest, PackageError
+from service.manifest import GRAPH_ROLES, Manifest, PackageError, graph_io
 from service.metrics import Metrics
 from service.repository import Package
 
@@ -43,16 +43,6 @@ class Scores:
     x_hat: np.ndarray  # [n, *S], raw scale
     score: np.ndarray  # [n]
     sq_err: np.ndarray  # [n, *S], normalised space
-
-
-def _graph_names(manifest: Manifest) -> dict[str, tuple[list[str], list[str]]]:
-    """The inputs and outputs docs/model-package.md requires of each graph."""
-    encoder_outputs = ["z", "z_logvar"] if manifest.architecture.variational else ["z"]
-    return {
-        "encoder": (["x"], encoder_outputs),
-        "decoder": (["z"], ["x_hat"]),
-        "scorer": (["x"], ["x_hat", "score", "sq_err"]),
-    }
 
 
 def _tensor_shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
@@ -196,7 +186,7 @@ class ModelRuntime:
 
     def _check_graphs(self) -> None:
         shapes = _tensor_shapes(self.manifest)
-        for role, (inputs, outputs) in _graph_names(self.manifest).items():
+        for role, (inputs, outputs) in graph_io(self.manifest.architecture.variational).items():
             session = self._sessions[role]
             graph = self.manifest.graphs[role]
             where = graph.file
