@@ -22,10 +22,18 @@ from starlette.datastructures import UploadFile
 
 from service import bodies, codecs, images
 from service.errors import ServiceError
-from service.runtime import ModelRuntime
 
 # An option a route takes besides its rows: name -> (type, default).
 Options = Mapping[str, tuple[type, Any]]
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """How an image model's rows relate to pixels (rows = (pixels - offset) / scale): for uploads and PNG
+    answers."""
+
+    offset: np.ndarray
+    scale: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class RowsRequest:
     max_image_pixels: int = 0
     max_request_pixels: int = 0
     feature_names: tuple[str, ...] | None = None  # rows may then come as {name: value} objects, and CSV headed
+    pixels: Pixels | None = None  # an image model's: uploads are read with it
 
 
 @dataclass
@@ -49,15 +58,16 @@ class Result:
     body: dict[str, Any]
     main: str
     images: np.ndarray | None = None
+    pixels: Pixels | None = None
 
 
-async def read_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
+async def read_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
     media = codecs.media_type(request.headers.get("content-type"))
     readers = _READERS if spec.uploads else {k: v for k, v in _READERS.items() if k != codecs.MULTIPART}
     reader = readers.get(media)
     if reader is None:
         raise ServiceError(415, "unsupported_media_type", f"{media} is not accepted here; send {sorted(readers)}")
-    return await reader(request, spec, runtime)
+    return await reader(request, spec)
 
 
 async def read_json(request: Request, required: list[str], options: Options) -> dict[str, Any]:
@@ -71,15 +81,15 @@ async def read_json(request: Request, required: list[str], options: Options) -> 
     return values | {name: codecs.option(body, name, kind, default) for name, (kind, default) in options.items()}
 
 
-async def _json_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
+async def _json_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
     scan = bodies.JsonScan(bodies.JsonLimits.for_rows(spec.row_shape, spec.max_rows))
     body = codecs.load_json_with_rows(await bodies.read(request.stream(), scan), spec.key, list(spec.options))
     rows = codecs.as_batch(body[spec.key], spec.row_shape, spec.key, spec.max_rows, spec.feature_names)
     return rows, _options(request, spec, {name: value for name, value in body.items() if name != spec.key})
 
 
-async def _upload_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
-    if runtime.manifest.input.kind != "image":
+async def _upload_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
+    if spec.pixels is None:
         raise ServiceError(415, "unsupported_media_type", f"{codecs.MULTIPART} uploads are for image models only")
     # Room for a few unknown fields, so check_fields names them instead of the parser refusing the form.
     form = await request.form(max_files=spec.max_rows, max_fields=len(spec.options) + 8)
@@ -91,20 +101,19 @@ async def _upload_rows(request: Request, spec: RowsRequest, runtime: ModelRuntim
     # Decoding and resizing run in a worker thread (PIL releases the GIL), so the event loop keeps answering.
     decode = partial(images.decode_image, row_shape=spec.row_shape, max_pixels=spec.max_image_pixels)
     pixels = np.stack([await to_thread.run_sync(decode, blob) for blob in blobs])
-    offset, scale = runtime.manifest.normalisation()
-    rows = codecs.checked_rows(images.from_pixels(pixels, offset, scale), "file", spec.max_rows)
+    rows = codecs.checked_rows(images.from_pixels(pixels, spec.pixels.offset, spec.pixels.scale), "file", spec.max_rows)
     fields = {name: _form_value(name, value) for name, value in form.items() if name != "file"}
     return rows, _options(request, spec, fields)
 
 
-async def _npy_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
+async def _npy_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
     options = _options(request, spec)
     check = bodies.NpyRows(spec.row_shape, spec.max_rows, spec.key, _declared_length(request))
     array = codecs.load_npy(await bodies.read(request.stream(), check))
     return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), options
 
 
-async def _csv_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
+async def _csv_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
     options = _options(request, spec)
     parser = bodies.CsvRows(spec.feature_names, math.prod(spec.row_shape), spec.max_rows, spec.key)
     # The csv module is Python: each chunk is parsed in a thread, where the event loop can interleave with it.
@@ -113,7 +122,7 @@ async def _csv_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) 
     return codecs.shaped(parser.rows(), spec.row_shape, spec.key, spec.max_rows), options
 
 
-async def _raw_rows(request: Request, spec: RowsRequest, runtime: ModelRuntime) -> tuple[np.ndarray, dict[str, Any]]:
+async def _raw_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
     options = _options(request, spec)
     headers = request.headers
     dims, kind = codecs.raw_layout(headers.get("x-shape"), headers.get("x-dtype"))
@@ -152,7 +161,7 @@ def _form_value(name: str, value: Any) -> Any:
         raise ServiceError(422, "invalid_request", f"form field {name} is not a JSON value: {value!r}") from None
 
 
-_Reader = Callable[[Request, RowsRequest, ModelRuntime], Awaitable[tuple[np.ndarray, dict[str, Any]]]]
+_Reader = Callable[[Request, RowsRequest], Awaitable[tuple[np.ndarray, dict[str, Any]]]]
 _READERS: dict[str, _Reader] = {
     codecs.JSON: _json_rows,
     codecs.NPY: _npy_rows,
@@ -162,23 +171,24 @@ _READERS: dict[str, _Reader] = {
 }
 
 
-def respond(request: Request, runtime: ModelRuntime, result: Result) -> Response:
+def respond(request: Request, result: Result) -> Response:
     """The result in the media type the Accept header prefers among those this result can be written as."""
-    offered = [*_WRITERS] if result.images is not None else [m for m in _WRITERS if m != codecs.PNG]
+    png = result.images is not None and result.pixels is not None
+    offered = [*_WRITERS] if png else [m for m in _WRITERS if m != codecs.PNG]
     media = codecs.negotiate(request.headers.get("accept"), offered)
     if media is None:
         raise ServiceError(406, "not_acceptable", f"this answer is available as {offered} only")
-    return _WRITERS[media](runtime, result)
+    return _WRITERS[media](result)
 
 
-def _write_json(runtime: ModelRuntime, result: Result) -> Response:
+def _write_json(result: Result) -> Response:
     return Response(codecs.dump_json(result.body), media_type=codecs.JSON)
 
 
-def _write_png(runtime: ModelRuntime, result: Result) -> Response:
-    assert result.images is not None
-    offset, scale = runtime.manifest.normalisation()
-    return Response(images.png_grid(images.to_pixels(result.images, offset, scale)), media_type=codecs.PNG)
+def _write_png(result: Result) -> Response:
+    assert result.images is not None and result.pixels is not None
+    pixels = images.to_pixels(result.images, result.pixels.offset, result.pixels.scale)
+    return Response(images.png_grid(pixels), media_type=codecs.PNG)
 
 
 def _binary_headers(result: Result) -> dict[str, str]:
@@ -190,16 +200,16 @@ def _binary_headers(result: Result) -> dict[str, str]:
     return headers
 
 
-def _write_npy(runtime: ModelRuntime, result: Result) -> Response:
+def _write_npy(result: Result) -> Response:
     body = codecs.dump_npy(result.body[result.main].astype(np.float32, copy=False))
     return Response(body, media_type=codecs.NPY, headers=_binary_headers(result))
 
 
-def _write_raw(runtime: ModelRuntime, result: Result) -> Response:
+def _write_raw(result: Result) -> Response:
     return Response(codecs.dump_raw(result.body[result.main]), media_type=codecs.RAW, headers=_binary_headers(result))
 
 
-def _write_npz(runtime: ModelRuntime, result: Result) -> Response:
+def _write_npz(result: Result) -> Response:
     # Arrays and numbers only: explanations (top_features) are JSON's.
     arrays = {
         name: np.asarray(value)
@@ -210,7 +220,7 @@ def _write_npz(runtime: ModelRuntime, result: Result) -> Response:
 
 
 # In order of preference when the Accept header leaves the choice open.
-_WRITERS: dict[str, Callable[[ModelRuntime, Result], Response]] = {
+_WRITERS: dict[str, Callable[[Result], Response]] = {
     codecs.JSON: _write_json,
     codecs.NPY: _write_npy,
     codecs.RAW: _write_raw,

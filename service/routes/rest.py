@@ -10,11 +10,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from service import admission, dataplane, schemas
-from service.payloads import Result, RowsRequest, read_json, read_rows, respond
+from service.payloads import Pixels, Result, RowsRequest, read_json, read_rows, respond
 from service.routes import ServiceRoute, deadline
 from service.runtime import ModelRuntime
 from service.settings import Settings
@@ -32,7 +31,12 @@ def _inputs(settings: Settings, runtime: ModelRuntime, **options: tuple[type, An
         max_image_pixels=settings.max_image_pixels,
         max_request_pixels=settings.max_request_pixels,
         feature_names=_names(runtime),
+        pixels=_pixels(runtime),
     )
+
+
+def _pixels(runtime: ModelRuntime) -> Pixels | None:
+    return Pixels(*runtime.manifest.normalisation()) if runtime.manifest.input.kind == "image" else None
 
 
 def _names(runtime: ModelRuntime) -> tuple[str, ...] | None:
@@ -48,38 +52,39 @@ def _answer(runtime: ModelRuntime, **body: Any) -> dict[str, Any]:
     return {"model": runtime.manifest.name, "version": runtime.manifest.version, **body}
 
 
-def _images(runtime: ModelRuntime, rows: np.ndarray) -> np.ndarray | None:
-    return rows if runtime.manifest.input.kind == "image" else None
+def _shown(runtime: ModelRuntime, body: dict[str, Any], main: str) -> Result:
+    """A result whose main array an image model can also answer as a PNG grid."""
+    return Result(body, main, body[main], _pixels(runtime))
 
 
 async def encode(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
     """Latent vectors of the rows (a VAE: the mean; `return_logvar` adds the log-variance)."""
-    x, options = await read_rows(request, _inputs(settings, runtime, return_logvar=(bool, False)), runtime)
+    x, options = await read_rows(request, _inputs(settings, runtime, return_logvar=(bool, False)))
     encoded = await dataplane.encode(runtime, x, options["return_logvar"])
     extra = {"logvar": encoded.logvar} if encoded.logvar is not None else {}
-    return respond(request, runtime, Result(_answer(runtime, latents=encoded.latents, **extra), "latents"))
+    return respond(request, Result(_answer(runtime, latents=encoded.latents, **extra), "latents"))
 
 
 async def decode(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
     """Reconstructions (raw scale) decoded from latent vectors; image models answer PNG on request."""
-    z, _ = await read_rows(request, _latents(settings, runtime), runtime)
+    z, _ = await read_rows(request, _latents(settings, runtime))
     x_hat = await dataplane.decode(runtime, z)
     body = _answer(runtime, reconstructions=x_hat)
-    return respond(request, runtime, Result(body, "reconstructions", _images(runtime, x_hat)))
+    return respond(request, _shown(runtime, body, "reconstructions"))
 
 
 async def reconstruct(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
     """Reconstructions of the rows and their anomaly scores; image models answer PNG on request."""
-    x, _ = await read_rows(request, _inputs(settings, runtime), runtime)
+    x, _ = await read_rows(request, _inputs(settings, runtime))
     scored = await dataplane.reconstruct(runtime, x)
     body = _answer(runtime, reconstructions=scored.reconstructions, scores=scored.scores)
-    return respond(request, runtime, Result(body, "reconstructions", _images(runtime, scored.reconstructions)))
+    return respond(request, _shown(runtime, body, "reconstructions"))
 
 
 async def score(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
     """Per-row anomaly scores (mean squared error in normalised space), the threshold, and is_anomaly."""
     spec = _inputs(settings, runtime, return_sq_err=(bool, False), top_features=(int, 0))
-    x, options = await read_rows(request, spec, runtime)
+    x, options = await read_rows(request, spec)
     scored = await dataplane.score(runtime, x)
     extra: dict[str, Any] = {} if scored.percentiles is None else {"percentiles": scored.percentiles}
     if options["return_sq_err"]:
@@ -87,7 +92,7 @@ async def score(request: Request, runtime: ModelRuntime, settings: Settings) -> 
     if options["top_features"]:
         extra["top_features"] = dataplane.top_features(runtime, scored.sq_err, options["top_features"])
     body = _answer(runtime, scores=scored.scores, threshold=scored.threshold, is_anomaly=scored.is_anomaly, **extra)
-    return respond(request, runtime, Result(body, "scores"))
+    return respond(request, Result(body, "scores"))
 
 
 async def generate(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
@@ -95,7 +100,7 @@ async def generate(request: Request, runtime: ModelRuntime, settings: Settings) 
     options = await read_json(request, ["n"], {"seed": (int, None)})
     generated = await dataplane.generate(runtime, options["n"], options["seed"], settings.max_batch_rows)
     body = _answer(runtime, latents=generated.latents, samples=generated.samples)
-    return respond(request, runtime, Result(body, "samples", _images(runtime, generated.samples)))
+    return respond(request, _shown(runtime, body, "samples"))
 
 
 @dataclass(frozen=True)
