@@ -93,39 +93,49 @@ def _check_finite(array: np.ndarray, what: str) -> None:
 REGION = 4
 
 
-def top_features(runtime: ModelRuntime, sq_err: np.ndarray, k: int) -> list[list[dict[str, object]]]:
-    """Per row, the k parts of the input that contribute most to its score, largest first, with their
-    squared error and their share of the row's: features (by name when the model has names) for tables,
-    REGION x REGION pixel regions ([top, left, bottom, right), channels summed) for images."""
+@dataclass(frozen=True)
+class TopFeatures:
+    """Per row, the k parts of the input that contribute most to its score, largest first: which part
+    (`parts`, an index into `names` or `regions`), its squared error, and its share of the row's."""
+
+    parts: np.ndarray  # [n, k] int
+    sq_err: np.ndarray  # [n, k]
+    share: np.ndarray  # [n, k]
+    names: list[str] | None  # tables: the features' names (their index when the model has none)
+    regions: np.ndarray | None  # images: [parts, 4] as top, left, bottom, right (bottom and right excluded)
+
+
+def top_features(runtime: ModelRuntime, sq_err: np.ndarray, k: int) -> TopFeatures:
+    """The k parts of each row with the largest squared error: features for tables, REGION x REGION pixel
+    regions (channels summed) for images."""
     if type(k) is not int or k < 0:
         raise ServiceError(422, "invalid_request", f"top_features must be a non-negative integer, got {k!r}")
-    if k == 0:
-        return []
     manifest = runtime.manifest
+    names, regions = None, None
     if manifest.input.kind == "image":
-        parts, labels = _regions(sq_err)
+        parts, regions = _regions(sq_err)
     else:
         names = manifest.input.feature_names or [str(i) for i in range(manifest.features)]
-        parts, labels = sq_err.reshape(len(sq_err), -1), [{"feature": name, "index": i} for i, name in enumerate(names)]
+        parts = sq_err.reshape(len(sq_err), -1)
     totals = parts.sum(axis=1, keepdims=True)
     shares = np.divide(parts, totals, out=np.zeros_like(parts), where=totals > 0)
     order = np.argsort(-parts, axis=1, kind="stable")[:, :k]
-    return [
-        [labels[j] | {"sq_err": float(parts[r, j]), "share": float(shares[r, j])} for j in order[r]]
-        for r in range(len(parts))
-    ]
+    picked = np.take_along_axis
+    return TopFeatures(order, picked(parts, order, axis=1), picked(shares, order, axis=1), names, regions)
 
 
-def _regions(sq_err: np.ndarray) -> tuple[np.ndarray, list[dict[str, object]]]:
+def _regions(sq_err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     per_pixel = sq_err.sum(axis=3) if sq_err.ndim == 4 else sq_err
     rows, height, width = per_pixel.shape
     tall, wide = -(-height // REGION), -(-width // REGION)
     padded = np.zeros((rows, tall * REGION, wide * REGION), dtype=np.float64)
     padded[:, :height, :width] = per_pixel
     blocks = padded.reshape(rows, tall, REGION, wide, REGION).sum(axis=(2, 4)).reshape(rows, -1)
-    labels: list[dict[str, object]] = [
-        {"region": [y * REGION, x * REGION, min((y + 1) * REGION, height), min((x + 1) * REGION, width)]}
-        for y in range(tall)
-        for x in range(wide)
-    ]
-    return blocks, labels
+    regions = np.array(
+        [
+            [y * REGION, x * REGION, min((y + 1) * REGION, height), min((x + 1) * REGION, width)]
+            for y in range(tall)
+            for x in range(wide)
+        ]
+    )
+    return blocks, regions

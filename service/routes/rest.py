@@ -90,9 +90,29 @@ async def score(request: Request, runtime: ModelRuntime, settings: Settings) -> 
     if options["return_sq_err"]:
         extra["sq_err"] = scored.sq_err
     if options["top_features"]:
-        extra["top_features"] = dataplane.top_features(runtime, scored.sq_err, options["top_features"])
+        extra["top_features"] = _top_features(dataplane.top_features(runtime, scored.sq_err, options["top_features"]))
     body = _answer(runtime, scores=scored.scores, threshold=scored.threshold, is_anomaly=scored.is_anomaly, **extra)
     return respond(request, Result(body, "scores"))
+
+
+def _top_features(top: dataplane.TopFeatures) -> list[list[dict[str, Any]]]:
+    """Each row's parts as objects: {feature, index} for tables, {region} for images, with sq_err and share."""
+    rows = []
+    for parts, sq_errs, shares in zip(top.parts.tolist(), top.sq_err.tolist(), top.share.tolist(), strict=True):
+        rows.append(
+            [
+                _part(top, part) | {"sq_err": sq_err, "share": share}
+                for part, sq_err, share in zip(parts, sq_errs, shares, strict=True)
+            ]
+        )
+    return rows
+
+
+def _part(top: dataplane.TopFeatures, part: int) -> dict[str, Any]:
+    if top.names is not None:
+        return {"feature": top.names[part], "index": part}
+    assert top.regions is not None
+    return {"region": top.regions[part].tolist()}
 
 
 async def generate(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:

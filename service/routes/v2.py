@@ -200,13 +200,12 @@ def _top_features(runtime: ModelRuntime, sq_err: np.ndarray, k: object) -> dict[
     if type(k) is not int or k < 1:
         raise bad(f"parameters.top_features must be a positive integer, got {k!r}")
     top = dataplane.top_features(runtime, sq_err, k)
-    names = [[_part_name(part) for part in row] for row in top]
-    shares = [[part["share"] for part in row] for row in top]
-    return {"top_features": np.array(names, dtype=object), "top_features_share": np.array(shares, dtype=np.float32)}
-
-
-def _part_name(part: dict[str, Any]) -> str:
-    return str(part["feature"]) if "feature" in part else ",".join(map(str, part["region"]))
+    if top.names is not None:
+        labels = np.array(top.names, dtype=object)
+    else:
+        assert top.regions is not None
+        labels = np.array([",".join(map(str, region)) for region in top.regions.tolist()], dtype=object)
+    return {"top_features": labels[top.parts], "top_features_share": top.share.astype(np.float32)}
 
 
 _MODEL_PREFIXES = {"/v2/models/{model}": "by-name", "/v2/models/{model}/versions/{version}": "by-version"}
