@@ -13,8 +13,8 @@ with its exact rows when it joins the queue (Batcher.submit)."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from fastapi import Request
 
@@ -56,7 +56,7 @@ def rows_at_least(headers: Mapping[str, str], width: int, v2_header: str | None 
     return 1  # images (one per file, at least one) and media types the route will refuse
 
 
-async def admit_unread(
+def admit_unread(
     request: Request, runtime: ModelRuntime, graphs: Sequence[str], width: int, v2_header: str | None = None
 ) -> Held | None:
     """Refuses the request with 503 `overloaded` before its body is read when the rows it holds could start
@@ -77,11 +77,11 @@ async def admit_unread(
         raise
 
 
-@asynccontextmanager
-async def room_for_body(request: Request, runtime: ModelRuntime, graph: str, width: int) -> AsyncIterator[None]:
+@contextmanager
+def room_for_body(request: Request, runtime: ModelRuntime, graph: str, width: int) -> Iterator[None]:
     """admit_unread for a request that runs one graph; its rows are held there, ahead of later requests,
     while its body arrives, until they join the graph's queue or the block ends."""
-    held = await admit_unread(request, runtime, [graph], width)
+    held = admit_unread(request, runtime, [graph], width)
     if held is None:
         yield
         return

@@ -152,7 +152,7 @@ def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
         async with deadline(state.settings.request_timeout_s):
             with state.registry.lease(model, version) as runtime:
                 width = admission.row_width(runtime, operation.graph)
-                async with admission.room_for_body(request, runtime, operation.graph, width):
+                with admission.room_for_body(request, runtime, operation.graph, width):
                     return await operation.handler(request, runtime, state.settings)
 
     endpoint.__doc__ = operation.handler.__doc__
