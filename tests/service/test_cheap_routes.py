@@ -146,11 +146,15 @@ class Scoring:
     def _ask(self) -> None:
         with httpx.Client(base_url=self.base_url, timeout=60) as client:
             while not self._stop.is_set():
-                answer = client.post("/models/tab/score", json=ROW)
+                try:
+                    answer = client.post("/models/tab/score", json=ROW)
+                    failure = None if answer.status_code == 200 else answer.text
+                except httpx.HTTPError as exc:
+                    failure = repr(exc)
                 with self._lock:
-                    self.answered += 1
-                    if answer.status_code != 200:
-                        self.failures.append(answer.text)
+                    self.answered += failure is None
+                    if failure is not None:
+                        self.failures.append(failure)
 
     def rate(self, seconds: float) -> float:
         before, started = self.answered, time.monotonic()
@@ -194,6 +198,7 @@ def kept_share(scoring: Scoring, flooder: subprocess.Popen[str]) -> float:
         switch(flooder, on=True)
         flooded += scoring.rate(WINDOW_S)
         switch(flooder, on=False)
+    assert alone > 0 and not scoring.failures, f"/score failed: {scoring.failures[:3]}"
     return flooded / alone
 
 
