@@ -4,7 +4,12 @@ torchrun (`torchrun --nproc-per-node N -m training fit ...`, on one node or many
 sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is one process and nothing changes. Every rank
 loads the whole data and computes the same normalisation; each trains on its share of the rows; gradients
 and the validation loss are averaged over the ranks, so early stopping stops every rank at the same epoch;
-only rank 0 exports, calibrates and writes the package."""
+only rank 0 exports, calibrates and writes the package.
+
+torch._dynamo is imported here, before any process group exists, because the first optimizer imports it
+otherwise: imported while a gloo group is up, it keeps that group alive past destroy_process_group, and
+gloo's threads (gloo_tcp_loop, pt_gloo_runloop) run on into the interpreter's shutdown, where a rank could
+abort (SIGABRT) as the other ranks closed their connections."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch._dynamo  # before any process group exists: see above
 import torch.distributed as dist
 
 

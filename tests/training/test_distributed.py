@@ -4,6 +4,7 @@ single process learns on the same data."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,18 @@ def test_two_processes_make_one_valid_package_close_to_one_process(rows: Path, t
     # what another seed changes. So the gap to one process is held to the seed-to-seed spread (x3).
     ddp, seed0, seed1 = float(report["metrics"]["val_loss"]), single(rows, models, 0), single(rows, models, 1)
     assert abs(ddp - seed0) <= 3 * abs(seed1 - seed0) + 1e-3 * seed0, (ddp, seed0, seed1)
+
+
+def test_no_gloo_thread_outlives_the_process_group(rows: Path, tmp_path: Path) -> None:
+    """gloo's threads still running when the interpreter shuts down can abort a rank (SIGABRT) as the other
+    closes its connections: after `fit`, destroy_process_group has ended them (training.distributed)."""
+    script = Path(__file__).with_name("threads_after_fit.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += [str(script), str(rows), str(tmp_path / "models")]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"rank"')]
+    assert sorted(rank["rank"] for rank in ranks) == ["0", "1"]
+    for rank in ranks:
+        assert not [name for name in rank["threads"] if "gloo" in name], rank
