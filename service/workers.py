@@ -30,6 +30,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -53,23 +54,30 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # The arbiter waits this much longer than a worker's own drain (shutdown-timeout-s) before SIGKILL, for the
 # worker's shutdown after the drain (models unloaded, lifespan ended).
 SHUTDOWN_MARGIN_S = 5
+# A worker that exits unasked is replaced after a pause (each replacement loads every model): 1 s, doubling
+# while replacements keep dying, up to the maximum; one that lived STEADY_S was not crashing at start.
+RESPAWN_PAUSE_S = 1.0
+MAX_RESPAWN_PAUSE_S = 30.0
+STEADY_S = 60.0
 
 
 def serve(settings: Settings, workers: int) -> int:
     """Runs the service until it is told to stop; the exit code."""
     guards = hold_port(settings.host, settings.port)
     arbiter = ServiceArbiter(ServiceApplication(settings, workers, guards), guards)
+    code = 1
     try:
         arbiter.run()
+        code = 0
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
+    finally:
         if os.getpid() != arbiter.pid:
             # A worker leaves through here (gunicorn forks in its main loop): never back into the caller's
             # code, whose clean-up (the metrics folder) is the arbiter's.
             _flush()
             os._exit(code)
-        return code
-    return 0
+    return code
 
 
 def hold_port(host: str, port: int) -> list[PortGuard]:
@@ -137,6 +145,25 @@ class ServiceArbiter(Arbiter):
     def __init__(self, app: ServiceApplication, guards: list[PortGuard]) -> None:
         super().__init__(app)
         self.LISTENERS = guards  # so the arbiter makes no sockets of its own
+        self.asked_to_exit: set[int] = set()
+        self.pause = 0.0  # no worker has died yet
+        self.respawn_at = 0.0
+
+    def kill_worker(self, pid: int, sig: int) -> None:
+        self.asked_to_exit.add(pid)
+        super().kill_worker(pid, sig)
+
+    def worker_gone(self, worker: ServiceWorker) -> None:
+        """A pause before the next replacement when the worker exited unasked (a crash, the OOM killer), so
+        a worker that keeps dying does not reload every model in a loop; the main loop runs on meanwhile."""
+        if worker.pid in self.asked_to_exit:
+            self.asked_to_exit.discard(worker.pid)
+            return
+        lived = time.monotonic() - worker.born
+        steady = lived > STEADY_S or not self.pause
+        self.pause = RESPAWN_PAUSE_S if steady else min(self.pause * 2, MAX_RESPAWN_PAUSE_S)
+        self.respawn_at = time.monotonic() + self.pause
+        self.log.error("worker %s exited unasked; replacing it in %.0f s", worker.pid, self.pause)
 
     def handle_int(self) -> None:
         """Ctrl-C drains, as SIGTERM does; another one while draining stops the workers at once."""
@@ -161,6 +188,8 @@ class ServiceArbiter(Arbiter):
         return self._until(lambda: old not in self.WORKERS)
 
     def manage_workers(self) -> None:
+        if len(self.WORKERS) < self.num_workers and time.monotonic() < self.respawn_at:
+            return
         super().manage_workers()
         for pid in [pid for pid, worker in self.WORKERS.items() if worker.spent()]:
             if pid in self.WORKERS:
@@ -197,6 +226,7 @@ class ServiceWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # in the arbiter, before the fork
+        self.born = time.monotonic()
         self.listen_at_once = False
         self._reader: int | None
         self._reader, self._writer = os.pipe()
@@ -316,6 +346,7 @@ def _post_fork(arbiter: Arbiter, worker: ServiceWorker) -> None:
 
 def _worker_gone(arbiter: Arbiter, worker: ServiceWorker) -> None:
     """In the arbiter, once a worker has exited."""
+    arbiter.worker_gone(worker)
     worker.close_reader()
     if os.environ.get(MULTIPROCESS_DIR) and isinstance(worker.pid, int):
         multiprocess.mark_process_dead(worker.pid)  # its live gauges stop counting
