@@ -79,9 +79,9 @@ class Settings(BaseSettings):
     SIGABRT, which writes its threads' tracebacks to the log, then killed and replaced; whole seconds
     (gunicorn's timeout), rounded up."""
     max_requests: int = Field(0, ge=0)
-    """A worker that has answered this many requests drains and exits, and a fresh one takes its place
-    (memory a long run accumulates is returned); 0: never. Needs two workers or more to keep serving
-    throughout."""
+    """A worker that has answered this many requests is replaced (memory a long run accumulates is
+    returned): a fresh one starts, and once it listens the old one drains and exits, so serving goes on
+    throughout, with one worker too; 0: never."""
     max_requests_jitter: int = Field(0, ge=0)
     """Up to this many more requests before a worker is replaced, drawn per worker, so the workers are not
     all replaced at once."""
