@@ -16,7 +16,8 @@ import codecs as text_codecs
 import csv
 import io
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,14 +36,27 @@ Feed = Callable[[bytes], None]
 
 
 async def read(chunks: AsyncIterator[bytes], feed: Feed | None = None) -> bytes:
-    """The whole body; `feed` sees each chunk first and raises to stop reading."""
+    """The whole body; `feed` sees each chunk first and raises to stop reading (see `cut_short`)."""
     parts = []
     async for chunk in chunks:
         if chunk:
             if feed is not None:
-                feed(chunk)
+                with cut_short():
+                    feed(chunk)
             parts.append(chunk)
     return b"".join(parts)
+
+
+@contextmanager
+def cut_short() -> Iterator[None]:
+    """A refusal raised in the block leaves the rest of the body unread: it is answered at once, with
+    `Connection: close`, so the server stops receiving (and discarding) what the client still sends.
+    Clients that are still uploading read the answer (curl, httpx, wrk; see service.admission)."""
+    try:
+        yield
+    except ServiceError as refused:
+        refused.headers = {**(refused.headers or {}), "Connection": "close"}
+        raise
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Scope
 
 logger = logging.getLogger(__name__)
 
@@ -85,15 +87,28 @@ _CONVERTERS: dict[type[Exception], Callable[[Exception], ServiceError]] = {
 }
 
 
-def render(path: str, error: ServiceError) -> Response:
-    """The error in the shape of the protocol that `path` belongs to."""
-    v2 = path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
-    return (v2_error_response if v2 else error_response)(error)
+Protocol = Literal["rest", "v2"]
+_RENDERERS: dict[Protocol, Callable[[ServiceError], Response]] = {"rest": error_response, "v2": v2_error_response}
+
+
+def protocol_of(scope: Scope) -> Protocol:
+    """The protocol a request speaks: its route's (service.routes.ServiceRoute.protocol); before routing (the
+    middleware's refusals) and where no route matched, the one whose paths `/v2` begins."""
+    protocol = getattr(scope.get("route"), "protocol", None)
+    if protocol is not None:
+        return protocol
+    path = scope["path"]
+    return "v2" if path == V2_PREFIX or path.startswith(V2_PREFIX + "/") else "rest"
+
+
+def render(scope: Scope, error: ServiceError) -> Response:
+    """The error in the shape of the protocol the request speaks."""
+    return _RENDERERS[protocol_of(scope)](error)
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
     convert = next(convert for kind, convert in _CONVERTERS.items() if isinstance(exc, kind))
-    return render(request.url.path, convert(exc))
+    return render(request.scope, convert(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -43,7 +43,7 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.max_bytes:
             # Refused before anything is read, so a client that sent `Expect: 100-continue` is not invited
             # to upload what would be refused. Past this, only the bytes counted can exceed the limit.
-            await render(scope["path"], self._too_large())(scope, receive, send)
+            await render(scope, self._too_large())(scope, receive, send)
             return
         received, complete, deadline = 0, False, None
 
@@ -114,9 +114,8 @@ class RequestMetrics:
             self._record(scope, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        name = getattr(scope.get("route"), "name", "") or ""
-        operation, _, style = name.partition("-")
-        if not style:  # not an inference route
+        operation = getattr(scope.get("route"), "operation", None)
+        if operation is None:  # not an inference route
             return
         asked = scope.get("path_params", {}).get("model") or _query_model(scope)
         labels = (self.registry.metric_label(asked), operation)
@@ -163,7 +162,7 @@ class ApiKeys:
         if scope["type"] != "http" or not self.keys or self._open(scope["path"]) or self._allowed(scope):
             await self.app(scope, receive, send)
             return
-        await render(scope["path"], UNAUTHORIZED)(scope, receive, send)
+        await render(scope, UNAUTHORIZED)(scope, receive, send)
 
     def _open(self, path: str) -> bool:
         return path in self.open or path.startswith(OPEN_PREFIXES)

@@ -118,7 +118,8 @@ async def _csv_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, di
     parser = bodies.CsvRows(spec.feature_names, math.prod(spec.row_shape), spec.max_rows, spec.key)
     # The csv module is Python: each chunk is parsed in a thread, where the event loop can interleave with it.
     async for chunk in request.stream():
-        await to_thread.run_sync(parser, chunk)
+        with bodies.cut_short():
+            await to_thread.run_sync(parser, chunk)
     return codecs.shaped(parser.rows(), spec.row_shape, spec.key, spec.max_rows), options
 
 
@@ -128,7 +129,10 @@ async def _raw_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, di
     dims, kind = codecs.raw_layout(headers.get("x-shape"), headers.get("x-dtype"))
     batch = codecs.batch_shape(dims, spec.row_shape)
     if batch is not None and batch[0] > spec.max_rows:  # refused before a byte of the body is read
-        raise ServiceError(413, "too_many_rows", f"{spec.key} has {batch[0]} rows; at most {spec.max_rows} per request")
+        with bodies.cut_short():
+            raise ServiceError(
+                413, "too_many_rows", f"{spec.key} has {batch[0]} rows; at most {spec.max_rows} per request"
+            )
     body = await bodies.read(request.stream(), bodies.ByteLimit(math.prod(dims) * kind.itemsize, dims, kind))
     array = codecs.load_raw(body, headers.get("x-shape"), headers.get("x-dtype"))
     return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), options

@@ -13,7 +13,7 @@ from service import codecs, schemas
 from service.errors import ServiceError
 from service.middleware import bearer_key, key_matches
 from service.registry import Entry
-from service.routes import ServiceRoute
+from service.routes import route_class
 from service.routes.catalog import ModelName, RegistryDep, json_response
 
 # Triton's names for the states of a model version.
@@ -89,5 +89,5 @@ def register(router: APIRouter) -> None:
             tags=["model repository"],
             dependencies=[Depends(require_admin)],
             responses=_ERRORS,
-            route_class_override=ServiceRoute,
+            route_class_override=route_class("v2"),
         )

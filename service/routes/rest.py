@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 
 from service import admission, dataplane, schemas
 from service.payloads import Pixels, Result, RowsRequest, read_json, read_rows, respond
-from service.routes import ServiceRoute, deadline
+from service.routes import deadline, route_class
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
@@ -169,6 +169,6 @@ def register(router: APIRouter) -> None:
                 name=f"{name}-{style}",
                 operation_id=f"{name}_{style.replace('-', '_')}",
                 tags=["inference" if not prefix else f"inference ({style})"],
-                route_class_override=ServiceRoute,
+                route_class_override=route_class("rest", name),
                 **schemas.openapi_for(name, style, operation.uploads, operation.png),
             )

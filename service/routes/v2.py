@@ -27,7 +27,7 @@ from service import admission, bodies, codecs, dataplane, schemas, v2_codec
 from service.errors import ServiceError
 from service.manifest import GRAPH_ROLES
 from service.registry import Registry
-from service.routes import ServiceRoute, deadline
+from service.routes import deadline, route_class
 from service.routes.catalog import json_response
 from service.runtime import ModelRuntime
 from service.v2_codec import HEADER_LENGTH, InferRequest, bad, parse_request, render_response
@@ -212,13 +212,19 @@ _MODEL_PREFIXES = {"/v2/models/{model}": "by-name", "/v2/models/{model}/versions
 
 
 def register(router: APIRouter) -> None:
-    def add(path: str, endpoint: Callable[[Request], Awaitable[Response]], method: str = "GET", **extra: Any) -> None:
+    def add(
+        path: str,
+        endpoint: Callable[[Request], Awaitable[Response]],
+        method: str = "GET",
+        operation: str | None = None,
+        **extra: Any,
+    ) -> None:
         router.add_api_route(
             path,
             endpoint,
             methods=[method],
             tags=["open inference protocol v2"],
-            route_class_override=ServiceRoute,
+            route_class_override=route_class("v2", operation),
             **extra,
         )
 
@@ -235,15 +241,14 @@ def register(router: APIRouter) -> None:
     )
     # Infer first: routes are matched in order, and it is the one under load.
     for prefix, style in _MODEL_PREFIXES.items():
-        # The name's "infer-" prefix is the operation label of the request metrics (service.middleware).
-        operation = f"infer_{style.replace('-', '_')}"
         extra = schemas.v2_openapi(style, infer=True)
         add(
             f"{prefix}/infer",
             infer,
             "POST",
+            "infer",  # the operation label of the request metrics (service.middleware)
             name=f"infer-{style}",
-            operation_id=operation,
+            operation_id=f"infer_{style.replace('-', '_')}",
             openapi_extra=extra,
             responses=infer_errors,
         )
