@@ -149,14 +149,18 @@ def test_ttin_adds_a_worker_and_ttou_removes_one(models_dir: Path, tmp_path: Pat
         assert scores(client, 20) == [200] * 20
 
 
-def test_workers_are_recycled_after_max_requests(models_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_are_recycled_after_max_requests_and_serving_goes_on(
+    models_dir: Path, tmp_path: Path, workers: int
+) -> None:
     env = {"AE_MAX_REQUESTS": "15", "AE_MAX_REQUESTS_JITTER": "5"}
-    with running_process(models_dir, tmp_path / "server.log", *WORKERS, env=env) as (process, client):
+    flags = ("--workers", str(workers), "--intra-op-threads", "1")
+    with running_process(models_dir, tmp_path / "server.log", *flags, env=env) as (process, client):
         first = set(children(process.pid))
-        answers = scores(client, 40)  # 40 answers from two workers: at least one answers more than 20
-        assert eventually(lambda: len(children(process.pid)) == 2 and not first <= set(children(process.pid)))
+        answers = scores(client, 20 * workers + 1)  # at least one worker answers more than 20
+        assert eventually(lambda: len(children(process.pid)) == workers and not first <= set(children(process.pid)))
         answers += scores(client, 20)
-    assert answers == [200] * 60
+    assert answers == [200] * (20 * workers + 21)
     assert "has answered max-requests requests; replacing it" in (tmp_path / "server.log").read_text()
 
 
