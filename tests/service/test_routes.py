@@ -196,3 +196,23 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert ready.status_code == 200
     assert ready.json()["models"]["zz-broken/1"] == "unavailable"
     assert ready.json()["models"]["tab/2"] == "ready"
+
+
+async def test_options_in_the_query_string_work_with_every_body_kind(
+    client: httpx.AsyncClient, tabular_rows: np.ndarray, image_rows: np.ndarray
+) -> None:
+    in_body = await post(client, "/models/tab/score", {"inputs": tabular_rows.tolist(), "top_features": 2})
+    in_query = await post(client, "/models/tab/score?top_features=2", {"inputs": tabular_rows.tolist()})
+    assert in_query == in_body and len(in_query["top_features"][0]) == 2
+
+    png = io.BytesIO()
+    Image.fromarray(image_rows[0].reshape(image_rows.shape[1:3]).astype(np.uint8)).save(png, format="PNG")
+    uploaded = await client.post("/models/conv/score?return_sq_err=true", files={"file": ("a.png", png.getvalue())})
+    assert uploaded.status_code == 200, uploaded.text
+    assert "sq_err" in uploaded.json()
+
+    both = await client.post("/models/tab/score?top_features=2", json={"inputs": [[0.0] * 5], "top_features": 3})
+    assert both.status_code == 400
+    assert (
+        both.json()["error"]["message"] == "option(s) ['top_features'] are given both in the query string and the body"
+    )
