@@ -57,7 +57,12 @@ def rows_at_least(headers: Mapping[str, str], width: int, v2_header: str | None 
 
 
 def admit_unread(
-    request: Request, runtime: ModelRuntime, graphs: Sequence[str], width: int, v2_header: str | None = None
+    request: Request,
+    runtime: ModelRuntime,
+    graphs: Sequence[str],
+    width: int,
+    max_rows: int,
+    v2_header: str | None = None,
 ) -> Held | None:
     """Refuses the request with 503 `overloaded` before its body is read when the rows it holds could start
     within the budget on none of `graphs`; admitted for one graph, the rows it holds there (to release).
@@ -67,7 +72,9 @@ def admit_unread(
     httpx and wrk read it; Linux keeps it readable after the reset). Reading the body first, to keep the
     connection, cost as much of the event loop as the refusal saved: under the 64-connection overload of
     docs/benchmark.md, 48 answers a second against 194."""
-    rows = rows_at_least(request.headers, width, v2_header)
+    # No request may hold more than max_rows: a longer body (or a text one padded with spaces, which the
+    # length overestimates) is refused by its reader as it arrives (413), not told to retry later.
+    rows = min(rows_at_least(request.headers, width, v2_header), max_rows)
     if rows == 0:
         return None
     try:
@@ -78,10 +85,10 @@ def admit_unread(
 
 
 @contextmanager
-def room_for_body(request: Request, runtime: ModelRuntime, graph: str, width: int) -> Iterator[None]:
+def room_for_body(request: Request, runtime: ModelRuntime, graph: str, width: int, max_rows: int) -> Iterator[None]:
     """admit_unread for a request that runs one graph; its rows are held there, ahead of later requests,
     while its body arrives, until they join the graph's queue or the block ends."""
-    held = admit_unread(request, runtime, [graph], width)
+    held = admit_unread(request, runtime, [graph], width, max_rows)
     if held is None:
         yield
         return

@@ -152,7 +152,8 @@ def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
         async with deadline(state.settings.request_timeout_s):
             with state.registry.lease(model, version) as runtime:
                 width = admission.row_width(runtime, operation.graph)
-                with admission.room_for_body(request, runtime, operation.graph, width):
+                max_rows = state.settings.max_batch_rows
+                with admission.room_for_body(request, runtime, operation.graph, width, max_rows):
                     return await operation.handler(request, runtime, state.settings)
 
     endpoint.__doc__ = operation.handler.__doc__

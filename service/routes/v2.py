@@ -129,7 +129,7 @@ async def infer(request: Request) -> Response:
     path, state = request.path_params, request.app.state
     async with deadline(state.settings.request_timeout_s):
         with state.registry.lease(path["model"], path.get("version")) as runtime:
-            _admit_unread(request, runtime)
+            _admit_unread(request, runtime, state.settings.max_batch_rows)
             header_length, manifest = request.headers.get(HEADER_LENGTH), runtime.manifest
             max_rows = state.settings.max_batch_rows
             check = v2_codec.scan(header_length, manifest.row_shape, manifest.latent.dim, max_rows)
@@ -140,11 +140,11 @@ async def infer(request: Request) -> Response:
     return Response(body, headers=headers)
 
 
-def _admit_unread(request: Request, runtime: ModelRuntime) -> None:
+def _admit_unread(request: Request, runtime: ModelRuntime, max_rows: int) -> None:
     # Which graphs run depends on the input and outputs the body names: before it is read, a request is
     # refused only when none of them could start its rows in time (as x rows, the widest: the fewest rows).
     width = admission.row_width(runtime, "scorer")
-    admission.admit_unread(request, runtime, GRAPH_ROLES, width, HEADER_LENGTH)
+    admission.admit_unread(request, runtime, GRAPH_ROLES, width, max_rows, HEADER_LENGTH)
 
 
 async def _run(

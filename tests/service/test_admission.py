@@ -143,20 +143,38 @@ def test_a_large_request_is_refused_from_its_headers_before_its_body_is_sent(bus
 def test_a_client_that_sends_its_body_anyway_gets_the_refusal_when_its_upload_is_cut_short(
     busy_server: httpx.Client,
 ) -> None:
-    # 8 MB of .npy: at least 200,000 rows of tab, so many runs of its own that they cannot start within the
-    # 1 µs budget. The server answers after the headers and closes, while the client is still uploading.
+    # 8 MB of .npy: as many rows as a request may hold (at least 200,000 rows of tab by its length), which
+    # cannot start within the 1 µs budget while a request waits in tab's scorer queue. The server answers
+    # after the headers and closes, while the client is still uploading.
+    occupied = _occupy(busy_server, ["/models/tab/score"], {"inputs": [[0.0] * 5]})
     body = b"\x93NUMPY" + b"\0" * (8 * 1024 * 1024)
-    started = time.monotonic()
-    answer = httpx.post(
-        busy_server.base_url.join("/models/tab/score"),
-        content=body,
-        headers={"Content-Type": "application/x-npy"},
-        timeout=10,
-    )  # httpx, like curl and wrk, reads the answer when its upload is cut short
+    while True:
+        started = time.monotonic()
+        answer = httpx.post(
+            busy_server.base_url.join("/models/tab/score"),
+            content=body,
+            headers={"Content-Type": "application/x-npy"},
+            timeout=10,
+        )  # httpx, like curl and wrk, reads the answer when its upload is cut short
+        if answer.status_code == 503 or not occupied[0].is_alive():
+            break  # the first may land before the occupying request queues
     assert (answer.status_code, answer.json()["error"]["code"]) == (503, "overloaded")
     assert answer.headers["Connection"] == "close" and answer.headers["Retry-After"] == "1"
     assert time.monotonic() - started < 5
     assert busy_server.get("/healthz").status_code == 200
+    occupied[0].join()
+
+
+@pytest.mark.e2e
+def test_a_body_longer_than_any_request_is_refused_by_its_reader_not_told_to_retry(busy_server: httpx.Client) -> None:
+    # Idle, the same body is admitted as the most rows a request may hold, and refused for what it is.
+    answer = httpx.post(
+        busy_server.base_url.join("/models/tab/score"),
+        content=b"\x93NUMPY" + b"\0" * (8 * 1024 * 1024),
+        headers={"Content-Type": "application/x-npy"},
+        timeout=10,
+    )
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "malformed_npy")
 
 
 @pytest.mark.e2e
