@@ -143,8 +143,9 @@ async def test_requests_that_could_not_start_within_the_budget_are_refused_at_on
     served = [seconds for seconds, error in results if error is None]
     assert refused and served
     assert all(e.status == 503 and e.code == "overloaded" and int(e.headers["Retry-After"]) >= 1 for _, e in refused)
-    assert max(seconds for seconds, _ in refused) < 0.01  # refused at once, not after queueing
-    assert max(served) < budget + 3 * seconds_per_batch  # who got in started within the budget (plus timer noise)
+    # Generous margins for a busy machine: without admission control the last would wait about 2 s.
+    assert max(seconds for seconds, _ in refused) < 0.05  # refused at once, not after queueing
+    assert max(served) < budget + 6 * seconds_per_batch  # who got in started within the budget (plus timer noise)
     batcher.close()
 
 
