@@ -2,7 +2,7 @@
 answer while it is refused), what the worker's memory does, and the answer's status. Results go to a JSON
 file and a PNG chart.
 
-    python bench/hostile.py [--models-dir models] [--repeat 200] [--out reports/hardening]
+    python bench/hostile.py [--models-dir models] [--repeat 5] [--case CSV] [--out reports/hardening]
 
 Run it from another checkout to measure an older commit the same way (`--server-root ../old`): the
 server is that checkout's `python -m service`, the bodies and the probe are this script's."""
@@ -122,10 +122,12 @@ class Probe(threading.Thread):
                 time.sleep(0.01)
 
 
-def measure(url: str, pid: int, repeat: int) -> dict[str, dict[str, object]]:
+def measure(url: str, pid: int, repeat: int, cases: list[str]) -> dict[str, dict[str, object]]:
     results: dict[str, dict[str, object]] = {}
     with httpx.Client(base_url=url, timeout=120) as client:
         for name, (path, body, media) in bodies().items():
+            if cases and not any(case in name for case in cases):
+                continue
             before = rss(pid)
             probe = Probe(url, pid)
             probe.start()
@@ -183,12 +185,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8390)
     parser.add_argument("--server-root", type=Path, action="append", default=[], help="checkouts to compare")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "hardening")
+    parser.add_argument("--case", action="append", default=[], help="only the bodies whose name holds this")
     args = parser.parse_args()
     results = {}
     for index, root in enumerate([ROOT, *args.server_root]):
         label = "this checkout" if root == ROOT else str(root)
         with server(root, args.models_dir, args.port + index) as (pid, url):
-            results[label] = measure(url, worker(pid), args.repeat)
+            results[label] = measure(url, worker(pid), args.repeat, args.case)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "hostile.json").write_text(json.dumps(results, indent=2) + "\n")
     chart(results, args.out / "hostile.png")
