@@ -189,7 +189,8 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     for index, root in enumerate([ROOT, *args.server_root]):
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        git = ["git", "-C", str(root), "rev-parse", "--short", "HEAD"]
+        commit = subprocess.run(git, capture_output=True, text=True)
         label = f"{root.name} at {commit.stdout.strip() or 'an unknown commit'}"
         with server(root, args.models_dir, args.port + index) as (pid, url):
             results[label] = measure(url, worker(pid), args.repeat, args.case)
