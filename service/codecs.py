@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,19 +62,27 @@ def load_json(body: bytes) -> dict[str, Any]:
     return value
 
 
-def load_json_with_rows(body: bytes, key: str, options: Sequence[str] = ()) -> dict[str, Any]:
+def load_json_with_rows(body: bytes, key: str, options: Mapping[str, tuple[type, Any]] | None = None) -> dict[str, Any]:
     """load_json, with the rows in field `key` read by simdjson straight into numpy whenever the body allows
     that exactly (service.fastjson); the same answer and the same errors either way. Fields are checked
     (`check_fields`) before any value is converted, so an unknown field costs nothing to refuse."""
     element = fastjson.parse(body)
+    options = options or {}
     if element is not None and fastjson.is_object(element):
-        check_fields(dict.fromkeys(element.keys()), [key], options)
+        check_fields(dict.fromkeys(element.keys()), [key], list(options))
+        # Options are scalars, checked in order as the routes check them (before the rows): one given as a
+        # list is refused without converting it.
+        for name, (kind, default) in options.items():
+            value = element.get(name, default)
+            if fastjson.is_list(value) or fastjson.is_dict(value):
+                raise ServiceError(422, "invalid_request", f"{name} must be {_OPTION_TYPES[kind]}, got {shown(value)}")
+            option({name: value}, name, kind, default)
         value = fastjson.convert(element, ((key,),), body)
         if isinstance(value, dict):
             return value
     del element  # the parser's buffers go with it
     value = load_json(body)
-    check_fields(value, [key], options)
+    check_fields(value, [key], list(options or {}))
     return value
 
 
@@ -117,8 +125,16 @@ def option(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     if kind is int:
         value = integral(value)
     if value is not default and type(value) is not kind:
-        raise ServiceError(422, "invalid_request", f"{name} must be {_OPTION_TYPES[kind]}, got {value!r}")
+        raise ServiceError(422, "invalid_request", f"{name} must be {_OPTION_TYPES[kind]}, got {shown(value)}")
     return value
+
+
+def shown(value: Any) -> str:
+    """A value as an error message names it: lists and objects by kind, others by their first characters."""
+    if isinstance(value, list | dict) or fastjson.is_list(value) or fastjson.is_dict(value):
+        return "a list" if isinstance(value, list) or fastjson.is_list(value) else "an object"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def as_batch(
@@ -242,6 +258,12 @@ def npy_header(data: bytes) -> NpyHeader | None:
         raise _bad_npy(str(exc)) from None
     if dtype.hasobject:
         raise _bad_npy("object arrays are refused (they would need unpickling)")
+    # np.load reshapes what these describe in ways no row can be: a subarray dtype adds axes, a size of 0
+    # divides nothing, and a shape of booleans or negative numbers can still multiply to the bytes sent.
+    if dtype.subdtype is not None or dtype.itemsize == 0:
+        raise _bad_npy(f"its dtype {dtype.str!r} is not a plain number type")
+    if not all(type(dim) is int and dim >= 0 for dim in shape):
+        raise _bad_npy(f"its shape {list(shape)[:10]} is not of non-negative integers")
     return NpyHeader(tuple(shape), dtype, fortran, offset)
 
 
@@ -281,11 +303,14 @@ def raw_layout(shape: str | None, dtype: str | None) -> tuple[tuple[int, ...], n
     """The dimensions and dtype the X-Shape and X-Dtype headers of a raw body declare."""
     if not shape:
         raise ServiceError(400, "missing_shape", f"{RAW} bodies need an X-Shape header, e.g. X-Shape: 64,784")
-    parts = shape.split(",")
-    # int() also reads non-ASCII digits and "1_0": only ASCII digits are a dimension.
-    if len(parts) > MAX_DIMS or not all(part.strip().isascii() and part.strip().isdigit() for part in parts):
+    parts = [part.strip() for part in shape.split(",")]
+    # int() also reads non-ASCII digits and "1_0", and refuses 4,300 digits with its own error: only up to 19
+    # ASCII digits are a dimension.
+    if len(parts) > MAX_DIMS or not all(part.isascii() and part.isdigit() and len(part) < 20 for part in parts):
         raise ServiceError(
-            400, "invalid_shape_header", f"X-Shape must be at most {MAX_DIMS} comma-separated integers, got {shape!r}"
+            400,
+            "invalid_shape_header",
+            f"X-Shape must be at most {MAX_DIMS} comma-separated integers, got {shape[:80]!r}",
         )
     dims = tuple(int(part) for part in parts)
     check_axes(dims, "X-Shape")

@@ -9,6 +9,7 @@ X-Version and, from /score, X-Threshold headers; application/x-npz carries every
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -83,9 +84,10 @@ async def read_json(request: Request, required: list[str], options: Options) -> 
 
 async def _json_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
     scan = bodies.JsonScan(bodies.JsonLimits.for_rows(spec.row_shape, spec.max_rows))
-    body = codecs.load_json_with_rows(await bodies.read(request.stream(), scan), spec.key, list(spec.options))
-    rows = codecs.as_batch(body[spec.key], spec.row_shape, spec.key, spec.max_rows, spec.feature_names)
-    return rows, _options(request, spec, {name: value for name, value in body.items() if name != spec.key})
+    body = codecs.load_json_with_rows(await bodies.read(request.stream(), scan), spec.key, spec.options)
+    # Options first, as the fast path refuses a list among them before it converts the rows.
+    options = _options(request, spec, {name: value for name, value in body.items() if name != spec.key})
+    return codecs.as_batch(body[spec.key], spec.row_shape, spec.key, spec.max_rows, spec.feature_names), options
 
 
 async def _upload_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
@@ -146,8 +148,11 @@ def _declared_length(request: Request) -> int | None:
 def _options(request: Request, spec: RowsRequest, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """The route's options from the query string (`?top_features=2`) and the body's own fields, checked and
     defaulted; one given both ways is refused rather than one of the two silently winning."""
-    query = request.query_params.items()
-    fields = {name: _form_value(name, value) for name, value in query if name not in ("model", "version")}
+    query = [(name, value) for name, value in request.query_params.multi_items() if name not in ("model", "version")]
+    repeated = sorted(name for name, count in Counter(name for name, _ in query).items() if count > 1)
+    if repeated:
+        raise ServiceError(400, "invalid_request", f"option(s) {repeated[:10]} are given more than once in the query")
+    fields = {name: _form_value(name, value) for name, value in query}
     codecs.check_fields(fields, [], list(spec.options))
     both = sorted(set(fields) & set(given or {}))
     if both:

@@ -62,6 +62,12 @@ def npy_claiming(rows: int, version: int = 1, width: int = 5) -> bytes:
 HUGE_LATENTS = [[a * 3.4e38, b * 3.4e38] for a in (1, -1) for b in (1, -1)]
 
 
+def npy_with(descr: str, shape: str, data_bytes: int) -> bytes:
+    """A .npy file of this dtype description and shape (as numpy writes them), and this many zero bytes."""
+    header = f"{{'descr': {descr}, 'fortran_order': False, 'shape': {shape}, }}".encode().ljust(118) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * data_bytes
+
+
 def png(size: tuple[int, int] = (8, 8), mode: str = "L", fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, size).save(buffer, format=fmt)
@@ -145,6 +151,22 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
      f"the array must have at most 8 dimensions of at most 4294967296 each, got [0, {2**63}]"),
     ("X-Shape of no rows and an axis of 2^63", "POST", TAB, {"content": b"", "headers": raw(f"0,{2**63}")}, 400,
      "invalid_shape_header", f"X-Shape must have at most 8 dimensions of at most 4294967296 each, got [0, {2**63}]"),
+    ("X-Shape of 4,400 digits", "POST", TAB, {"content": b"", "headers": raw("9" * 4400 + ",5")}, 400,
+     "invalid_shape_header", f"X-Shape must be at most 8 comma-separated integers, got {('9' * 80)!r}"),
+    ("an .npy of a subarray dtype", "POST", TAB, {"content": npy_with("('<f4', (5,))", "(2,)", 40), "headers": NPY},
+     400, "malformed_npy", "the body is not a readable .npy file: its dtype '|V20' is not a plain number type"),
+    ("an .npy of a zero-size dtype", "POST", TAB, {"content": npy_with("'|V0'", "(2, 5)", 0), "headers": NPY},
+     400, "malformed_npy", "the body is not a readable .npy file: its dtype '|V0' is not a plain number type"),
+    ("an .npy shape of negative numbers", "POST", TAB, {"content": npy_with("'<f4'", "(-2, -5)", 40), "headers": NPY},
+     400, "malformed_npy", "the body is not a readable .npy file: its shape [-2, -5] is not of non-negative integers"),
+    ("an .npy shape of booleans", "POST", TAB, {"content": npy_with("'<f4'", "(True, 5)", 20), "headers": NPY},
+     400, "malformed_npy", "the body is not a readable .npy file: its shape [True, 5] is not of non-negative integers"),
+    ("an option given twice in the query", "POST", TAB + "&top_features=2&top_features=3", {"json": {"inputs": [ROW]}},
+     400, "invalid_request", "option(s) ['top_features'] are given more than once in the query"),
+    ("an option as a long list", "POST", TAB, {"json": {"inputs": [ROW], "top_features": [0] * 300}}, 422,
+     "invalid_request", "top_features must be an integer, got a list"),
+    ("an option as a long string", "POST", TAB, {"json": {"inputs": [ROW], "return_sq_err": "x" * 10_000}}, 422,
+     "invalid_request", f"return_sq_err must be true or false, got {repr('x' * 10_000)[:60]}..."),
     ("X-Shape in non-ASCII digits", "POST", TAB, {"content": b"", "headers": {**raw(""), "x-shape": b"\xb2,5"}},
      400, "invalid_shape_header", "X-Shape must be at most 8 comma-separated integers, got '\xb2,5'"),
     ("X-Shape over the row limit, refused unread", "POST", TAB, {"content": b"", "headers": raw("5000,5")}, 413,
@@ -156,7 +178,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, str]] = [
     ("empty raw batch", "POST", TAB, {"content": b"", "headers": raw("0,5")}, 422, "empty_batch",
      "inputs has no rows: send at least one"),
     ("X-Shape of 100 dimensions", "POST", TAB, {"content": b"\0" * 4, "headers": raw(",".join(["1"] * 100))}, 400,
-     "invalid_shape_header", f"X-Shape must be at most 8 comma-separated integers, got {','.join(['1'] * 100)!r}"),
+     "invalid_shape_header", f"X-Shape must be at most 8 comma-separated integers, got {','.join(['1'] * 100)[:80]!r}"),
     ("a version of 5,000 digits", "POST", "/models/tab/versions/" + "9" * 5000 + "/score", {"json": {"inputs": [ROW]}},
      404, "version_not_found", f"model 'tab' has no version {'9' * 40!r}; versions: [1, 2]"),
     ("too many rows", "POST", TAB, {"json": {"inputs": [ROW] * (MAX_ROWS + 1)}}, 413, "too_many_rows",

@@ -99,28 +99,32 @@ json_values = st.recursive(
 )
 documents = st.fixed_dictionaries(
     {"inputs": rows_values},
-    optional={"return_sq_err": st.booleans(), "top_features": json_values, "extra": json_values},
+    optional={
+        "return_sq_err": st.booleans() | json_values,
+        "top_features": st.integers(-(2**63), 2**63 - 1) | json_values,
+    },
 )
 
 
 def outcome(parse: Any, body: bytes) -> Any:
-    """The rows (or a refusal as status, code, message) that the service's JSON reading gives for `body`."""
+    """The rows and options (or a refusal as status, code, message) that the service's JSON reading gives
+    for `body`: options first, then rows (service.payloads)."""
     try:
         document = parse(body)
+        options = {name: codecs.option(document, name, kind, default) for name, (kind, default) in OPTIONS.items()}
         array = codecs.as_batch(document["inputs"], (3,), "inputs", 1024)
     except ServiceError as error:
         return (error.status, error.code, error.message)
-    others = {key: value for key, value in document.items() if key != "inputs"}
-    return array.tobytes(), array.shape, orjson.dumps(others, option=orjson.OPT_SORT_KEYS)
+    return array.tobytes(), array.shape, options
 
 
 def the_slow_way(body: bytes) -> Any:
     document = codecs.load_json(body)
-    codecs.check_fields(document, ["inputs"], OPTIONS)
+    codecs.check_fields(document, ["inputs"], list(OPTIONS))
     return document
 
 
-OPTIONS = ["return_sq_err", "top_features"]
+OPTIONS = {"return_sq_err": (bool, False), "top_features": (int, 0)}
 
 
 @settings(max_examples=300, deadline=None)
