@@ -252,6 +252,9 @@ def _csv_columns(header: list[str], names: Sequence[str] | None) -> list[int]:
 
 
 def _is_number(cell: str) -> bool:
+    # float() also reads "1_0" and non-ASCII digits, which JSON bodies cannot hold: CSV cells neither.
+    if not cell.isascii() or "_" in cell:
+        return False
     try:
         float(cell)
     except ValueError:

@@ -43,7 +43,10 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.max_bytes:
             # Refused before anything is read, so a client that sent `Expect: 100-continue` is not invited
             # to upload what would be refused. Past this, only the bytes counted can exceed the limit.
-            await render(scope, self._too_large())(scope, receive, send)
+            # Closed after the answer: kept open, the server would read and drop whatever the client sends.
+            refused = self._too_large()
+            refused.headers = {"Connection": "close"}
+            await render(scope, refused)(scope, receive, send)
             return
         received, complete, deadline = 0, False, None
 
