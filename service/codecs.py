@@ -77,7 +77,7 @@ def load_json_with_rows(body: bytes, key: str, options: Mapping[str, tuple[type,
             if fastjson.is_list(value) or fastjson.is_dict(value):
                 raise ServiceError(422, "invalid_request", f"{name} must be {_OPTION_TYPES[kind]}, got {shown(value)}")
             option({name: value}, name, kind, default)
-        value = fastjson.convert(element, ((key,),), body)
+        value = fastjson.convert(element, ((key,),), body) or fastjson.plain(element, key)
         if isinstance(value, dict):
             return value
     del element  # the parser's buffers go with it
@@ -147,12 +147,32 @@ def as_batch(
     if isinstance(value, dict) or (isinstance(value, list) and isinstance(value[0], dict)):
         value = rows_by_name([value] if isinstance(value, dict) else value, names, field)
     try:
-        array = np.asarray(value)
+        array = as_array(value)
     except (ValueError, OverflowError):
         raise ServiceError(422, "invalid_shape", f"{field}: rows are ragged; {_expected(row_shape)}") from None
     if array.dtype.kind in _NUMERIC_KINDS and holds_booleans(value):
         raise ServiceError(422, "invalid_dtype", f"{field} must hold numbers only, found booleans")
     return shaped(array, row_shape, field, max_rows)
+
+
+# Lists of lists longer than this are converted a row at a time.
+ROW_BY_ROW = 64
+
+
+def as_array(value: Any) -> np.ndarray:
+    """np.asarray of parsed JSON, of the same shape and kind of dtype; a long list of lists is converted a
+    row at a time, so that no one call holds the GIL for long (large bodies are read in a thread beside the
+    event loop, which then gets its turns between rows)."""
+    if type(value) is not list or len(value) < ROW_BY_ROW or type(value[0]) is not list:
+        return np.asarray(value)
+    rows = [np.asarray(row) for row in value]
+    if len({row.shape for row in rows}) != 1:
+        raise ValueError("ragged rows")
+    kinds = {row.dtype.kind for row in rows}
+    if kinds <= {"b", "i", "u", "f"}:
+        return np.stack(rows)  # numbers (and booleans) promote as np.asarray promotes them
+    # Anything else is refused by its kind alone: objects (null, mixed) over strings, as np.asarray does.
+    return np.empty((len(rows), *rows[0].shape), dtype=object if "O" in kinds else "U1")
 
 
 def holds_booleans(value: Any) -> bool:

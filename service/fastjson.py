@@ -74,6 +74,29 @@ def convert(element: Any, numeric: tuple[Pattern, ...], text: bytes) -> Any | No
     return value if text.count(b"[") == brackets[0] else None
 
 
+def plain(element: Any, rows: str) -> dict[str, Any] | None:
+    """A parsed object as orjson.loads gives it (lists, not arrays), its field `rows` converted an item at a
+    time so that no one call holds the GIL for long (service.payloads reads large bodies in a thread); None
+    when a key repeats (orjson keeps the last)."""
+    try:
+        keys = list(element.keys())
+        if len(set(keys)) != len(keys):
+            return None
+        value = {key: _plain(element[key]) for key in keys if key != rows}
+        if rows in keys:
+            items = element[rows]
+            value[rows] = [_plain(item) for item in items] if isinstance(items, simdjson.Array) else _plain(items)
+    except Exception:  # simdjson's refusals (a key it cannot look up): orjson then
+        return None
+    return value
+
+
+def _plain(element: Any) -> Any:
+    if isinstance(element, simdjson.Object):
+        return element.as_dict()
+    return element.as_list() if isinstance(element, simdjson.Array) else element
+
+
 def loads(body: bytes, numeric: tuple[Pattern, ...]) -> Any | None:
     """parse, then convert."""
     element = parse(body)

@@ -84,9 +84,23 @@ async def read_json(request: Request, required: list[str], options: Options) -> 
 
 async def _json_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
     scan = bodies.JsonScan(bodies.JsonLimits.for_rows(spec.row_shape, spec.max_rows))
-    body = codecs.load_json_with_rows(await bodies.read(request.stream(), scan), spec.key, spec.options)
+    read = partial(_rows_from_json, await bodies.read(request.stream(), scan), spec, _query(request))
+    return await off_the_loop(read) if len(read.args[0]) > OFF_LOOP_BYTES else read()
+
+
+# A JSON body larger than this is parsed in a thread: the event loop gets its turns between the parser's
+# calls (no one of which holds the GIL long: service.codecs.as_array), where it would wait for all of them.
+OFF_LOOP_BYTES = 256 * 1024
+
+
+async def off_the_loop(work: Callable[[], Any]) -> Any:
+    return await to_thread.run_sync(work)
+
+
+def _rows_from_json(raw: bytes, spec: RowsRequest, query: list[tuple[str, str]]) -> tuple[np.ndarray, dict[str, Any]]:
+    body = codecs.load_json_with_rows(raw, spec.key, spec.options)
     # Options first, as the fast path refuses a list among them before it converts the rows.
-    options = _options(request, spec, {name: value for name, value in body.items() if name != spec.key})
+    options = _options_of(query, spec, {name: value for name, value in body.items() if name != spec.key})
     return codecs.as_batch(body[spec.key], spec.row_shape, spec.key, spec.max_rows, spec.feature_names), options
 
 
@@ -148,7 +162,14 @@ def _declared_length(request: Request) -> int | None:
 def _options(request: Request, spec: RowsRequest, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """The route's options from the query string (`?top_features=2`) and the body's own fields, checked and
     defaulted; one given both ways is refused rather than one of the two silently winning."""
-    query = [(name, value) for name, value in request.query_params.multi_items() if name not in ("model", "version")]
+    return _options_of(_query(request), spec, given)
+
+
+def _query(request: Request) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in request.query_params.multi_items() if name not in ("model", "version")]
+
+
+def _options_of(query: list[tuple[str, str]], spec: RowsRequest, given: dict[str, Any] | None) -> dict[str, Any]:
     repeated = sorted(name for name, count in Counter(name for name, _ in query).items() if count > 1)
     if repeated:
         raise ServiceError(400, "invalid_request", f"option(s) {repeated[:10]} are given more than once in the query")

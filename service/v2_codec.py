@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from service import bodies, fastjson
-from service.codecs import MAX_AXIS, MAX_DIMS, holds_booleans
+from service.codecs import MAX_AXIS, MAX_DIMS, as_array, holds_booleans
 from service.errors import ServiceError
 
 # V2 datatype -> numpy dtype of its little-endian wire layout.
@@ -215,7 +215,7 @@ def _input(tensor: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, in
 
 def _json_data(data: Any, shape: list[int], datatype: str, where: str) -> np.ndarray:
     try:
-        array = np.asarray(data)
+        array = as_array(data)
     except ValueError:
         raise bad(f"{where}: data is ragged; send a flat list in row-major order") from None
     if array.size and array.dtype.kind not in "iuf":

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from service import admission, bodies, codecs, dataplane, schemas, v2_codec
+from service import admission, bodies, codecs, dataplane, payloads, schemas, v2_codec
 from service.errors import ServiceError
 from service.manifest import GRAPH_ROLES
 from service.registry import Registry
@@ -133,7 +134,9 @@ async def infer(request: Request) -> Response:
             header_length, manifest = request.headers.get(HEADER_LENGTH), runtime.manifest
             max_rows = state.settings.max_batch_rows
             check = v2_codec.scan(header_length, manifest.row_shape, manifest.latent.dim, max_rows)
-            parsed = parse_request(await bodies.read(request.stream(), check), header_length)
+            raw = await bodies.read(request.stream(), check)
+            parse = partial(parse_request, raw, header_length)
+            parsed = await payloads.off_the_loop(parse) if len(raw) > payloads.OFF_LOOP_BYTES else parse()
             outputs, parameters = await _run(runtime, parsed, state.settings.max_batch_rows)
             manifest = runtime.manifest
             body, headers = render_response(parsed, manifest.name, manifest.version, outputs, parameters)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import codecs
 from service.errors import ServiceError
@@ -69,3 +73,26 @@ def test_options_are_typed_exactly() -> None:
         codecs.option({"flag": 1}, "flag", bool, False)
     with pytest.raises(ServiceError, match="n must be an integer, got True"):
         codecs.option({"n": True}, "n", int, None)
+
+
+JSON_SCALARS = st.one_of(st.integers(-(2**63), 2**64 - 1), st.floats(), st.booleans(), st.none(), st.text(max_size=2))
+
+
+def rows_of(width: int) -> st.SearchStrategy[list[list[Any]]]:
+    row = st.lists(JSON_SCALARS, min_size=width, max_size=width)
+    return st.lists(row, min_size=codecs.ROW_BY_ROW, max_size=codecs.ROW_BY_ROW + 8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 3).flatmap(rows_of) | st.lists(st.lists(JSON_SCALARS), min_size=codecs.ROW_BY_ROW))
+def test_row_by_row_conversion_has_the_shape_and_kind_of_np_asarray(rows: list[list[Any]]) -> None:
+    try:
+        whole = np.asarray(rows)
+    except (ValueError, OverflowError):
+        with pytest.raises((ValueError, OverflowError)):
+            codecs.as_array(rows)
+        return
+    by_row = codecs.as_array(rows)
+    assert (by_row.shape, by_row.dtype.kind) == (whole.shape, whole.dtype.kind)
+    if whole.dtype.kind in "biuf":
+        np.testing.assert_array_equal(by_row, whole)
