@@ -11,7 +11,7 @@ import anyio
 from fastapi import FastAPI, Request, Response, params
 from fastapi.openapi.utils import get_openapi
 
-from service import codecs, memory, schemas
+from service import codecs, images, memory, schemas
 from service.errors import install_error_handlers
 from service.manifest import Manifest
 from service.metrics import Metrics
@@ -53,6 +53,7 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
     metrics = app.state.metrics = Metrics()
     registry = Registry(Repository(settings.models_dir), sessions, metrics, settings.default_model)
     app.state.settings, app.state.registry = settings, registry
+    app.state.pixel_budget = images.PixelBudget(settings.max_pixels_in_flight)
     install_error_handlers(app)
     app.add_middleware(
         BodyLimit,

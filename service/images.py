@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -57,9 +59,33 @@ def decode_image(data: bytes, row_shape: tuple[int, ...], max_pixels: int) -> np
     return pixels.reshape(row_shape)
 
 
-def check_total_pixels(blobs: list[bytes], max_pixels: int) -> None:
+class PixelBudget:
+    """The pixels a worker decodes at once, over all its requests: a few bytes each while decoded, so a
+    small compressed upload can cost far more memory than its body (a 75 KB PNG of 4096 x 4096 pixels
+    decodes to 64 MB). A request whose images would pass the budget is refused with 503 `overloaded`."""
+
+    def __init__(self, max_pixels: int) -> None:
+        self.max_pixels, self.used = max_pixels, 0
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        if self.used + pixels > self.max_pixels:
+            raise ServiceError(
+                503,
+                "overloaded",
+                "too many image pixels are being decoded at once; retry later",
+                {"Retry-After": "1"},
+            )
+        self.used += pixels
+        try:
+            yield
+        finally:
+            self.used -= pixels
+
+
+def check_total_pixels(blobs: list[bytes], max_pixels: int) -> int:
     """Refuses a request whose images hold more than `max_pixels` in all, from their headers alone (a
-    PNG's or JPEG's size is in its first bytes), before any is decoded."""
+    PNG's or JPEG's size is in its first bytes), before any is decoded; the pixels they hold."""
     total = 0
     for blob in blobs:
         try:
@@ -73,6 +99,7 @@ def check_total_pixels(blobs: list[bytes], max_pixels: int) -> None:
         raise ServiceError(
             413, "image_too_large", f"the images hold {total} pixels in all; at most {max_pixels} per request"
         )
+    return total
 
 
 def _too_large(max_pixels: int) -> ImageError:

@@ -113,10 +113,12 @@ async def _upload_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray,
     if not files:
         raise ServiceError(422, "invalid_request", 'send the image in the multipart field "file"')
     blobs = [await f.read() for f in files]
-    images.check_total_pixels(blobs, spec.max_request_pixels)
+    total = images.check_total_pixels(blobs, spec.max_request_pixels)
     # Decoding and resizing run in a worker thread (PIL releases the GIL), so the event loop keeps answering.
     decode = partial(images.decode_image, row_shape=spec.row_shape, max_pixels=spec.max_image_pixels)
-    pixels = np.stack([await to_thread.run_sync(decode, blob) for blob in blobs])
+    budget: images.PixelBudget = request.app.state.pixel_budget
+    with budget.hold(total):
+        pixels = np.stack([await to_thread.run_sync(decode, blob) for blob in blobs])
     rows = codecs.checked_rows(images.from_pixels(pixels, spec.pixels.offset, spec.pixels.scale), "file", spec.max_rows)
     fields = {name: _form_value(name, value) for name, value in form.items() if name != "file"}
     return rows, _options(request, spec, fields)

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     max_request_pixels: int = Field(4 * 4096 * 4096, ge=1)
     """Most pixels all the images of one request may hold together; more is refused with 413 before any is
     decoded."""
+    max_pixels_in_flight: int = Field(2 * 4 * 4096 * 4096, ge=1)
+    """Most image pixels each worker decodes at once, over all its requests (a few bytes each while decoded,
+    however small the upload); a request past it is refused with 503 `overloaded` and Retry-After."""
     reload_interval: float = Field(2.0, ge=0)
     """Seconds between two scans of the models directory for new, changed and removed packages; 0 turns
     polling off (the repository API can still load and unload)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
@@ -88,3 +90,19 @@ def test_mutated_images_never_escape_as_anything_but_a_service_error(fmt: str) -
             images.decode_image(body, (8, 8, 3), 1 << 24)
         except ServiceError as error:
             assert 400 <= error.status < 500
+
+
+@pytest.mark.anyio
+async def test_images_past_the_pixels_a_worker_decodes_at_once_are_refused(make_app: Any) -> None:
+    # 64 x 64 pixels in a PNG of a few hundred bytes; the worker decodes at most 5,000 pixels at once.
+    png = io.BytesIO()
+    Image.new("L", (64, 64)).save(png, format="PNG")
+    app = make_app(max_pixels_in_flight=5_000)
+    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        one = await client.post("/models/conv/score", files={"file": ("a.png", png.getvalue())})
+        assert one.status_code == 200, one.text
+        two = await client.post("/models/conv/score", files=[("file", ("a.png", png.getvalue()))] * 2)
+        assert two.status_code == 503 and two.json()["error"]["code"] == "overloaded"
+        assert two.headers["retry-after"] == "1"
+    assert app.state.pixel_budget.used == 0  # released, refused or not
