@@ -105,11 +105,17 @@ class TopFeatures:
     regions: np.ndarray | None  # images: [parts, 4] as top, left, bottom, right (bottom and right excluded)
 
 
+# More parts than anyone reads per row; 1,024 rows of every part of an image was 800,000 objects to write.
+MAX_TOP_FEATURES = 100
+
+
 def top_features(runtime: ModelRuntime, sq_err: np.ndarray, k: int) -> TopFeatures:
     """The k parts of each row with the largest squared error: features for tables, REGION x REGION pixel
     regions (channels summed) for images."""
-    if type(k) is not int or k < 0:
-        raise ServiceError(422, "invalid_request", f"top_features must be a non-negative integer, got {k!r}")
+    if type(k) is not int or not 0 <= k <= MAX_TOP_FEATURES:
+        raise ServiceError(
+            422, "invalid_request", f"top_features must be an integer from 0 to {MAX_TOP_FEATURES}, got {k!r}"
+        )
     manifest = runtime.manifest
     names, regions = None, None
     if manifest.input.kind == "image":

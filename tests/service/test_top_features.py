@@ -63,3 +63,9 @@ async def test_a_planted_single_feature_anomaly_is_named_first(client: httpx.Asy
     body = (await client.post("/models/tab/score", json={"inputs": rows.tolist(), "top_features": 1})).json()
     assert [top[0]["index"] for top in body["top_features"]] == [0, 2, 4]
     assert all(top[0]["share"] > 0.9 for top in body["top_features"])
+
+
+async def test_more_parts_than_anyone_reads_are_refused(client: httpx.AsyncClient, tabular_rows: np.ndarray) -> None:
+    answer = await client.post("/models/tab/score", json={"inputs": tabular_rows.tolist(), "top_features": 101})
+    assert answer.status_code == 422
+    assert answer.json()["error"]["message"] == "top_features must be an integer from 0 to 100, got 101"
