@@ -62,10 +62,13 @@ def load_json(body: bytes) -> dict[str, Any]:
     return value
 
 
-def load_json_with_rows(body: bytes, key: str, options: Mapping[str, tuple[type, Any]] | None = None) -> dict[str, Any]:
+def load_json_with_rows(
+    body: bytes, key: str, options: Mapping[str, tuple[type, Any]] | None = None, fast_only: bool = False
+) -> dict[str, Any] | None:
     """load_json, with the rows in field `key` read by simdjson straight into numpy whenever the body allows
     that exactly (service.fastjson); the same answer and the same errors either way. Fields are checked
-    (`check_fields`) before any value is converted, so an unknown field costs nothing to refuse."""
+    (`check_fields`) before any value is converted, so an unknown field costs nothing to refuse.
+    `fast_only`: None instead of the slower ways, which the caller may run elsewhere (in a thread)."""
     element = fastjson.parse(body)
     options = options or {}
     if element is not None and fastjson.is_object(element):
@@ -77,9 +80,16 @@ def load_json_with_rows(body: bytes, key: str, options: Mapping[str, tuple[type,
             if fastjson.is_list(value) or fastjson.is_dict(value):
                 raise ServiceError(422, "invalid_request", f"{name} must be {_OPTION_TYPES[kind]}, got {shown(value)}")
             option({name: value}, name, kind, default)
-        value = fastjson.convert(element, ((key,),), body) or fastjson.plain(element, key)
+        value = fastjson.convert(element, ((key,),), body)
         if isinstance(value, dict):
             return value
+        if fast_only:
+            return None
+        value = fastjson.plain(element, key)
+        if isinstance(value, dict):
+            return value
+    if fast_only:
+        return None
     del element  # the parser's buffers go with it
     value = load_json(body)
     check_fields(value, [key], list(options or {}))

@@ -76,21 +76,34 @@ async def read_json(request: Request, required: list[str], options: Options) -> 
     media = codecs.media_type(request.headers.get("content-type"))
     if media != codecs.JSON:
         raise ServiceError(415, "unsupported_media_type", f"{media} is not accepted here; send {codecs.JSON}")
-    body = codecs.load_json(await bodies.read(request.stream(), bodies.JsonScan(bodies.SMALL_JSON)))
+    body = codecs.load_json(await bodies.read(request.stream(), json_scan(request, bodies.SMALL_JSON)))
     codecs.check_fields(body, required, list(options))
     values = {name: body[name] for name in required}
     return values | {name: codecs.option(body, name, kind, default) for name, (kind, default) in options.items()}
 
 
 async def _json_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
-    scan = bodies.JsonScan(bodies.JsonLimits.for_rows(spec.row_shape, spec.max_rows))
-    read = partial(_rows_from_json, await bodies.read(request.stream(), scan), spec, _query(request))
-    return await off_the_loop(read) if len(read.args[0]) > OFF_LOOP_BYTES else read()
+    scan = json_scan(request, bodies.JsonLimits.for_rows(spec.row_shape, spec.max_rows))
+    raw, query = await bodies.read(request.stream(), scan), _query(request)
+    fast = codecs.load_json_with_rows(raw, spec.key, spec.options, fast_only=True)
+    if fast is not None:  # simdjson straight into numpy: bounded by the limits, and fastest on the loop
+        return _rows_of(fast, spec, query)
+    slow = partial(_rows_from_json, raw, spec, query)
+    return await off_the_loop(slow) if len(raw) > OFF_LOOP_BYTES else slow()
 
 
-# A JSON body larger than this is parsed in a thread: the event loop gets its turns between the parser's
-# calls (no one of which holds the GIL long: service.codecs.as_array), where it would wait for all of them.
+# A JSON body larger than this that leaves the fast path is parsed in a thread: the event loop gets its
+# turns between the parser's calls (no one of which holds the GIL long: service.codecs.as_array), where it
+# would wait for all of them. The fast path stays on the loop: a thread costs it more than it takes.
 OFF_LOOP_BYTES = 256 * 1024
+# A body declared this small is parsed whole for less than counting its structure as it arrives costs.
+SCAN_FROM_BYTES = 64 * 1024
+
+
+def json_scan(request: Request, limits: bodies.JsonLimits) -> bodies.Feed | None:
+    """What checks a JSON body against `limits` as it arrives; None for one declared small."""
+    declared = declared_length(request)
+    return None if declared is not None and declared <= SCAN_FROM_BYTES else bodies.JsonScan(limits)
 
 
 async def off_the_loop(work: Callable[[], Any]) -> Any:
@@ -99,6 +112,13 @@ async def off_the_loop(work: Callable[[], Any]) -> Any:
 
 def _rows_from_json(raw: bytes, spec: RowsRequest, query: list[tuple[str, str]]) -> tuple[np.ndarray, dict[str, Any]]:
     body = codecs.load_json_with_rows(raw, spec.key, spec.options)
+    assert body is not None
+    return _rows_of(body, spec, query)
+
+
+def _rows_of(
+    body: dict[str, Any], spec: RowsRequest, query: list[tuple[str, str]]
+) -> tuple[np.ndarray, dict[str, Any]]:
     # Options first, as the fast path refuses a list among them before it converts the rows.
     options = _options_of(query, spec, {name: value for name, value in body.items() if name != spec.key})
     return codecs.as_batch(body[spec.key], spec.row_shape, spec.key, spec.max_rows, spec.feature_names), options
@@ -126,7 +146,7 @@ async def _upload_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray,
 
 async def _npy_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
     options = _options(request, spec)
-    check = bodies.NpyRows(spec.row_shape, spec.max_rows, spec.key, _declared_length(request))
+    check = bodies.NpyRows(spec.row_shape, spec.max_rows, spec.key, declared_length(request))
     array = codecs.load_npy(await bodies.read(request.stream(), check))
     return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), options
 
@@ -156,7 +176,8 @@ async def _raw_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, di
     return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), options
 
 
-def _declared_length(request: Request) -> int | None:
+def declared_length(request: Request) -> int | None:
+    """The Content-Length a request declares; None without one (chunked) or when malformed."""
     declared = request.headers.get("content-length", "")
     return int(declared) if declared.isascii() and declared.isdigit() else None
 

@@ -84,14 +84,17 @@ def scan(header_length: str | None, row_shape: tuple[int, ...], latent: int, max
     return feed
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferRequest:
-    """The infer request in `body`; every way it can be malformed is a 400 that says where."""
+def parse_request(body: bytes, header_length: str | None, fast_only: bool = False) -> InferRequest | None:
+    """The infer request in `body`; every way it can be malformed is a 400 that says where. `fast_only`:
+    None when simdjson's fast path cannot read it, for the caller to run the slower way elsewhere."""
     header, binary = _split(body, header_length)
     element = fastjson.parse(header)
     document = None
     if element is not None and fastjson.is_object(element):
         _check_counts(element)
         document = fastjson.convert(element, (DATA,), header)
+    if document is None and fast_only:
+        return None
     del element  # the parser's buffers go with it
     if document is None:
         try:

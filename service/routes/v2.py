@@ -133,10 +133,15 @@ async def infer(request: Request) -> Response:
             _admit_unread(request, runtime, state.settings.max_batch_rows)
             header_length, manifest = request.headers.get(HEADER_LENGTH), runtime.manifest
             max_rows = state.settings.max_batch_rows
-            check = v2_codec.scan(header_length, manifest.row_shape, manifest.latent.dim, max_rows)
+            declared = payloads.declared_length(request)
+            small = declared is not None and declared <= payloads.SCAN_FROM_BYTES
+            check = None if small else v2_codec.scan(header_length, manifest.row_shape, manifest.latent.dim, max_rows)
             raw = await bodies.read(request.stream(), check)
-            parse = partial(parse_request, raw, header_length)
-            parsed = await payloads.off_the_loop(parse) if len(raw) > payloads.OFF_LOOP_BYTES else parse()
+            parsed = parse_request(raw, header_length, fast_only=True)
+            if parsed is None:  # the slower way, in a thread when large (service.payloads.OFF_LOOP_BYTES)
+                parse = partial(parse_request, raw, header_length)
+                parsed = await payloads.off_the_loop(parse) if len(raw) > payloads.OFF_LOOP_BYTES else parse()
+            assert parsed is not None
             outputs, parameters = await _run(runtime, parsed, state.settings.max_batch_rows)
             manifest = runtime.manifest
             body, headers = render_response(parsed, manifest.name, manifest.version, outputs, parameters)
