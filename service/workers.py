@@ -38,6 +38,7 @@ from typing import Any
 import uvicorn
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 from gunicorn.workers.base import Worker
 from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
@@ -148,10 +149,24 @@ class ServiceArbiter(Arbiter):
         self.asked_to_exit: set[int] = set()
         self.pause = 0.0  # no worker has died yet
         self.respawn_at = 0.0
+        self.halting = False
 
     def kill_worker(self, pid: int, sig: int) -> None:
         self.asked_to_exit.add(pid)
         super().kill_worker(pid, sig)
+
+    def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        self.halting = True
+        super().halt(reason, exit_status)
+
+    def reap_workers(self) -> None:
+        # Halting after one worker's boot error, gunicorn's stop reaps the others, and a second boot error
+        # raised there escaped halt: the service then exited 1, not the documented 3 (seen with 2 workers).
+        try:
+            super().reap_workers()
+        except HaltServer:
+            if not self.halting:
+                raise
 
     def worker_gone(self, worker: ServiceWorker) -> None:
         """A pause before the next replacement when the worker exited unasked (a crash, the OOM killer), so
