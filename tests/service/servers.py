@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,11 +50,17 @@ def running_server(
 
 @contextmanager
 def running_process(
-    models_dir: Path, log: Path, *flags: str, env: dict[str, str] | None = None, ready_within: float = 30
+    models_dir: Path,
+    log: Path,
+    *flags: str,
+    env: dict[str, str] | None = None,
+    ready_within: float = 30,
+    wrap: Callable[[list[str]], list[str]] = list,
 ) -> Iterator[tuple[subprocess.Popen[bytes], httpx.Client]]:
-    """running_server, with the process too. The server takes a free port (--port 0) and names it in its log."""
+    """running_server, with the process too. The server takes a free port (--port 0) and names it in its log.
+    `wrap` turns the command into the one run (e.g. under setpriv)."""
     environment = os.environ | {"AE_PROVIDERS": "CPUExecutionProvider"} | (env or {})
-    command = [sys.executable, "-m", "service", "--port", "0", "--models-dir", str(models_dir), *flags]
+    command = wrap([sys.executable, "-m", "service", "--port", "0", "--models-dir", str(models_dir), *flags])
     # A file, not a pipe: nobody reads a pipe while the tests run, and a full pipe would block the server.
     with log.open("wb") as output:
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT)

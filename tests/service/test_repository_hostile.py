@@ -33,7 +33,7 @@ from service.repository import MAX_FILE_BYTES, MAX_MANIFEST_BYTES, ROOT, Reposit
 from tests.service.reference import torch_reference
 from tests.service.registries import publish, refreshed, serving
 from tests.service.servers import ROOT as REPO
-from tests.service.servers import reported_port
+from tests.service.servers import running_process
 
 GIB = 1024**3
 MIB = 1024**2
@@ -284,37 +284,9 @@ def test_an_unreadable_models_folder_keeps_what_serves(tmp_path: Path, copy_pack
 @contextmanager
 def unprivileged_server(models: Path, log: Path) -> Iterator[httpx.Client]:
     """`python -m service` over `models`, polling it every 0.2 s, as a process that permission bits stop."""
-    command = [sys.executable, "-m", "service", "--port", "0", "--models-dir", str(models)]
-    command += ["--reload-interval", "0.2", "--workers", "1"]
-    environment = os.environ | {"AE_PROVIDERS": "CPUExecutionProvider"}
-    with log.open("wb") as output:
-        process = subprocess.Popen(unprivileged(command), cwd=REPO, env=environment, stdout=output, stderr=output)
-    try:
-        port = reported_port(process, log, 60)
-    except BaseException:
-        process.kill()
-        raise
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            return client.get("/readyz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        poll(ready, 60, log, "the server became ready")
+    flags = ("--reload-interval", "0.2", "--workers", "1")
+    with running_process(models, log, *flags, ready_within=60, wrap=unprivileged) as (_, client):
         yield client
-    finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def poll(condition: Callable[[], bool], within: float, log: Path, what: str) -> None:
