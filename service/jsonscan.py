@@ -70,9 +70,3 @@ class Structure:
         self._backslashes = tail + (self._backslashes if last_other[-1] < 0 else 0)
         return run % 2 == 0
 
-
-def arrays(text: bytes) -> int:
-    """How many arrays a JSON text holds (brackets inside strings are not arrays)."""
-    structure = Structure()
-    structure.feed(text)
-    return structure.arrays
