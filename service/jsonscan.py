@@ -69,4 +69,3 @@ class Structure:
         tail = backslashes.size - 1 - int(last_other[-1])
         self._backslashes = tail + (self._backslashes if last_other[-1] < 0 else 0)
         return run % 2 == 0
-
