@@ -44,7 +44,7 @@ lock:
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install -q --only-binary=:all: .
 	{ sed '/^[^#]/,$$d' requirements/service-common.txt; \
-	  $(LOCK_VENV)/bin/pip freeze | grep -viE '^(autoencoder-service|onnxruntime)==' | sort -f; } > $(LOCK_VENV)/lock.txt
+	  $(LOCK_VENV)/bin/pip freeze | grep -viE '^(autoencoder-service|onnxruntime)( @|==)' | sort -f; } > $(LOCK_VENV)/lock.txt
 	mv $(LOCK_VENV)/lock.txt requirements/service-common.txt
 	rm -rf $(LOCK_VENV)
 
