@@ -19,6 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 from anyio import to_thread
@@ -48,7 +49,7 @@ class Metrics:
         into = None if multiprocess else self.registry
         if multiprocess:
             MultiProcessCollector(self.registry)
-        request = ["model", "operation"]
+        request = ["model", "operation", "protocol"]
         self.requests = Counter("ae_requests", "Inference requests answered.", request, registry=into)
         self.errors = Counter(
             "ae_request_errors", "Inference requests answered with 4xx or 5xx.", [*request, "status"], registry=into
@@ -80,6 +81,24 @@ class Metrics:
         )
 
         self.scrapes = Scrapes(self.render)
+        # prometheus_client's labels() costs more than the rest of recording; there are few label sets (known
+        # models and one catch-all, times the operations and protocols), so their children are kept.
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def request_done(self, model: str, operation: str, protocol: str, status: int, seconds: float) -> None:
+        """One inference request answered (HTTP status, or the HTTP status of a gRPC answer's error)."""
+        labels = (model, operation, protocol)
+        self._child(self.requests, labels).inc()
+        self._child(self.latency, labels).observe(seconds)
+        if status >= 400:
+            self._child(self.errors, (*labels, str(status))).inc()
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def for_graph(self, model: str, version: int, graph: str) -> GraphStats:
         return GraphStats(self, (model, str(version), graph))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from typing import Any
 from urllib.parse import parse_qs
 
 from anyio import to_thread
@@ -89,15 +88,12 @@ class BodyLimit:
 
 
 class RequestMetrics:
-    """Counts, errors and latency of inference routes, labelled by model and operation. The router writes
+    """Counts, errors and latency of inference routes, labelled by model, operation and protocol. The router writes
     the matched route and path parameters into the scope, so they are read once the request is answered;
     a model the registry does not know is counted under one label (service.metrics.UNKNOWN_MODEL)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, registry: Registry) -> None:
         self.app, self.metrics, self.registry = app, metrics, registry
-        # prometheus_client's labels() costs more than the rest of recording; there are few label sets (known
-        # models and one catch-all, times the operations), so their children are kept.
-        self._children: dict[tuple[object, ...], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -117,22 +113,13 @@ class RequestMetrics:
             self._record(scope, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        operation = getattr(scope.get("route"), "operation", None)
-        if operation is None:  # not an inference route
+        route = scope.get("route")
+        operation = getattr(route, "operation", None)
+        if route is None or operation is None:  # not an inference route
             return
         asked = scope.get("path_params", {}).get("model") or _query_model(scope)
-        labels = (self.registry.metric_label(asked), operation)
-        self._child(self.metrics.requests, labels).inc()
-        self._child(self.metrics.latency, labels).observe(seconds)
-        if status >= 400:
-            self._child(self.metrics.errors, (*labels, str(status))).inc()
-
-    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        protocol = "v2-http" if route.protocol == "v2" else route.protocol
+        self.metrics.request_done(self.registry.metric_label(asked), operation, protocol, status, seconds)
 
 
 def _query_model(scope: Scope) -> str | None:

@@ -15,7 +15,8 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 
 def sample(text: str, name: str, **labels: str) -> float:
-    key = (name, frozenset(labels.items()))
-    found = samples(text)
-    assert key in found, f"{name}{labels} not in /metrics"
-    return found[key]
+    """The sum of the series of `name` whose labels include `labels` (PromQL's sum over the others)."""
+    wanted = set(labels.items())
+    found = [value for (series, have), value in samples(text).items() if series == name and wanted <= have]
+    assert found, f"{name}{labels} not in /metrics"
+    return sum(found)
