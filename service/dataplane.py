@@ -13,7 +13,8 @@ import numpy as np
 from service import codecs
 from service.codecs import non_finite_rows
 from service.errors import ServiceError
-from service.runtime import ModelRuntime
+from service.manifest import Manifest
+from service.runtime import ModelRuntime, Scores
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,11 @@ class Generated:
 async def encode(runtime: ModelRuntime, x: np.ndarray, return_logvar: bool = False) -> Encoded:
     if return_logvar and not runtime.manifest.architecture.variational:
         raise ServiceError(422, "invalid_request", f"{runtime.manifest.name} is not a VAE: it has no log-variance")
-    latents, logvar = await runtime.encode_batched(x)
+    return encoded(*await runtime.encode_batched(x), return_logvar)
+
+
+def encoded(latents: np.ndarray, logvar: np.ndarray | None, return_logvar: bool = False) -> Encoded:
+    """What encode answers for the encoder's outputs; batch jobs (service.batch) call it on their own runs."""
     _check_finite(latents, "latent vectors")
     return Encoded(latents, logvar if return_logvar else None)
 
@@ -54,10 +59,14 @@ async def decode(runtime: ModelRuntime, z: np.ndarray) -> np.ndarray:
 
 async def score(runtime: ModelRuntime, x: np.ndarray) -> Scored:
     """Reconstructions and anomaly scores in one pass of the scorer graph (what reconstruct answers too)."""
-    scores = await runtime.score_batched(x)
+    return scored(runtime.manifest, await runtime.score_batched(x))
+
+
+def scored(manifest: Manifest, scores: Scores) -> Scored:
+    """What score answers for the scorer's outputs; batch jobs (service.batch) call it on their own runs."""
     _check_finite(scores.score, "scores")
-    threshold = runtime.manifest.score.threshold
-    percentiles = runtime.manifest.score.percentiles(scores.score)
+    threshold = manifest.score.threshold
+    percentiles = manifest.score.percentiles(scores.score)
     return Scored(scores.x_hat, scores.score, scores.sq_err, threshold, scores.score > threshold, percentiles)
 
 
