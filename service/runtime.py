@@ -152,6 +152,11 @@ class ModelRuntime:
         x_hat, score, sq_err = self._sessions["scorer"].run(None, {"x": x})
         return Scores(x_hat=x_hat, score=score, sq_err=sq_err)
 
+    def session(self, role: str) -> ort.InferenceSession:
+        """The loaded session of a graph, for callers that run it their own way (service.batch binds its
+        inputs on the device once, for every graph)."""
+        return self._sessions[role]
+
     async def encode_batched(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         outputs = await self._batchers["encoder"].submit(x)
         return outputs[0], (outputs[1] if len(outputs) > 1 else None)
