@@ -8,7 +8,7 @@ MODELS_DIR ?= models
 PORT ?=
 PORT_FLAG := $(if $(PORT),--port $(PORT))
 
-.PHONY: serve test test-fast lint lock models evaluate bench soak install-wrk screenshots install-service install-train install-dev install-bench system-deps clean
+.PHONY: serve test test-fast lint lock grpc-stubs models evaluate bench soak install-wrk screenshots install-service install-train install-dev install-bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ lock:
 	  $(LOCK_VENV)/bin/pip freeze | grep -viE '^(autoencoder-service|onnxruntime)( @|==)' | sort -f; } > $(LOCK_VENV)/lock.txt
 	mv $(LOCK_VENV)/lock.txt requirements/service-common.txt
 	rm -rf $(LOCK_VENV)
+
+# The gRPC service's Python modules (service/grpc/open_inference_pb2*.py, committed) from its .proto, with the
+# grpcio-tools of the dev extra: its protobuf is the oldest runtime the generated code accepts.
+grpc-stubs: install-dev
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. service/grpc/open_inference.proto
 
 install-service: $(VENV)/.service-installed
 # torch (CPU wheel, pinned), onnx, scikit-learn...: what `python -m training` needs beside the service.
