@@ -14,8 +14,8 @@ import functools
 import logging
 import socket
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import orjson
 import uvicorn
@@ -173,6 +173,12 @@ def guarded_protocol(max_header_bytes: int, header_timeout_s: float, send_timeou
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
+class Companion(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
 class GreedyAcceptServer(uvicorn.Server):
     """uvicorn's server, accepting every pending connection when its listening socket is readable.
 
@@ -188,14 +194,18 @@ class GreedyAcceptServer(uvicorn.Server):
         reuse_port: bool = False,
         listen_once: Callable[[], bool] | None = None,
         on_listening: Callable[[], None] | None = None,
+        companions: Sequence[Companion] = (),
     ) -> None:
         """`listen_once`: listen only once it returns True (a worker whose models are loading while another
         worker serves: the connections the kernel would hand it meanwhile could only wait or be answered
-        503). `on_listening`: called once it listens."""
+        503). `on_listening`: called once it listens. `companions`: servers of other protocols on the same
+        loop and app (gRPC), started once this one listens and drained with it, before the app shuts down."""
         super().__init__(config)
         self.reuse_port = reuse_port
         self.listen_once = listen_once
         self.on_listening = on_listening
+        self.companions = companions
+        self._started: list[Companion] = []
         self.listening = False
         self._listeners: list[socket.socket] = []
         self._handing_over: set[asyncio.Task[Any]] = set()
@@ -218,6 +228,14 @@ class GreedyAcceptServer(uvicorn.Server):
             sys.exit(STARTUP_FAILURE)
         for listener in self._listeners:
             self._watch(listener)
+        try:
+            for companion in self.companions:
+                await companion.start()
+                self._started.append(companion)
+        except OSError as error:
+            logger.error("%s", error)
+            await self.shutdown()
+            sys.exit(STARTUP_FAILURE)
         self.listening = True
         self._log_started_message(self._listeners)
         if self.on_listening is not None:
@@ -257,6 +275,11 @@ class GreedyAcceptServer(uvicorn.Server):
         )
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's drain, the companions draining at the same time; the app shuts down (its models
+        unloaded) only once they are done too."""
+        grace = float(self.config.timeout_graceful_shutdown or 0)
+        draining = [asyncio.create_task(companion.stop(grace)) for companion in self._started]
+        self._started = []
         loop = asyncio.get_running_loop()
         for listener in self._listeners:
             loop.remove_reader(listener.fileno())
@@ -267,7 +290,19 @@ class GreedyAcceptServer(uvicorn.Server):
         self._listeners = []
         if self._handing_over:  # so uvicorn's shutdown below drains them with the rest
             await asyncio.wait(self._handing_over)
-        await super().shutdown(sockets)
+        app_shutdown = self.lifespan.shutdown
+
+        async def after_companions() -> None:
+            await asyncio.gather(*draining, return_exceptions=True)
+            await app_shutdown()
+
+        # uvicorn shuts the app down at the end of its drain; the companions' calls must be done by then.
+        self.lifespan.shutdown = after_companions
+        try:
+            await super().shutdown(sockets)
+        finally:
+            self.lifespan.shutdown = app_shutdown
+            await asyncio.gather(*draining, return_exceptions=True)
 
 
 def listen(host: str, port: int, backlog: int, reuse_port: bool = False) -> list[socket.socket]:

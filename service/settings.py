@@ -12,6 +12,8 @@ import onnxruntime as ort
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.monitoring import DEFAULT_WINDOW_TEXT, Window
+
 # More workers than this rarely pay for their memory (each loads every model): past it, give cores to
 # onnxruntime's threads instead.
 MAX_AUTO_WORKERS = 4
@@ -37,8 +39,17 @@ class Settings(BaseSettings):
     """Interface uvicorn binds to."""
     port: int = Field(8000, ge=0, le=65535)
     """TCP port the service listens on; 0 takes a free one, which the log's "Listening at" line names."""
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """TCP port of the gRPC server (the Open Inference Protocol's GRPCInferenceService, gRPC health and
+    reflection), on the same interface; 0 turns gRPC off."""
+    grpc_max_concurrent_rpcs: int = Field(256, ge=1)
+    """Most gRPC calls each worker handles at once; past it a call is refused with RESOURCE_EXHAUSTED. Each
+    may hold a message of up to max-body-bytes."""
     log_level: LogLevel = "info"
     """Log level of the service and of uvicorn."""
+    log_format: Literal["text", "json"] = "text"
+    """How log lines are written: text, or json (one object per line, the images' default); gunicorn's and
+    uvicorn's lines too (docs/tracing-and-logs.md)."""
     models_dir: Path = Path("models")
     """Model repository: one models/<name>/<version>/ package per served model."""
     default_model: str | None = None
@@ -127,6 +138,9 @@ class Settings(BaseSettings):
     read at start-up (e.g. a Kubernetes Secret mounted as a file)."""
     metrics_need_key: bool = False
     """Whether GET /metrics asks for an API key too (it names the models and their traffic)."""
+    monitor_window: str = DEFAULT_WINDOW_TEXT
+    """Score monitoring's window, over all workers (docs/monitoring.md): the last N rows scored (`1000`), or
+    the last T seconds (`300s`, `5m`, `1h`); `0` turns monitoring off."""
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -154,6 +168,12 @@ class Settings(BaseSettings):
         unknown = sorted(set(value) - set(ort.get_all_providers()))
         if unknown:
             raise ValueError(f"unknown onnxruntime providers {unknown}; known: {ort.get_all_providers()}")
+        return value
+
+    @field_validator("monitor_window")
+    @classmethod
+    def _a_window(cls, value: str) -> str:
+        Window.parse(value)
         return value
 
     @field_validator("api_keys_file")

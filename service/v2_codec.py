@@ -187,18 +187,9 @@ def _input(tensor: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, in
     name = tensor.get("name")
     if not isinstance(name, str):
         raise bad("each input needs a name")
-    where = f"input {name[:60]!r}"
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(type(dim) is int and dim >= 0 for dim in shape):
-        raise bad(f"{where}: shape must be a list of at most {MAX_DIMS} non-negative integers")
-    if any(dim > MAX_AXIS for dim in shape):  # numpy fails on such axes even when another is 0
-        raise bad(f"{where}: shape {shape[:MAX_DIMS]} has an axis over {MAX_AXIS}")
-    datatype = tensor.get("datatype")
-    if datatype == "BYTES":
-        raise bad(f"{where}: BYTES tensors are not taken here; send numbers ({sorted(NUMERIC_INPUTS)})")
-    if not isinstance(datatype, str) or datatype not in NUMERIC_INPUTS:
-        raise bad(f"{where}: datatype {str(datatype)[:20]!r} is not one of {sorted(NUMERIC_INPUTS)}")
-    dtype, size = DATATYPES[datatype], math.prod(shape)
+    shape, datatype = tensor.get("shape"), tensor.get("datatype")
+    where, dtype, size = check_tensor(name, shape, datatype)
+    assert isinstance(shape, list) and isinstance(datatype, str)  # as check_tensor found
     size_in_bytes = _parameters(tensor, where).get("binary_data_size")
     if size_in_bytes is not None:
         if type(size_in_bytes) is not int or size_in_bytes < 0:
@@ -217,6 +208,20 @@ def _input(tensor: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, in
     return name, _json_data(tensor["data"], shape, datatype, where), offset
 
 
+def check_tensor(name: str, shape: Any, datatype: Any) -> tuple[str, np.dtype[Any], int]:
+    """An input's shape and datatype checked: where it is (for messages), its numpy dtype and value count."""
+    where = f"input {name[:60]!r}"
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(type(dim) is int and dim >= 0 for dim in shape):
+        raise bad(f"{where}: shape must be a list of at most {MAX_DIMS} non-negative integers")
+    if any(dim > MAX_AXIS for dim in shape):  # numpy fails on such axes even when another is 0
+        raise bad(f"{where}: shape {shape[:MAX_DIMS]} has an axis over {MAX_AXIS}")
+    if datatype == "BYTES":
+        raise bad(f"{where}: BYTES tensors are not taken here; send numbers ({sorted(NUMERIC_INPUTS)})")
+    if not isinstance(datatype, str) or datatype not in NUMERIC_INPUTS:
+        raise bad(f"{where}: datatype {str(datatype)[:20]!r} is not one of {sorted(NUMERIC_INPUTS)}")
+    return where, DATATYPES[datatype], math.prod(shape)
+
+
 def _json_data(data: Any, shape: list[int], datatype: str, where: str) -> np.ndarray:
     try:
         array = as_array(data)
@@ -231,13 +236,13 @@ def _json_data(data: Any, shape: list[int], datatype: str, where: str) -> np.nda
         raise bad(f"{where}: data has {array.size} values, shape {shape} needs {math.prod(shape)}")
     dtype = DATATYPES[datatype]
     if dtype.kind in "iu" and array.size:
-        array = _check_integers(array, data, datatype, where)
+        array = check_integers(array, data, datatype, where)
     # Floats beyond the datatype's range become inf, refused with the other non-finite values downstream.
     with np.errstate(over="ignore", invalid="ignore"):
         return array.astype(dtype).reshape(shape)
 
 
-def _check_integers(array: np.ndarray, data: Any, datatype: str, where: str) -> np.ndarray:
+def check_integers(array: np.ndarray, data: Any, datatype: str, where: str) -> np.ndarray:
     """The array, refusing what astype would silently wrap (300 as UINT8 is 44) or truncate (1.5 as INT32
     is 1). Integers past 2^53, which np.asarray rounds to floats, are checked as the exact ints JSON gave."""
     info = np.iinfo(DATATYPES[datatype])
@@ -271,7 +276,7 @@ def _outputs(raw: Any) -> dict[str, bool | None]:
     return outputs
 
 
-def _bytes_tensor(array: np.ndarray) -> bytes:
+def bytes_tensor(array: np.ndarray) -> bytes:
     """BYTES in the binary extension: each element as its 4-byte little-endian length, then its bytes."""
     parts = [str(item).encode() for item in array.ravel()]
     return b"".join(len(part).to_bytes(4, "little") + part for part in parts)
@@ -285,7 +290,7 @@ def render_response(
     for name, array in outputs.items():
         tensor: dict[str, Any] = {"name": name, "datatype": OUTPUT_DATATYPES[array.dtype], "shape": list(array.shape)}
         if request.binary(name):
-            blob = _bytes_tensor(array) if array.dtype == object else np.ascontiguousarray(array).tobytes()
+            blob = bytes_tensor(array) if array.dtype == object else np.ascontiguousarray(array).tobytes()
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

@@ -43,7 +43,9 @@ from gunicorn.workers.base import Worker
 from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 
+from service import logs, tracing
 from service.app import create_app
+from service.grpc.server import GrpcServer
 from service.http import GreedyAcceptServer, bind, guarded_protocol, listen
 from service.metrics import MULTIPROCESS_DIR
 from service.settings import Settings
@@ -65,6 +67,7 @@ STEADY_S = 60.0
 def serve(settings: Settings, workers: int) -> int:
     """Runs the service until it is told to stop; the exit code."""
     guards = hold_port(settings.host, settings.port)
+    grpc_guards = hold_port(settings.host, settings.grpc_port, " (gRPC)") if settings.grpc_port else []
     arbiter = ServiceArbiter(ServiceApplication(settings, workers, guards), guards)
     code = 1
     try:
@@ -73,6 +76,8 @@ def serve(settings: Settings, workers: int) -> int:
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
     finally:
+        for guard in grpc_guards:
+            guard.close()
         if os.getpid() != arbiter.pid:
             # A worker leaves through here (gunicorn forks in its main loop): never back into the caller's
             # code, whose clean-up (the metrics folder) is the arbiter's.
@@ -81,7 +86,7 @@ def serve(settings: Settings, workers: int) -> int:
     return code
 
 
-def hold_port(host: str, port: int) -> list[PortGuard]:
+def hold_port(host: str, port: int, what: str = "") -> list[PortGuard]:
     """Exits with a message when something listens on the port already, another copy of this service
     included; else holds the port for the workers' SO_REUSEPORT sockets (port 0: the one the system picks)."""
     try:
@@ -89,7 +94,7 @@ def hold_port(host: str, port: int) -> list[PortGuard]:
             port = listener.getsockname()[1]
             listener.close()
     except OSError as error:
-        sys.exit(f"python -m service: cannot listen on {host}:{port}: {error}")
+        sys.exit(f"python -m service: cannot listen on {host}:{port}{what}: {error}")
     return [PortGuard(sock) for sock in bind(host, port, reuse_addr=False, reuse_port=True)]
 
 
@@ -129,6 +134,7 @@ class ServiceApplication(BaseApplication):
             "max_requests": settings.max_requests,
             "max_requests_jitter": settings.max_requests_jitter,
             "loglevel": settings.log_level,
+            "logconfig_dict": logs.config(settings.log_level, settings.log_format),
             "proc_name": "autoencoder-service",
             "control_socket_disable": True,
             "pre_fork": _pre_fork,
@@ -289,6 +295,7 @@ class ServiceWorker(Worker):
 
     def run(self) -> None:
         try:
+            tracing.start()  # per worker: the exporters' threads do not survive the fork
             server = self._make_server()
         except Exception:
             self.log.exception("worker %s could not start", self.pid)
@@ -300,6 +307,8 @@ class ServiceWorker(Worker):
             if stop.code == STARTUP_FAILURE:  # uvicorn's: the app's startup failed, or the port
                 sys.exit(Arbiter.WORKER_BOOT_ERROR)
             raise
+        finally:
+            tracing.stop()  # sends the spans still buffered
         if not server.listening and not server.should_exit:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
@@ -317,6 +326,7 @@ class ServiceWorker(Worker):
             reuse_port=True,
             listen_once=None if self.listen_at_once else lambda: bool(registry.settled),
             on_listening=lambda: self._tell(LISTENING),
+            companions=[GrpcServer(self.wsgi, settings)] if settings.grpc_port else [],
         )
         return self._server
 
@@ -340,6 +350,8 @@ def uvicorn_options(settings: Settings, port: int) -> dict[str, Any]:
         "host": settings.host,
         "port": port,
         "log_level": settings.log_level,
+        "log_config": logs.config(settings.log_level, settings.log_format),
+        "access_log": False,  # each request's line is service.tracing's
         "loop": settings.loop,
         "http": "h11" if settings.http == "h11" else limits,
         "h11_max_incomplete_event_size": settings.max_header_bytes,

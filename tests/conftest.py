@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+# Every server the tests start leaves gRPC off (its default port, 8001, is one port for all of them); the
+# gRPC tests give each server a port of its own.
+os.environ["AE_GRPC_PORT"] = "0"
 
 
 def _starts_a_server(args: Any) -> bool:

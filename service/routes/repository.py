@@ -41,7 +41,7 @@ async def _options(request: Request, allowed: list[str]) -> dict[str, Any]:
     return body
 
 
-def _index_row(entry: Entry) -> dict[str, str]:
+def index_row(entry: Entry) -> dict[str, str]:
     reason = entry.reason or ("unloaded through the repository API" if entry.status == "unloaded" else "")
     return {"name": entry.name, "version": str(entry.version), "state": _STATES[entry.status], "reason": reason}
 
@@ -50,7 +50,7 @@ async def index(request: Request, registry: RegistryDep) -> Response:
     """Every model version in the repository with its state; `{"ready": true}` lists only those that serve."""
     options = await _options(request, ["ready"])
     ready_only = codecs.option(options, "ready", bool, False)
-    rows = [_index_row(entry) for entry in registry.entries() if entry.serving or not ready_only]
+    rows = [index_row(entry) for entry in registry.entries() if entry.serving or not ready_only]
     return json_response(rows)
 
 
@@ -68,7 +68,7 @@ async def unload(request: Request, model: ModelName, registry: RegistryDep) -> R
 
 
 def _versions(model: str, entries: list[Entry]) -> Response:
-    return json_response({"name": model, "versions": [_index_row(entry) for entry in entries]})
+    return json_response({"name": model, "versions": [index_row(entry) for entry in entries]})
 
 
 _ERRORS = schemas.v2_errors(

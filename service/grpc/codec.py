@@ -1,0 +1,149 @@
+"""ModelInferRequest and ModelInferResponse <-> the protocol's parsed request and output arrays
+(service.v2_codec.InferRequest), with the checks and messages of V2 over HTTP.
+
+An input's values come as typed contents (the repeated field of its datatype) or, for every input at once,
+as `raw_input_contents`: one little-endian buffer per input, in the order of `inputs`. A request that sent
+raw inputs gets its outputs as `raw_output_contents` (as Triton answers), BYTES ones as 4-byte lengths each
+followed by its bytes; any other request gets typed contents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from service.grpc import open_inference_pb2 as pb
+from service.v2_codec import (
+    MAX_INPUTS,
+    MAX_OUTPUTS,
+    MAX_PARAMETERS,
+    InferRequest,
+    bad,
+    bytes_tensor,
+    check_integers,
+    check_tensor,
+)
+
+# The typed contents field of each numeric datatype (FP16 has none: it travels raw only).
+CONTENTS = {
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+# The numpy dtype a typed contents field holds exactly.
+CONTENTS_DTYPES = {
+    "uint_contents": np.uint32,
+    "uint64_contents": np.uint64,
+    "int_contents": np.int32,
+    "int64_contents": np.int64,
+    "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
+}
+OUTPUT_DATATYPES = {np.dtype("float32"): "FP32", np.dtype("bool"): "BOOL", np.dtype("O"): "BYTES"}
+
+
+def parse_request(message: pb.ModelInferRequest) -> InferRequest:
+    """The request's inputs as arrays shaped as declared, its requested outputs and parameters; a 400
+    ServiceError (INVALID_ARGUMENT) says what is malformed."""
+    inputs, raw = message.inputs, message.raw_input_contents
+    if not inputs:
+        raise bad("inputs must be a non-empty list of tensors")
+    if len(inputs) > MAX_INPUTS:
+        raise bad(f"{len(inputs)} inputs; a request has at most {MAX_INPUTS}")
+    if len(message.outputs) > MAX_OUTPUTS:
+        raise bad(f"{len(message.outputs)} outputs requested; a request names at most {MAX_OUTPUTS}")
+    if raw and len(raw) != len(inputs):
+        raise bad(f"raw_input_contents has {len(raw)} buffers for {len(inputs)} inputs; give one per input, or none")
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(inputs):
+        if tensor.name in arrays:
+            raise bad(f"input {tensor.name!r} is given twice")
+        _check_parameters(tensor.parameters, f"input {tensor.name[:60]!r}")
+        arrays[tensor.name] = _raw_input(tensor, raw[index]) if raw else _typed_input(tensor)
+    outputs: dict[str, bool | None] = {}
+    for output in message.outputs:
+        if not output.name:
+            raise bad("each requested output needs a name")
+        outputs[output.name] = None
+    parameters = _parameters(message.parameters, "the request")
+    return InferRequest(message.id or None, arrays, outputs, bool(raw), parameters)
+
+
+def _raw_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes) -> np.ndarray:
+    where, dtype, size = check_tensor(tensor.name, list(tensor.shape), tensor.datatype)
+    if tensor.HasField("contents"):
+        raise bad(f"{where}: give its values in contents or in raw_input_contents, not both")
+    if len(raw) != size * dtype.itemsize:
+        raise bad(
+            f"{where}: raw_input_contents holds {len(raw)} bytes, but shape {list(tensor.shape)} of "
+            f"{tensor.datatype} takes {size * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=dtype, count=size).reshape(tensor.shape)
+
+
+def _typed_input(tensor: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:
+    shape, datatype = list(tensor.shape), tensor.datatype
+    where, dtype, size = check_tensor(tensor.name, shape, datatype)
+    field = CONTENTS.get(datatype)
+    if field is None:
+        raise bad(f"{where}: {datatype} has no typed contents; send it in raw_input_contents")
+    others = [name.name for name, _ in tensor.contents.ListFields() if name.name != field]
+    if others:
+        raise bad(f"{where}: a {datatype} tensor's values go in contents.{field}, not {others[0]}")
+    values = getattr(tensor.contents, field)
+    if len(values) != size:
+        raise bad(f"{where}: contents.{field} has {len(values)} values, shape {shape} needs {size}")
+    array = np.array(values, dtype=CONTENTS_DTYPES[field])
+    if dtype.kind in "iu" and array.size and array.dtype != dtype:
+        array = check_integers(array, values, datatype, where)  # 300 in uint_contents is no UINT8
+    return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _parameters(parameters: Any, where: str) -> dict[str, Any]:
+    _check_parameters(parameters, where)
+    return {
+        key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param") for key, value in parameters.items()
+    }
+
+
+def _check_parameters(parameters: Any, where: str) -> None:
+    if len(parameters) > MAX_PARAMETERS:
+        raise bad(f"parameters of {where} has {len(parameters)} entries; at most {MAX_PARAMETERS}")
+
+
+def render_response(
+    request: InferRequest, model: str, version: int, outputs: dict[str, np.ndarray], parameters: dict[str, Any]
+) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=model, model_version=str(version), id=request.id or "")
+    for key, value in parameters.items():
+        _set_parameter(response.parameters[key], value)
+    for name, array in outputs.items():
+        tensor = response.outputs.add(name=name, datatype=OUTPUT_DATATYPES[array.dtype], shape=array.shape)
+        if request.binary_default:
+            raw = bytes_tensor(array) if array.dtype == object else np.ascontiguousarray(array).tobytes()
+            response.raw_output_contents.append(raw)
+        elif array.dtype == object:
+            tensor.contents.bytes_contents.extend(str(item).encode() for item in array.ravel())
+        elif array.dtype == bool:
+            tensor.contents.bool_contents.extend(array.ravel().tolist())
+        else:
+            tensor.contents.fp32_contents.extend(array.ravel().tolist())
+    return response
+
+
+def _set_parameter(parameter: pb.InferParameter, value: Any) -> None:
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        parameter.string_param = str(value)
