@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
+from service import logs
 from service.settings import Settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         problems = "\n".join(f"  --{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
         sys.exit(f"python -m service: invalid settings\n{problems}")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     if settings.host not in LOOPBACK and not settings.all_api_keys():
         logging.getLogger("service").warning(
             "listening on %s without API keys: anyone who reaches this port can use every model "

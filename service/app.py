@@ -15,7 +15,7 @@ from service import codecs, images, memory, schemas
 from service.errors import install_error_handlers
 from service.manifest import Manifest
 from service.metrics import Metrics
-from service.middleware import ApiKeys, BodyLimit, RequestMetrics
+from service.middleware import ApiKeys, BodyLimit, RequestMetrics, RequestTracing
 from service.pacing import Paced
 from service.registry import Registry
 from service.repository import Repository
@@ -62,8 +62,10 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
         max_bytes_in_flight=settings.max_body_bytes_in_flight,
     )
     app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
-    # Added last, so it runs first: a request without a key goes no further.
+    # Added late, so it runs early: a request without a key goes no further.
     app.add_middleware(ApiKeys, keys=settings.all_api_keys(), metrics_need_key=settings.metrics_need_key)
+    # Outermost: every request gets its id, span and log line, refused ones too.
+    app.add_middleware(RequestTracing)
     # Routes go straight into the app's router: an included router costs a route lookup of its own per
     # request (about a quarter of a one-row request). Inference first: routes are matched in order.
     for protocol in (rest, v2, catalog, repository, web):

@@ -15,7 +15,11 @@ request admitted that way are held (`hold`) while its body arrives, counted ahea
 queued rows, until they join the queue.
 
 A request whose deadline passes while it queues (the request timeout, `deadline_at`) or whose caller went
-away (its waiter cancelled) leaves the queue at once: it is neither computed nor counted ahead of others."""
+away (its waiter cancelled) leaves the queue at once: it is neither computed nor counted ahead of others.
+
+Each request's record (service.tracing) learns the model and version that computed it, its rows and how
+long they waited; with tracing on, its trace gets a span for that wait and one for the run it joined (the
+run's rows and requests as attributes), even though one run serves several requests."""
 
 from __future__ import annotations
 
@@ -28,10 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from service import tracing
 from service.errors import ServiceError
 
 Outputs = list[np.ndarray]  # every output batch-first, in the graph's order
@@ -87,7 +92,13 @@ class _Waiting:
     future: asyncio.Future[Outputs]
     since: float
     deadline: float | None
+    record: tracing.RequestRecord | None
+    since_ns: int  # wall clock, for its trace's span: 0 when it is not traced
     queued: bool = True  # still counted in the queue: not yet sent to a run, dropped or withdrawn
+
+    @property
+    def span(self) -> Any:
+        return None if self.record is None else self.record.span
 
 
 class CostModel:
@@ -141,8 +152,11 @@ class Batcher:
         observer: BatchObserver | None = None,
         max_in_flight: int = 1,
         max_queue_wait_s: float = 0.0,
+        traced_as: dict[str, Any] | None = None,
     ) -> None:
         self.run = run
+        # What requests learn of the batcher that ran them: model, version and graph (span attributes).
+        self.traced_as = traced_as or {}
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         self.observer = observer
@@ -173,7 +187,12 @@ class Batcher:
         if held is not None and held.batcher is self:
             held.release()
         self.admit(len(x))
-        return await self._submit(x, _deadline.get())
+        record = tracing.current()
+        if record is not None:
+            record.model = self.traced_as.get("model", record.model)
+            record.version = self.traced_as.get("model.version", record.version)
+            record.rows = max(record.rows or 0, len(x))
+        return await self._submit(x, _deadline.get(), record)
 
     def admit(self, rows: int) -> None:
         """503 `overloaded` (with Retry-After) when `rows` more rows could not start within the budget."""
@@ -198,13 +217,16 @@ class Batcher:
         own = self.cost.seconds(parts * self.max_rows, parts)
         return (queued + computing + own) / self.max_in_flight
 
-    async def _submit(self, x: np.ndarray, deadline: float | None) -> Outputs:
+    async def _submit(self, x: np.ndarray, deadline: float | None, record: tracing.RequestRecord | None) -> Outputs:
         if len(x) > self.max_rows:
             parts = [x[i : i + self.max_rows] for i in range(0, len(x), self.max_rows)]
-            results = await asyncio.gather(*(self._submit(part, deadline) for part in parts))
+            results = await asyncio.gather(*(self._submit(part, deadline, record) for part in parts))
             return [np.concatenate(outputs) for outputs in zip(*results, strict=True)]
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(x, loop.create_future(), time.perf_counter(), deadline)
+        traced = record is not None and record.span is not None
+        waiting = _Waiting(
+            x, loop.create_future(), time.perf_counter(), deadline, record, time.time_ns() if traced else 0
+        )
         self._queue.append(waiting)
         self._queued_rows += len(x)
         if self._in_flight >= self.max_in_flight:
@@ -237,9 +259,15 @@ class Batcher:
         self._in_flight_rows += rows
         started = time.perf_counter()
         waits = [started - item.since for item in batch]
+        for item, wait in zip(batch, waits, strict=True):
+            if item.record is not None:
+                item.record.waited(wait)
+        if tracing.ENABLED:
+            self._trace_waits(batch, rows)
         x = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
         future = loop.run_in_executor(self._executor, self._timed_run, x)
-        future.add_done_callback(lambda done: self._finish(loop, batch, waits, done))
+        dispatched_ns = time.time_ns() if tracing.ENABLED else 0
+        future.add_done_callback(lambda done: self._finish(loop, batch, waits, done, dispatched_ns))
 
     def _next_batch(self, now: float) -> tuple[list[_Waiting], int]:
         """The waiting requests the next run takes, in order, skipping those that no longer want it."""
@@ -260,24 +288,42 @@ class Batcher:
                 break
         return batch, rows
 
-    def _timed_run(self, x: np.ndarray) -> tuple[Outputs, float]:
-        started = time.perf_counter()
+    def _trace_waits(self, batch: list[_Waiting], rows: int) -> None:
+        now = time.time_ns()
+        for item in batch:
+            if item.span is not None:
+                attributes = {**self.traced_as, "rows": len(item.x), "batch.rows": rows}
+                tracing.finished_span("queue wait", item.span, item.since_ns, now, attributes)
+
+    def _trace_run(self, batch: list[_Waiting], rows: int, run: tuple[int, int], error: bool) -> None:
+        for item in batch:
+            if item.span is not None:
+                attributes = {**self.traced_as, "rows": len(item.x), "batch.rows": rows, "batch.requests": len(batch)}
+                tracing.finished_span("onnxruntime run", item.span, *run, attributes, error)
+
+    def _timed_run(self, x: np.ndarray) -> tuple[Outputs, float, tuple[int, int]]:
+        """The outputs, the run's seconds, and its start and end on the wall clock (ns, for traces)."""
+        started, started_ns = time.perf_counter(), time.time_ns()
         outputs = self.run(x)
-        return outputs, time.perf_counter() - started
+        return outputs, time.perf_counter() - started, (started_ns, time.time_ns())
 
     def _finish(
         self,
         loop: asyncio.AbstractEventLoop,
         batch: list[_Waiting],
         waits: list[float],
-        done: asyncio.Future[tuple[Outputs, float]],
+        done: asyncio.Future[tuple[Outputs, float, tuple[int, int]]],
+        dispatched_ns: int,
     ) -> None:
         rows = sum(len(item.x) for item in batch)
         self._in_flight -= 1
         self._in_flight_rows -= rows
         error = done.exception()
+        if tracing.ENABLED:
+            ran = done.result()[2] if error is None else (dispatched_ns, time.time_ns())
+            self._trace_run(batch, rows, ran, error is not None)
         if error is None:
-            outputs, compute = done.result()
+            outputs, compute, _ = done.result()
             self.cost.observe(rows, compute)
             if self.observer is not None:
                 self.observer.observe_batch(rows, waits, compute)

@@ -1,17 +1,18 @@
-"""ASGI middleware that every route passes through: API keys, the request body limit and the request
-metrics."""
+"""ASGI middleware that every route passes through: request ids, traces and log lines, API keys, the
+request body limit and the request metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import time
+from typing import Any
 from urllib.parse import parse_qs
 
 from anyio import to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import memory
+from service import memory, tracing
 from service.errors import ServiceError, render
 from service.metrics import Metrics
 from service.registry import Registry
@@ -125,6 +126,65 @@ class RequestMetrics:
 def _query_model(scope: Scope) -> str | None:
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("model")
     return values[0] if values else None
+
+
+class RequestTracing:
+    """Each HTTP request inside service.tracing.request: its `X-Request-ID` (the client's, when safe, or a new
+    one) is echoed in the answer, its server span joins the client's `traceparent` (tracing on), and its
+    line is logged once it is answered, with the route's protocol and operation and the model it named."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in CARRIED_HEADERS
+        }
+        method = scope["method"]
+        with tracing.request(carrier, "http", method, attributes=_span_attributes(scope)) as record:
+            record.method, record.path = method, scope["path"]
+            echoed = (b"x-request-id", record.request_id.encode())
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    record.status = message["status"]
+                    message = {**message, "headers": [*message.get("headers", ()), echoed]}
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:
+                record.status = record.status or 500
+                raise
+            finally:
+                _describe(record, scope)
+
+
+CARRIED_HEADERS = frozenset(name.encode() for name in tracing.CARRIED)
+
+
+def _span_attributes(scope: Scope) -> dict[str, Any]:
+    if not tracing.ENABLED:
+        return {}
+    return {"http.request.method": scope["method"], "url.path": scope["path"], "url.scheme": scope["scheme"]}
+
+
+def _describe(record: tracing.RequestRecord, scope: Scope) -> None:
+    """What the router found: the protocol and operation of the route, and the model the request named
+    where no batcher has said which one computed it."""
+    route = scope.get("route")
+    record.protocol = getattr(route, "protocol", record.protocol)
+    record.operation = getattr(route, "operation", None)
+    if record.model is None and record.operation is not None:
+        record.model = scope.get("path_params", {}).get("model") or _query_model(scope)
+    if record.span is not None and route is not None:
+        record.span.update_name(f"{scope['method']} {route.path}")
+        record.span.set_attribute("http.route", route.path)
 
 
 # Always open: probes (Kubernetes, KServe), and the page's static shell, which asks for a key itself. The

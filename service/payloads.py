@@ -21,7 +21,7 @@ from anyio import to_thread
 from fastapi import Request, Response
 from starlette.datastructures import UploadFile
 
-from service import bodies, codecs, images
+from service import bodies, codecs, images, tracing
 from service.errors import ServiceError
 
 # An option a route takes besides its rows: name -> (type, default).
@@ -68,7 +68,8 @@ async def read_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, di
     reader = readers.get(media)
     if reader is None:
         raise ServiceError(415, "unsupported_media_type", f"{media} is not accepted here; send {sorted(readers)}")
-    return await reader(request, spec)
+    with tracing.span("parse", media_type=media):
+        return await reader(request, spec)
 
 
 async def read_json(request: Request, required: list[str], options: Options) -> dict[str, Any]:
@@ -76,7 +77,8 @@ async def read_json(request: Request, required: list[str], options: Options) -> 
     media = codecs.media_type(request.headers.get("content-type"))
     if media != codecs.JSON:
         raise ServiceError(415, "unsupported_media_type", f"{media} is not accepted here; send {codecs.JSON}")
-    body = codecs.load_json(await bodies.read(request.stream(), json_scan(request, bodies.SMALL_JSON)))
+    with tracing.span("parse", media_type=media):
+        body = codecs.load_json(await bodies.read(request.stream(), json_scan(request, bodies.SMALL_JSON)))
     codecs.check_fields(body, required, list(options))
     values = {name: body[name] for name in required}
     return values | {name: codecs.option(body, name, kind, default) for name, (kind, default) in options.items()}
@@ -231,7 +233,8 @@ def respond(request: Request, result: Result) -> Response:
     media = codecs.negotiate(request.headers.get("accept"), offered)
     if media is None:
         raise ServiceError(406, "not_acceptable", f"this answer is available as {offered} only")
-    return _WRITERS[media](result)
+    with tracing.span("encode", media_type=media):
+        return _WRITERS[media](result)
 
 
 def _write_json(result: Result) -> Response:

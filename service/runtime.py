@@ -102,6 +102,7 @@ class ModelRuntime:
                 self._metrics.for_graph(self.manifest.name, self.manifest.version, role) if self._metrics else None,
                 self.config.batch_in_flight,
                 self.config.max_queue_wait_s,
+                {"model": self.manifest.name, "model.version": self.manifest.version, "graph": role},
             )
             for role in GRAPH_ROLES
         }

@@ -1,0 +1,98 @@
+"""The service's log lines, gunicorn's and uvicorn's included, in one format: text (the default, for a
+terminal) or JSON (`AE_LOG_FORMAT=json`, the images' default), one object per line.
+
+Every line has `time` (UTC, ISO 8601), `level`, `logger`, `event` (the message) and `pid`; a line logged
+while a request is served carries its `request_id` and `trace_id` too. Each request ends with one line,
+event `request` (service.tracing), whose fields say what it was: protocol, method, path, operation, model,
+version, rows, status, latency and queue wait in milliseconds. gunicorn's and uvicorn's loggers hand their
+lines to the root logger, so they come out in the same format; uvicorn's access lines are off, as the
+request line replaces them."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import time
+from typing import Any, Literal
+
+import orjson
+
+from service import tracing
+
+LogFormat = Literal["text", "json"]
+# Loggers of the libraries that serve: their own handlers are dropped and their lines go to the root's.
+SERVER_LOGGERS = ("gunicorn.error", "gunicorn.access", "uvicorn", "uvicorn.error", "uvicorn.access")
+TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def config(level: str, log_format: LogFormat) -> dict[str, Any]:
+    """The logging configuration (logging.config.dictConfig's schema) of the service's processes; gunicorn
+    (logconfig_dict) and uvicorn (log_config) apply the same one."""
+    formatter = JsonFormatter if log_format == "json" else TextFormatter
+    level = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"service": {"()": f"{__name__}.{formatter.__name__}"}},
+        "handlers": {
+            "service": {"class": "logging.StreamHandler", "formatter": "service", "stream": "ext://sys.stderr"}
+        },
+        "root": {"level": level, "handlers": ["service"]},
+        "loggers": {name: {"level": level, "handlers": [], "propagate": True} for name in SERVER_LOGGERS},
+    }
+
+
+def configure(level: str, log_format: LogFormat) -> None:
+    logging.config.dictConfig(config(level, log_format))
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """`extra` for a log call with structured fields: `logger.info("...", extra=logs.fields(model=...))`."""
+    return {"fields": values}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": _utc(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+            "pid": record.process,
+        }
+        given = getattr(record, "fields", None)
+        if given is None:
+            line |= _request_ids()
+        else:
+            line |= given
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        elif record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """The classic line, with any fields (or the request's ids) after the message as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        given = getattr(record, "fields", None)
+        extra = _request_ids() if given is None else given
+        shown = " ".join(f"{key}={value}" for key, value in extra.items() if value is not None)
+        return f"{line} {shown}" if shown else line
+
+
+def _request_ids() -> dict[str, Any]:
+    record = tracing.current()
+    if record is None:
+        return {}
+    return {"request_id": record.request_id, "trace_id": record.trace_id}
+
+
+def _utc(created: float) -> str:
+    seconds = int(created)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((created - seconds) * 1000):03d}Z"
