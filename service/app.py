@@ -16,6 +16,7 @@ from service.errors import install_error_handlers
 from service.manifest import Manifest
 from service.metrics import Metrics
 from service.middleware import ApiKeys, BodyLimit, RequestMetrics, RequestTracing
+from service.monitoring import Window
 from service.pacing import Paced
 from service.registry import Registry
 from service.repository import Repository
@@ -50,7 +51,7 @@ def create_app(settings: Settings, dependencies: Sequence[params.Depends] = ()) 
         # Served below from a cache: FastAPI's own route writes the document's JSON again on every call.
         openapi_url=None,
     )
-    metrics = app.state.metrics = Metrics()
+    metrics = app.state.metrics = Metrics(Window.parse(settings.monitor_window))
     registry = Registry(Repository(settings.models_dir), sessions, metrics, settings.default_model)
     app.state.settings, app.state.registry = settings, registry
     app.state.pixel_budget = images.PixelBudget(settings.max_pixels_in_flight)

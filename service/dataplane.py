@@ -58,8 +58,12 @@ async def decode(runtime: ModelRuntime, z: np.ndarray) -> np.ndarray:
 
 
 async def score(runtime: ModelRuntime, x: np.ndarray) -> Scored:
-    """Reconstructions and anomaly scores in one pass of the scorer graph (what reconstruct answers too)."""
-    return scored(runtime.manifest, await runtime.score_batched(x))
+    """Reconstructions and anomaly scores in one pass of the scorer graph (what reconstruct answers too); the
+    scores join the model's monitoring window (service.monitoring)."""
+    answer = scored(runtime.manifest, await runtime.score_batched(x))
+    if runtime.monitor is not None and answer.percentiles is not None:
+        runtime.monitor.record(answer.percentiles, answer.is_anomaly, answer.sq_err)
+    return answer
 
 
 def scored(manifest: Manifest, scores: Scores) -> Scored:

@@ -60,11 +60,8 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
             "pid": record.process,
         }
-        given = getattr(record, "fields", None)
-        if given is None:
-            line |= _request_ids()
-        else:
-            line |= given
+        line |= _request_ids()
+        line |= getattr(record, "fields", None) or {}
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         elif record.stack_info:
@@ -80,8 +77,7 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
-        given = getattr(record, "fields", None)
-        extra = _request_ids() if given is None else given
+        extra = _request_ids() | (getattr(record, "fields", None) or {})
         shown = " ".join(f"{key}={value}" for key, value in extra.items() if value is not None)
         return f"{line} {shown}" if shown else line
 

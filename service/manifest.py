@@ -157,6 +157,10 @@ class Score(_Part):
     """The same normal validation scores at evenly spaced probabilities from 0 to 1 (1,001 points, or every
     score when there are fewer rows), non-decreasing. A score's percentile is read off by linear interpolation
     (0 below the first, 100 above the last). Packages without it serve no percentiles."""
+    feature_shares: list[NonNegativeFloat] | None = None
+    """Tables: each feature's share of a normal validation row's squared error, averaged over those rows (they
+    sum to 1): the reference score monitoring compares the live rows' shares with, to name the features that
+    drifted. Null for images and for packages written before it."""
 
     @field_validator("quantiles")
     @classmethod

@@ -1,7 +1,8 @@
 """Prometheus metrics (prometheus_client), one set per app, rendered by GET /metrics.
 
 Request metrics are recorded by service.middleware.RequestMetrics, batch metrics by each model's batchers,
-load outcomes and default versions by service.registry. Model labels only ever name models the registry
+load outcomes and default versions by service.registry, and rows scored, their percentiles and the
+monitoring window's statistics by service.monitoring. Model labels only ever name models the registry
 knows: requests for any other name are counted under UNKNOWN_MODEL, so clients cannot grow the series.
 
 `python -m service` points PROMETHEUS_MULTIPROC_DIR at a fresh folder (with one worker too: TTIN adds
@@ -26,6 +27,8 @@ from anyio import to_thread
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.monitoring import DEFAULT_WINDOW, Monitoring, Window
+
 # Renders of one worker begin at least MIN_RENDER_GAP_S apart, and far enough apart that rendering takes at most
 # RENDER_SHARE of its CPU, but at most MAX_RENDER_GAP_S apart (Prometheus waits 10 s for an answer by default).
 # A render in a thread still holds the GIL, and the event loop waits for it each time it wakes up, so
@@ -42,9 +45,12 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, monitor_window: Window = DEFAULT_WINDOW) -> None:
         self.registry = CollectorRegistry()
         multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
+        # Score monitoring keeps its own per-worker files (prometheus_client cannot add up a window).
+        self.monitoring = Monitoring(monitor_window, os.environ.get(MULTIPROCESS_DIR))
+        self.registry.register(self.monitoring.collector())
         # In multiprocess mode values live in files; the collector reads them at scrape time instead.
         into = None if multiprocess else self.registry
         if multiprocess:

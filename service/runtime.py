@@ -13,6 +13,7 @@ from functools import partial
 import numpy as np
 import onnxruntime as ort
 
+from service import logs
 from service.batching import Batcher, Held, Outputs, overloaded
 from service.manifest import GRAPH_ROLES, Manifest, PackageError, graph_io
 from service.metrics import Metrics
@@ -122,6 +123,7 @@ class ModelRuntime:
     def retire(self) -> None:
         """No new requests from now on; closes at once if none is in flight, else when the last one ends."""
         self.retired, self.ready = True, False
+        logger.info("model %s retired, %d requests in flight", self.label, self._leases, extra=self._fields())
         if self._leases == 0:
             self.close()
 
@@ -129,7 +131,10 @@ class ModelRuntime:
         for batcher in self._batchers.values():
             batcher.close()
         self._batchers, self._sessions = {}, {}
-        logger.info("model %s unloaded", self.label)
+        logger.info("model %s unloaded", self.label, extra=self._fields())
+
+    def _fields(self) -> dict[str, object]:
+        return logs.fields(model=self.manifest.name, version=self.manifest.version)
 
     def admit(self, roles: Sequence[str], rows: int) -> Held | None:
         """503 `overloaded` when `rows` more rows could start within the queue wait budget on none of these

@@ -157,12 +157,11 @@ def _end_server_span(record: RequestRecord) -> None:
         "queue_wait_ms": None if record.queue_wait_s is None else record.queue_wait_s * 1000,
     }
     span.set_attributes({key: value for key, value in facts.items() if value is not None})
-    if isinstance(record.status, int):
-        span.set_attribute("http.response.status_code", record.status)
-        if record.status >= 500:
+    if record.status is not None:
+        # gRPC calls report the HTTP status their outcome maps to (service.errors) or their code's name.
+        span.set_attribute("status" if record.protocol == "grpc" else "http.response.status_code", record.status)
+        if isinstance(record.status, int) and record.status >= 500:
             span.set_status(Status(StatusCode.ERROR))
-    elif record.status is not None:
-        span.set_attribute("rpc.grpc.status_code", record.status)
     span.end()
 
 

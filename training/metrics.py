@@ -58,6 +58,17 @@ def score_quantiles(normal_scores: np.ndarray) -> list[float]:
     return np.quantile(normal_scores.astype(np.float64), np.linspace(0.0, 1.0, points)).tolist()
 
 
+def feature_shares(sq_err: np.ndarray) -> list[float]:
+    """Each feature's share of a row's squared error, averaged over the rows (rows without error left out):
+    where the error of normal rows lies, for the service's monitoring to compare live rows with."""
+    parts = sq_err.reshape(len(sq_err), -1).astype(np.float64)
+    totals = parts.sum(axis=1, keepdims=True)
+    kept = totals[:, 0] > 0
+    if not kept.any():
+        return np.full(parts.shape[1], 1.0 / parts.shape[1]).tolist()
+    return (parts[kept] / totals[kept]).mean(axis=0).tolist()
+
+
 def auroc(scores: np.ndarray, is_anomaly: np.ndarray) -> float | None:
     """AUROC of the score; None when the rows hold only one class (it is undefined then)."""
     from sklearn.metrics import roc_auc_score

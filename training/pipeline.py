@@ -40,7 +40,7 @@ from training.export import (
     graph_specs,
     score_definition,
 )
-from training.metrics import LatentMoments, auroc, calibrate_threshold, pca_scores, score_quantiles
+from training.metrics import LatentMoments, auroc, calibrate_threshold, feature_shares, pca_scores, score_quantiles
 from training.models import Autoencoder, ModelSpec, build_model, save_checkpoint
 from training.package import check_name, choose_version, file_hashes, staging_folder, write_json
 from training.recipes import Normalisation, fit_normalisation, model_spec, resolve_training
@@ -220,6 +220,12 @@ def _write_package(
             calibration=threshold.calibration(config.normal_label),
             # A score's percentile among the normal validation scores (the service interpolates).
             quantiles=score_quantiles(scores[is_normal]),
+            # Where the error of normal rows lies, feature by feature: what monitoring compares live rows with.
+            feature_shares=(
+                feature_shares(run_graph(folder, "scorer.onnx", "sq_err", x_val[is_normal]))
+                if data.kind == "tabular"
+                else None
+            ),
         ),
         graphs={role: graph.manifest_entry() for role, graph in graphs.items()},
         parity=Parity(rows=min(PARITY_ROWS, len(x_val)), atol=PARITY_ATOL, rtol=PARITY_RTOL, max_abs_diff=parity),

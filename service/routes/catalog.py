@@ -1,4 +1,5 @@
-"""What serves and how it is doing: GET /models, liveness, readiness and Prometheus metrics."""
+"""What serves and how it is doing: GET /models, score monitoring, liveness, readiness and Prometheus
+metrics."""
 
 from __future__ import annotations
 
@@ -72,6 +73,32 @@ async def model_version(model: ModelName, version: ModelVersion, registry: Regis
     return json_response(describe(registry.find(model, version), registry))
 
 
+async def monitoring(model: ModelName, registry: RegistryDep) -> Response:
+    """Score monitoring of the model's default version over the window, all workers merged: anomaly rate
+    against the expected rate, PSI and KS of the score distribution against the normal validation scores,
+    the status (ok, warning, drift; no_data before enough rows), and for tables which features carry the
+    error (docs/monitoring.md)."""
+    return json_response(_monitoring(registry, model, None))
+
+
+async def version_monitoring(model: ModelName, version: ModelVersion, registry: RegistryDep) -> Response:
+    """Score monitoring of one version of the model (as /models/{model}/monitoring)."""
+    return json_response(_monitoring(registry, model, version))
+
+
+def _monitoring(registry: Registry, model: str, version: str | None) -> dict[str, Any]:
+    runtime = registry.runtime(model, version)
+    recorder = runtime.monitor
+    if recorder is None:
+        why = (
+            "monitoring is off (monitor-window 0)"
+            if not registry.metrics.monitoring.window.on
+            else "the package stores no score curve (score.quantiles): its scores have no reference"
+        )
+        return {"model": runtime.manifest.name, "version": runtime.manifest.version, "status": "off", "reason": why}
+    return registry.metrics.monitoring.report(recorder)
+
+
 async def healthz() -> Response:
     """Liveness: the process answers. Says nothing about the models (see /readyz)."""
     return json_response({"status": "alive"})
@@ -110,6 +137,8 @@ def register(router: APIRouter) -> None:
         ("/models", list_models, "models", None),
         ("/models/{model}", model_versions, "models", _UNKNOWN),
         ("/models/{model}/versions/{version}", model_version, "models", _UNKNOWN),
+        ("/models/{model}/monitoring", monitoring, "monitoring", _UNKNOWN | _NOT_READY),
+        ("/models/{model}/versions/{version}/monitoring", version_monitoring, "monitoring", _UNKNOWN | _NOT_READY),
     ]
     for path, endpoint, tag, responses in routes:
         router.add_api_route(

@@ -12,8 +12,10 @@ import orjson
 import pytest
 
 from service import logs, tracing
+from service.runtime import ModelRuntime
 from tests.poll import wait_until
 from tests.service.otlp import otlp_receiver
+from tests.service.registries import CPU, package_at
 from tests.service.servers import running_server
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -135,3 +137,17 @@ def test_a_real_server_exports_the_requests_trace_and_logs_it_as_json(models_dir
     assert any("zz-broken/1 cannot be loaded" in event for event in events)  # one that failed
     assert any(event.startswith("Finished server process") for event in events)  # drained
     assert not any('"POST /models/tab/score' in event for event in events)  # uvicorn's access line is replaced
+
+
+def test_a_retired_model_logs_its_retirement_and_unloading_with_its_name_and_version(
+    trained: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = ModelRuntime(package_at(trained / "tab" / "1"), CPU)
+    runtime.load()
+    runtime.acquire()  # a request in flight
+    with caplog.at_level(logging.INFO, logger="service.runtime"):
+        runtime.retire()
+        runtime.release()
+    lines = [json.loads(logs.JsonFormatter().format(record)) for record in caplog.records]
+    assert [line["event"] for line in lines] == ["model tab/1 retired, 1 requests in flight", "model tab/1 unloaded"]
+    assert all((line["model"], line["version"]) == ("tab", 1) for line in lines)

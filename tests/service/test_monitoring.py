@@ -1,0 +1,233 @@
+"""Score monitoring (service.monitoring): the statistics against scipy's, and the status a real app and a
+real 2-worker server report for rows of the training distribution and for shifted rows."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from pydantic import ValidationError
+from scipy import stats
+
+from service import monitoring
+from service.app import create_app
+from service.monitoring import Window
+from service.settings import Settings
+from tests.service import monitored
+from tests.service.registries import refreshed
+from tests.service.servers import running_server
+
+WINDOW = 400
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def monitored_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return monitored.train(tmp_path_factory.mktemp("monitored"))
+
+
+def build_app(models_dir: Path, **settings: Any) -> FastAPI:
+    defaults: dict[str, Any] = {"providers": ("CPUExecutionProvider",), "intra_op_threads": 1}
+    app = create_app(Settings(models_dir=models_dir, **(defaults | {"monitor_window": str(WINDOW)} | settings)))
+    refreshed(app.state.registry)
+    return app
+
+
+@pytest.fixture
+async def client(monitored_models: Path) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(build_app(monitored_models), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+async def send(client: httpx.AsyncClient, model: str, rows: np.ndarray, path: str = "score") -> None:
+    for chunk in np.array_split(rows, max(1, len(rows) // 40)):
+        response = await client.post(f"/models/{model}/{path}", json={"inputs": chunk.tolist()})
+        assert response.status_code == 200, response.text
+
+
+async def status_of(client: httpx.AsyncClient, model: str) -> dict[str, Any]:
+    response = await client.get(f"/models/{model}/monitoring")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# --- the statistics ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "p"), [(0, 10, 0.01), (3, 400, 0.01), (11, 500, 0.01), (40, 400, 0.01), (7, 7, 0.5)]
+)
+def test_binomial_p_value_is_scipys(k: int, n: int, p: float) -> None:
+    assert monitoring.binomial_p_value(k, n, p) == pytest.approx(stats.binomtest(k, n, p).pvalue, rel=1e-6)
+
+
+@pytest.mark.parametrize("x", [0.3, 0.7, 1.0, 1.36, 2.5])
+def test_kolmogorov_tail_is_scipys(x: float) -> None:
+    assert monitoring.kolmogorov_sf(x) == pytest.approx(stats.kstwobign.sf(x), abs=1e-9)
+
+
+def test_ks_of_binned_percentiles_matches_scipy_at_the_edges() -> None:
+    # Percentiles on whole numbers: the binned distance is exactly scipy's against the uniform distribution.
+    percentiles = np.random.default_rng(3).integers(1, 100, size=500).astype(np.float64)
+    counts = np.bincount(np.searchsorted(monitoring.EDGES, percentiles), minlength=monitoring.BINS)
+    distance, _ = monitoring.ks(counts)
+    expected = stats.kstest(percentiles / 100, "uniform").statistic
+    assert distance == pytest.approx(expected, abs=1e-9)
+
+
+def test_psi() -> None:
+    expected = np.array([0.5, 0.5])
+    assert monitoring.psi(np.array([50.0, 50.0]), expected) == 0
+    assert monitoring.psi(np.array([80.0, 20.0]), expected) == pytest.approx(0.3 * np.log(1.6) - 0.3 * np.log(0.4))
+
+
+@pytest.mark.parametrize(
+    ("text", "window"),
+    [
+        ("1000", Window(rows=1000)),
+        ("250 rows", Window(rows=250)),
+        ("30s", Window(seconds=30)),
+        ("5m", Window(seconds=300)),
+    ],
+)
+def test_window_parses(text: str, window: Window) -> None:
+    assert Window.parse(text) == window
+
+
+@pytest.mark.parametrize("text", ["", "ten", "-5", "1.5", "5 days"])
+def test_a_bad_window_stops_the_start(text: str, monitored_models: Path) -> None:
+    with pytest.raises(ValidationError, match="window"):
+        Settings(models_dir=monitored_models, monitor_window=text)
+
+
+# --- a real app ------------------------------------------------------------------------------------------
+
+
+async def test_normal_rows_keep_ok_and_a_scaled_feature_turns_drift_naming_it(client: httpx.AsyncClient) -> None:
+    assert (await status_of(client, "sensor"))["status"] == "no_data"
+    await send(client, "sensor", monitored.table_rows(WINDOW, seed=1))
+    normal = await status_of(client, "sensor")
+    assert normal["status"] == "ok", normal["reasons"]
+    assert normal["window"]["rows_seen"] == WINDOW
+    assert normal["psi"] < monitoring.PSI_WARNING
+    assert normal["features"]["drifted"] == []
+
+    await send(client, "sensor", monitored.scaled_feature(monitored.table_rows(WINDOW, seed=2)))
+    shifted = await status_of(client, "sensor")
+    assert shifted["status"] == "drift"
+    assert shifted["psi"] >= monitoring.PSI_DRIFT
+    assert shifted["features"]["drifted"] == [monitored.SHIFTED_FEATURE]
+    assert shifted["features"]["shares"][0]["name"] == monitored.SHIFTED_FEATURE
+    assert shifted["anomaly_rate"]["observed"] > 3 * shifted["anomaly_rate"]["expected"]
+    assert shifted["totals"] == {"rows": 2 * WINDOW, "flagged": shifted["totals"]["flagged"]}
+
+    # The window moves on: normal rows again bring it back.
+    await send(client, "sensor", monitored.table_rows(WINDOW + 40, seed=3))
+    assert (await status_of(client, "sensor"))["status"] == "ok"
+
+
+async def test_inverted_and_noise_images_turn_drift(client: httpx.AsyncClient) -> None:
+    await send(client, "bars", monitored.image_rows(WINDOW, seed=1))
+    normal = await status_of(client, "bars")
+    assert normal["status"] == "ok", normal["reasons"]
+    assert normal["features"] is None  # images: no per-feature story
+    await send(client, "bars", monitored.inverted(monitored.image_rows(WINDOW, seed=2)), path="reconstruct")
+    assert (await status_of(client, "bars"))["status"] == "drift"
+    await send(client, "bars", monitored.image_rows(WINDOW + 40, seed=3))
+    assert (await status_of(client, "bars"))["status"] == "ok"
+    noise = np.random.default_rng(4).integers(0, 256, size=(WINDOW, monitored.SIDE, monitored.SIDE))
+    await send(client, "bars", noise.astype(np.float32))
+    assert (await status_of(client, "bars"))["status"] == "drift"
+
+
+async def test_the_histogram_compares_live_shares_with_the_reference(client: httpx.AsyncClient) -> None:
+    await send(client, "sensor", monitored.table_rows(WINDOW, seed=5))
+    histogram = (await status_of(client, "sensor"))["histogram"]
+    assert [bucket["le_percentile"] for bucket in histogram] == [*monitoring.BUCKETS, None]
+    assert sum(bucket["reference"] for bucket in histogram) == pytest.approx(1)
+    assert sum(bucket["rows"] for bucket in histogram) == WINDOW
+    scores = [bucket["le_score"] for bucket in histogram[:-1]]
+    assert scores == sorted(scores)
+    for bucket in histogram:
+        assert bucket["live"] == pytest.approx(bucket["reference"], abs=0.08)
+
+
+async def test_metrics_carry_the_counters_histogram_and_status(client: httpx.AsyncClient) -> None:
+    await send(client, "sensor", monitored.scaled_feature(monitored.table_rows(WINDOW, seed=6)))
+    text = (await client.get("/metrics")).text
+    labels = '{model="sensor",version="1"}'
+    assert f"ae_scored_rows_total{labels} {WINDOW}.0" in text
+    assert f"ae_monitor_status{labels} 2.0" in text
+    assert f'ae_score_percentile_bucket{{le="+Inf",model="sensor",version="1"}} {WINDOW}.0' in text
+    flagged = float(re.search(rf"ae_flagged_rows_total{re.escape(labels)} (\S+)", text)[1])  # type: ignore[index]
+    assert 3 * 0.01 * WINDOW < flagged <= WINDOW
+    assert 'ae_monitor_window_rows{model="bars",version="1"} 0.0' in text
+    assert 'ae_monitor_status{model="bars",version="1"} -1.0' in text
+
+
+async def test_per_version_and_unknown_models(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/models/sensor/versions/1/monitoring")).json()["model"] == "sensor"
+    for path in (
+        "/models/nope/monitoring",
+        "/models/sensor/versions/9/monitoring",
+        "/models/sensor/versions/x/monitoring",
+    ):
+        response = await client.get(path)
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] in ("model_not_found", "version_not_found")
+
+
+async def test_monitoring_off(monitored_models: Path) -> None:
+    app = build_app(monitored_models, monitor_window="0")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
+        await send(client, "sensor", monitored.table_rows(40, seed=1))
+        answer = await status_of(client, "sensor")
+        assert answer["status"] == "off"
+        lines = (await client.get("/metrics")).text.splitlines()
+        assert not [line for line in lines if line.startswith(("ae_monitor_", "ae_scored_rows"))]
+
+
+# --- a real server of two workers --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_workers(monitored_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    with running_server(monitored_models, log, "--workers", "2", env={"AE_MONITOR_WINDOW": str(WINDOW)}) as client:
+        yield client
+
+
+def send_spread(client: httpx.Client, model: str, rows: np.ndarray) -> None:
+    """Sends the rows on a new connection per request: the kernel spreads connections over the workers."""
+    for chunk in np.array_split(rows, max(1, len(rows) // 20)):
+        response = client.post(
+            f"/models/{model}/score", json={"inputs": chunk.tolist()}, headers={"Connection": "close"}
+        )
+        assert response.status_code == 200, response.text
+
+
+@pytest.mark.e2e
+def test_two_workers_merge_their_windows(two_workers: httpx.Client) -> None:
+    send_spread(two_workers, "sensor", monitored.table_rows(WINDOW, seed=1))
+    normal = two_workers.get("/models/sensor/monitoring").json()
+    assert normal["window"]["workers"] == 2  # both workers scored rows, and every answer merges both
+    assert normal["window"]["rows_seen"] == WINDOW
+    assert normal["status"] == "ok", normal["reasons"]
+
+    send_spread(two_workers, "sensor", monitored.scaled_feature(monitored.table_rows(WINDOW, seed=2)))
+    # Whichever worker answers, it sees the other's rows: ask on fresh connections.
+    for _ in range(6):
+        shifted = two_workers.get("/models/sensor/monitoring", headers={"Connection": "close"}).json()
+        assert shifted["status"] == "drift"
+        assert shifted["features"]["drifted"] == [monitored.SHIFTED_FEATURE]
+        assert shifted["totals"]["rows"] == 2 * WINDOW
+    text = two_workers.get("/metrics").text
+    assert f'ae_scored_rows_total{{model="sensor",version="1"}} {2 * WINDOW}.0' in text
+    assert 'ae_monitor_status{model="sensor",version="1"} 2.0' in text
