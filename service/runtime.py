@@ -64,6 +64,8 @@ class ModelRuntime:
         self.ready = False
         self._graphs = package.graphs
         self._metrics = metrics
+        # Where service.dataplane.score records the scores it computes (service.monitoring); None: not monitored.
+        self.monitor = metrics.monitoring.recorder(self.manifest) if metrics else None
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._batchers: dict[str, Batcher] = {}
         self._latent_mean = np.zeros(self.manifest.latent.dim, dtype=np.float32)
