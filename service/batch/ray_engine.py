@@ -1,0 +1,77 @@
+"""The Ray engine: Ray Data reads the dataset's files, `map_batches` sends Arrow tables through an actor
+pool of Scorers (one onnxruntime session each, built once per actor), and Ray writes the parts into the
+sink's temporary folder. Ray is imported only here: the local engine needs no Ray."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from service.batch.core import Job, Scorer
+from service.batch.errors import BatchError, RowError
+from service.batch.sinks import Sink
+from service.batch.sources import Dataset
+
+
+def run(
+    job: Job,
+    dataset: Dataset,
+    csv_types: dict[str, pa.DataType],
+    address: str | None,
+    workers: int | None,
+    batch_rows: int,
+    progress: bool,
+    sink: Sink,
+) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise BatchError("--engine ray needs Ray Data: pip install 'autoencoder-service[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    actors = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    resources = {"num_gpus": 1} if job.device == "cuda" else {"num_cpus": job.threads}
+    scored = _read(ray, dataset, job, csv_types).map_batches(
+        Scorer,
+        fn_constructor_args=(job,),
+        batch_format="pyarrow",
+        batch_size=batch_rows,
+        concurrency=actors,
+        **resources,
+    )
+    write = scored.write_parquet if sink.format == "parquet" else scored.write_csv
+    try:
+        write(sink.folder, filesystem=sink.filesystem)
+    except Exception as exc:  # Ray wraps the actor's error in its own types, which vary by where it failed
+        raise BatchError(_reason(exc)) from None
+    sink.adopt()
+
+
+def _read(ray: Any, dataset: Dataset, job: Job, csv_types: dict[str, pa.DataType]) -> Any:
+    files, filesystem = dataset.uris, dataset.filesystem
+    columns = [*job.layout.columns, *job.layout.passthrough]
+    if dataset.kind == "parquet":
+        return ray.data.read_parquet(files, filesystem=filesystem, columns=columns)
+    if dataset.kind == "csv":
+        options = pacsv.ConvertOptions(column_types=csv_types, include_columns=columns)
+        return ray.data.read_csv(files, filesystem=filesystem, convert_options=options)
+    if dataset.kind == "npy":
+        return ray.data.read_numpy(files, filesystem=filesystem)
+    return ray.data.read_binary_files(files, filesystem=filesystem, include_paths=True)  # images
+
+
+def _reason(exc: BaseException) -> str:
+    """The bad row's message when the job failed on one (the core names its file or passthrough values),
+    else Ray's own error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        cause = getattr(seen, "cause", None)
+        if isinstance(seen, RowError) or isinstance(cause, RowError):
+            found = seen if isinstance(seen, RowError) else cause
+            assert isinstance(found, RowError)
+            return f"a row of the dataset: {found.why}"
+        seen = cause if isinstance(cause, BaseException) else (seen.__cause__ or seen.__context__)
+    return f"the Ray job failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
