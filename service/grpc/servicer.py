@@ -67,7 +67,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
         async def ready() -> pb.ModelReadyResponse:
-            entry = self.registry.find(request.name or None, request.version or None)
+            # Not ready, not an error, for a name or version the registry does not know: what clients'
+            # is_model_ready expects (V2 HTTP answers 404, which they read as not ready).
+            try:
+                entry = self.registry.find(request.name or None, request.version or None)
+            except ServiceError:
+                return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=entry.serving)
 
         return await self._answer(context, ready, self.api_keys)
