@@ -37,7 +37,7 @@ def schema_of(document: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.slow  # validates against KServe's large CRD schemas
-@pytest.mark.parametrize("manifest", ["servingruntime.yaml", "inferenceservice.yaml"])
+@pytest.mark.parametrize("manifest", ["servingruntime.yaml", "inferenceservice.yaml", "inferenceservice-grpc.yaml"])
 def test_manifests_validate_against_the_crds(manifest: str) -> None:
     document = load(manifest)
     jsonschema.validate(document, schema_of(document))
@@ -64,9 +64,19 @@ def test_the_inference_service_uses_the_runtime_over_v2() -> None:
     runtime, service = load("servingruntime.yaml"), load("inferenceservice.yaml")
     model = service["spec"]["predictor"]["model"]
     assert model["runtime"] == runtime["metadata"]["name"]
-    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"] == ["v2"]
+    assert model["protocolVersion"] == "v2" and runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]
     formats = {(f["name"], f["version"]) for f in runtime["spec"]["supportedModelFormats"]}
     assert (model["modelFormat"]["name"], model["modelFormat"]["version"]) in formats
+
+
+def test_the_grpc_inference_service_reaches_the_runtimes_grpc_port() -> None:
+    runtime, service = load("servingruntime.yaml"), load("inferenceservice-grpc.yaml")
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"] and model["protocolVersion"] == "grpc-v2"
+    [container] = runtime["spec"]["containers"]
+    env = {variable["name"]: variable["value"] for variable in container["env"]}
+    assert model["ports"] == [{"name": "h2c", "containerPort": int(env["AE_GRPC_PORT"]), "protocol": "TCP"}]
+    assert int(env["AE_GRPC_PORT"]) != container["ports"][0]["containerPort"]
 
 
 def test_the_runtime_starts_the_service_on_kserves_folder_and_port(tmp_path: Path) -> None:

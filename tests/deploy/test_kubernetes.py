@@ -18,21 +18,24 @@ import yaml
 from .tools import REPO
 
 KUSTOMIZE = REPO / "deploy" / "kubernetes"
-VARIANTS = ["base", "models-pvc"]
+VARIANTS = ["base", "models-pvc", "grpc-probes"]
 # The oldest Kubernetes still common on managed GPU clusters, and the newest schema available.
 KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 Object = dict[str, Any]
 
 
-def add(document: Object, path: str, value: Any) -> None:
-    """A JSON patch `add` (RFC 6902), the only operation the kustomizations use."""
+def add(document: Object, path: str, value: Any, replace: bool = False) -> None:
+    """A JSON patch `add`, or with `replace` its `replace` (RFC 6902): the operations the kustomizations use."""
     *parents, last = [part.replace("~1", "/").replace("~0", "~") for part in path.split("/")[1:]]
     target: Any = document
     for part in parents:
         target = target[int(part)] if isinstance(target, list) else target[part]
-    if isinstance(target, list):
+    if isinstance(target, list) and not replace:
         target.insert(len(target) if last == "-" else int(last), value)
+    elif isinstance(target, list):
+        target[int(last)] = value
     else:
+        assert not replace or last in target, f"replace {path}: nothing there to replace"
         target[last] = value
 
 
@@ -63,8 +66,9 @@ def render(directory: Path) -> list[Object]:
         targets = [o for o in objects if matches(o, patch["target"])]
         assert len(targets) == 1, f"{directory}: patch target {patch['target']} matches {len(targets)} objects"
         for operation in yaml.safe_load(patch["patch"]):
-            assert operation["op"] == "add", f"{directory}: teach render() the {operation['op']} operation"
-            add(targets[0], operation["path"], copy.deepcopy(operation["value"]))
+            assert operation["op"] in ("add", "replace"), f"{directory}: teach render() the {operation['op']} operation"
+            value = copy.deepcopy(operation["value"])
+            add(targets[0], operation["path"], value, replace=operation["op"] == "replace")
     return objects
 
 
@@ -100,11 +104,15 @@ def test_probes_ports_and_resources(variant: str) -> None:
     deployment, service, hpa = objects["Deployment"], objects["Service"], objects["HorizontalPodAutoscaler"]
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
-    assert container["ports"] == [{"name": "http", "containerPort": 8000}]
+    assert container["ports"] == [{"name": "http", "containerPort": 8000}, {"name": "grpc", "containerPort": 8001}]
     env = {variable["name"]: variable["value"] for variable in container["env"]}
     assert (env["AE_HOST"], env["AE_PORT"], env["AE_MODELS_DIR"]) == ("0.0.0.0", "8000", "/models")
+    assert env["AE_GRPC_PORT"] == "8001"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    if variant == "grpc-probes":
+        assert container["readinessProbe"]["grpc"] == container["startupProbe"]["grpc"] == {"port": 8001}
+    else:
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["image"] == "autoencoder-service:gpu"
     assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
     assert {"cpu", "memory"} <= set(container["resources"]["requests"]), "the HPA's utilisation needs requests"
@@ -115,6 +123,12 @@ def test_probes_ports_and_resources(variant: str) -> None:
     assert deployment["spec"]["selector"]["matchLabels"] == labels
     assert service["spec"]["selector"] == labels
     assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert service["spec"]["ports"][1] == {
+        "name": "grpc",
+        "port": 8001,
+        "targetPort": "grpc",
+        "appProtocol": "kubernetes.io/h2c",
+    }
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
@@ -139,11 +153,11 @@ def test_models_pvc_variant_mounts_the_claim_read_only_over_the_baked_models() -
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_a_network_policy_lets_in_http_only_and_out_dns_only(variant: str) -> None:
+def test_a_network_policy_lets_in_the_served_ports_only_and_out_dns_only(variant: str) -> None:
     objects = by_kind(render(KUSTOMIZE / variant))
     policy, deployment = objects["NetworkPolicy"]["spec"], objects["Deployment"]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    [port] = containers([deployment])[0]["ports"]
-    assert policy["ingress"] == [{"ports": [{"protocol": "TCP", "port": port["containerPort"]}]}]
+    ports = [{"protocol": "TCP", "port": port["containerPort"]} for port in containers([deployment])[0]["ports"]]
+    assert policy["ingress"] == [{"ports": ports}]
     assert {p["port"] for rule in policy["egress"] for p in rule["ports"]} == {53}
