@@ -79,9 +79,10 @@ serve: $(SERVE_VENV)/.service-installed
 	$(SERVE_VENV)/bin/python -m service --models-dir $(MODELS_DIR) $(PORT_FLAG)
 
 # Tools the tests call that pip cannot install, Debian's packages: docker-compose checks docker-compose.yml,
-# chromium is the browser tests/ui drives (Playwright with executable_path: no browser download).
+# chromium is the browser tests/ui drives (Playwright with executable_path: no browser download), prometheus
+# (its package has promtool too) checks and runs deploy/monitoring's rules.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-SYSTEM_TOOLS := docker-compose chromium
+SYSTEM_TOOLS := docker-compose chromium prometheus
 system-deps:
 	@missing="$(strip $(foreach tool,$(SYSTEM_TOOLS),$(if $(shell command -v $(tool)),,$(tool))))"; \
 		[ -z "$$missing" ] || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $$missing; }
