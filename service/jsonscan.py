@@ -11,6 +11,8 @@ _SLICE = 1024 * 1024
 _QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
 _OPEN_ARRAY, _CLOSE_ARRAY, _OPEN_OBJECT, _CLOSE_OBJECT = ord("["), ord("]"), ord("{"), ord("}")
 _NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
+# A chunk with at most this many quotes is split at them in Python; one with more is scanned with numpy.
+_FEW_QUOTES = 64
 
 
 class Structure:
@@ -24,19 +26,32 @@ class Structure:
             self._feed(chunk[start : start + _SLICE])
 
     def _feed(self, chunk: bytes) -> None:
-        # Rows of numbers hold no strings: up to the last quote the text is followed character by character
-        # (numpy), and after it, outside a string, the brackets and commas are all structure, counted by
-        # bytes.count and bytes.translate at a fraction of the cost.
-        last = chunk.rfind(b'"') if b"\\" not in chunk and not self._backslashes else len(chunk) - 1
-        if last >= 0:
-            self._scan(np.frombuffer(chunk, dtype=np.uint8, count=last + 1))
+        # Rows of numbers hold no strings. A chunk with few quotes and no backslash (the V2 header around its
+        # data, the REST one before it) splits at its quotes into strings and the text between them, whose
+        # brackets and commas are all structure, counted by bytes.count and bytes.translate at a fraction of
+        # the cost of following the text character by character (numpy), which the other chunks take: up to
+        # the last quote, and the rest as text between strings.
+        if b"\\" not in chunk and not self._backslashes:
+            if chunk.count(b'"') <= _FEW_QUOTES:
+                for index, part in enumerate(chunk.split(b'"')):
+                    self._in_string ^= index > 0
+                    if part and not self._in_string:
+                        self._between_strings(part)
+                return
+            last = chunk.rfind(b'"')
+        else:
+            last = len(chunk) - 1
+        self._scan(np.frombuffer(chunk, dtype=np.uint8, count=last + 1))
         rest = chunk[last + 1 :]
         if rest and not self._in_string:  # inside a string, the rest holds no structure
-            self.commas += rest.count(b",")
-            self.arrays += rest.count(b"[")
-            brackets = np.frombuffer(rest.translate(None, _NOT_BRACKETS), dtype=np.uint8)
-            opens = (brackets == _OPEN_ARRAY) | (brackets == _OPEN_OBJECT)
-            self._track_depth(opens, ~opens)
+            self._between_strings(rest)
+
+    def _between_strings(self, text: bytes) -> None:
+        self.commas += text.count(b",")
+        self.arrays += text.count(b"[")
+        brackets = np.frombuffer(text.translate(None, _NOT_BRACKETS), dtype=np.uint8)
+        opens = (brackets == _OPEN_ARRAY) | (brackets == _OPEN_OBJECT)
+        self._track_depth(opens, ~opens)
 
     def _scan(self, text: np.ndarray) -> None:
         quotes = text == _QUOTE
