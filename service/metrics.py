@@ -19,15 +19,17 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 from anyio import to_thread
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
-from service.monitoring import DEFAULT_WINDOW, Monitoring, Window
+from service.monitoring import DEFAULT_WINDOW, STATUS_CODE, Monitoring, Window
 
 # Renders of one worker begin at least MIN_RENDER_GAP_S apart, and far enough apart that rendering takes at most
 # RENDER_SHARE of its CPU, but at most MAX_RENDER_GAP_S apart (Prometheus waits 10 s for an answer by default).
@@ -50,7 +52,7 @@ class Metrics:
         multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         # Score monitoring keeps its own per-worker files (prometheus_client cannot add up a window).
         self.monitoring = Monitoring(monitor_window, os.environ.get(MULTIPROCESS_DIR))
-        self.registry.register(self.monitoring.collector())
+        self.registry.register(MonitoringCollector(self.monitoring))
         # In multiprocess mode values live in files; the collector reads them at scrape time instead.
         into = None if multiprocess else self.registry
         if multiprocess:
@@ -126,6 +128,54 @@ class GraphStats:
         self.compute.observe(compute)
         for wait in waits:
             self.queued.observe(wait)
+
+
+class MonitoringCollector(Collector):
+    """Rows scored and flagged, their percentile histogram, and the monitoring window's statistics of every
+    live model version, from service.monitoring's files (all workers) at scrape time."""
+
+    def __init__(self, monitoring: Monitoring) -> None:
+        self.monitoring = monitoring
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "version"]
+        rows = CounterMetricFamily("ae_scored_rows", "Rows scored (every protocol).", labels=labels)
+        flagged = CounterMetricFamily("ae_flagged_rows", "Rows scored above the threshold.", labels=labels)
+        histogram = HistogramMetricFamily(
+            "ae_score_percentile",
+            "Rows by their score's percentile among the package's normal validation scores: bucket le=P counts "
+            "rows scored at most the reference curve's P-th percentile (P% of normal rows).",
+            labels=labels,
+        )
+        gauges = {name: GaugeMetricFamily(f"ae_monitor_{name}", text, labels=labels) for name, text in _GAUGES.items()}
+        for reference, totals, report in self.monitoring.snapshots():
+            values = [reference.name, str(reference.version)]
+            rows.add_metric(values, totals.rows)
+            flagged.add_metric(values, totals.flagged)
+            histogram.add_metric(values, totals.buckets, totals.percentile_sum)
+            window = report["window"]["rows_seen"]
+            gauges["status"].add_metric(values, STATUS_CODE[report["status"]])
+            gauges["window_rows"].add_metric(values, window)
+            gauges["expected_anomaly_rate"].add_metric(values, reference.expected_rate)
+            if window:  # statistics of no rows are not numbers
+                gauges["anomaly_rate"].add_metric(values, report["anomaly_rate"]["observed"])
+                gauges["anomaly_rate_p_value"].add_metric(values, report["anomaly_rate"]["p_value"])
+                gauges["psi"].add_metric(values, report["psi"])
+                gauges["ks"].add_metric(values, report["ks"]["statistic"])
+                gauges["ks_p_value"].add_metric(values, report["ks"]["p_value"])
+        yield from (rows, flagged, histogram, *gauges.values())
+
+
+_GAUGES = {
+    "status": "Score monitoring status over the window: -1 no data, 0 ok, 1 warning, 2 drift.",
+    "window_rows": "Rows in the monitoring window (all workers).",
+    "anomaly_rate": "Share of the window's rows scored above the threshold.",
+    "expected_anomaly_rate": "The share of normal rows above the threshold: 1 - the calibration quantile.",
+    "anomaly_rate_p_value": "Two-sided binomial p-value of the window's anomaly rate against the expected rate.",
+    "psi": "Population stability index of the window's score percentiles against the reference bins.",
+    "ks": "Kolmogorov-Smirnov distance between the window's scores and the reference curve.",
+    "ks_p_value": "Asymptotic p-value of the Kolmogorov-Smirnov distance.",
+}
 
 
 class Scrapes:

@@ -13,6 +13,10 @@ that request's rows.
 The window (AE_MONITOR_WINDOW) is a ring of SLOTS slots per worker: the last N rows (a slot holds N / SLOTS
 rows; the report merges every worker's newest slots until it has N rows) or the last T seconds (a slot covers
 T / SLOTS seconds).
+
+No prometheus_client here (service.metrics exports these numbers): service.settings imports this module, and
+prometheus_client chooses where its values live (memory or the workers' files) once, when first imported,
+which `python -m service` must only do after setting PROMETHEUS_MULTIPROC_DIR.
 """
 
 from __future__ import annotations
@@ -33,8 +37,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 
 from service.manifest import Manifest
 
@@ -456,62 +458,27 @@ class Monitoring:
     def report(self, recorder: Recorder) -> dict[str, Any]:
         return report(recorder.reference, self.window, self.folder)
 
-    def live(self) -> list[Recorder]:
-        return sorted(self._recorders.values(), key=lambda recorder: recorder.reference.key)
-
-    def collector(self) -> Collector:
-        return _Collector(self)
-
-
-class _Collector(Collector):
-    """Counters, the percentile histogram and the window's gauges of every live model version, merged over
-    the workers' files at scrape time."""
-
-    def __init__(self, monitoring: Monitoring) -> None:
-        self.monitoring = monitoring
-
-    def collect(self) -> Iterator[Any]:
-        labels = ["model", "version"]
-        rows = CounterMetricFamily("ae_scored_rows", "Rows scored (every protocol).", labels=labels)
-        flagged = CounterMetricFamily("ae_flagged_rows", "Rows scored above the threshold.", labels=labels)
-        histogram = HistogramMetricFamily(
-            "ae_score_percentile",
-            "Scores by their percentile among the package's normal validation scores: bucket le=P counts rows "
-            "scored at most the reference curve's P-th percentile (P% of normal rows).",
-            labels=labels,
-        )
-        gauges = {name: GaugeMetricFamily(f"ae_monitor_{name}", text, labels=labels) for name, text in _GAUGES.items()}
+    def snapshots(self) -> Iterator[tuple[Reference, Totals, dict[str, Any]]]:
+        """Every live model version's totals since start and its report, all workers merged (for /metrics)."""
         now = time.time()
-        for recorder in self.monitoring.live():
-            reference = recorder.reference
-            values = [reference.name, str(reference.version)]
-            merged = merge(reference, self.monitoring.window, self.monitoring.folder, now)
-            answer, totals = summarise(reference, self.monitoring.window, merged), merged.total
-            rows.add_metric(values, totals[_ROWS])
-            flagged.add_metric(values, totals[_FLAGGED])
-            cumulative = np.cumsum(totals[_BINS:_FEATURES])
-            buckets = [(f"{bucket:g}", float(cumulative[i])) for bucket, i in zip(BUCKETS, _BUCKET_INDEX, strict=True)]
-            histogram.add_metric(values, [*buckets, ("+Inf", float(cumulative[-1]))], float(totals[_PCT_SUM]))
-            window = answer["window"]
-            gauges["status"].add_metric(values, STATUS_CODE[answer["status"]])
-            gauges["window_rows"].add_metric(values, window["rows_seen"])
-            gauges["expected_anomaly_rate"].add_metric(values, reference.expected_rate)
-            if window["rows_seen"]:
-                gauges["anomaly_rate"].add_metric(values, answer["anomaly_rate"]["observed"])
-                gauges["anomaly_rate_p_value"].add_metric(values, answer["anomaly_rate"]["p_value"])
-                gauges["psi"].add_metric(values, answer["psi"])
-                gauges["ks"].add_metric(values, answer["ks"]["statistic"])
-                gauges["ks_p_value"].add_metric(values, answer["ks"]["p_value"])
-        yield from (rows, flagged, histogram, *gauges.values())
+        for recorder in sorted(self._recorders.values(), key=lambda recorder: recorder.reference.key):
+            merged = merge(recorder.reference, self.window, self.folder, now)
+            yield recorder.reference, Totals.of(merged.total), summarise(recorder.reference, self.window, merged)
 
 
-_GAUGES = {
-    "status": "Score monitoring status over the window: -1 no data, 0 ok, 1 warning, 2 drift.",
-    "window_rows": "Rows in the monitoring window (all workers).",
-    "anomaly_rate": "Share of the window's rows scored above the threshold.",
-    "expected_anomaly_rate": "The share of normal rows above the threshold: 1 - the calibration quantile.",
-    "anomaly_rate_p_value": "Two-sided binomial p-value of the window's anomaly rate against the expected rate.",
-    "psi": "Population stability index of the window's score percentiles against the reference bins.",
-    "ks": "Kolmogorov-Smirnov distance between the window's scores and the reference curve.",
-    "ks_p_value": "Asymptotic p-value of the Kolmogorov-Smirnov distance.",
-}
+@dataclass(frozen=True)
+class Totals:
+    """Rows scored since the service started, all workers: what Prometheus' counters and histogram show."""
+
+    rows: int
+    flagged: int
+    percentile_sum: float
+    buckets: list[tuple[str, float]]  # (le, rows at or below it), cumulative, ending with +Inf
+
+    @classmethod
+    def of(cls, total: np.ndarray) -> Totals:
+        cumulative = np.cumsum(total[_BINS:_FEATURES])
+        buckets = [(f"{bucket:g}", float(cumulative[i])) for bucket, i in zip(BUCKETS, _BUCKET_INDEX, strict=True)]
+        return cls(
+            int(total[_ROWS]), int(total[_FLAGGED]), float(total[_PCT_SUM]), [*buckets, ("+Inf", float(cumulative[-1]))]
+        )

@@ -1,5 +1,6 @@
 """The files of deploy/monitoring and the metric names their PromQL uses, for the tests that check them
-statically (tests/deploy/test_monitoring.py) and against a live service (tests/service/test_monitoring_prometheus.py)."""
+statically (tests/deploy/test_monitoring.py) and against a live service
+(tests/service/test_monitoring_prometheus.py)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ real 2-worker server report for rows of the training distribution and for shifte
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from service.monitoring import Window
 from service.settings import Settings
 from tests.service import monitored
 from tests.service.registries import refreshed
-from tests.service.servers import running_server
+from tests.service.servers import ROOT, running_server
 
 WINDOW = 400
 pytestmark = pytest.mark.anyio
@@ -105,6 +107,13 @@ def test_window_parses(text: str, window: Window) -> None:
 def test_a_bad_window_stops_the_start(text: str, monitored_models: Path) -> None:
     with pytest.raises(ValidationError, match="window"):
         Settings(models_dir=monitored_models, monitor_window=text)
+
+
+def test_settings_leave_prometheus_client_unimported() -> None:
+    # prometheus_client picks in-memory or multiprocess values when first imported: python -m service reads
+    # its settings before it sets PROMETHEUS_MULTIPROC_DIR, so they must not import it (through the window).
+    code = "import sys, service.settings; sys.exit('prometheus_client' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
 
 
 # --- a real app ------------------------------------------------------------------------------------------
