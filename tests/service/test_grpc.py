@@ -378,3 +378,45 @@ def test_the_repository_rpcs_need_an_admin_key(keyed: Server) -> None:
     with pytest.raises(grpc.RpcError) as unknown:
         keyed.stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="nope"), metadata=admin)
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.fixture(scope="module")
+def busy(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One worker whose graphs wait 4 s for company before a run and let rows wait 1 µs (a request waiting in
+    a graph's queue leaves no room for another), taking messages of at most 64 KiB."""
+    root = tmp_path_factory.mktemp("grpc-busy")
+    port = free_port()
+    flags = ["--grpc-port", str(port), "--workers", "1", "--batch-wait-ms", "4000", "--max-queue-wait-ms", "0.001"]
+    with running_server(models_dir, root / "server.log", *flags, "--max-body-bytes", "65536") as http:
+        serving = Server(http, port, models_dir)
+        wait_until(lambda: _ready(serving), timeout=30, message="gRPC serving")
+        yield serving
+        serving.channel.close()
+
+
+def test_an_overloaded_model_is_unavailable_with_when_to_retry(busy: Server) -> None:
+    request = pb.ModelInferRequest(model_name="tab", inputs=[typed_x()])
+    waiting = threading.Thread(target=lambda: busy.stub.ModelInfer(request, timeout=30))
+    waiting.start()
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            for _ in range(200):  # the first ones may arrive before the waiting one has queued
+                busy.stub.ModelInfer(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        trailing = dict(refused.value.trailing_metadata() or ())
+        assert trailing["retry-after"] == "1" and trailing["grpc-retry-pushback-ms"] == "1000"
+    finally:
+        waiting.join(timeout=30)
+
+
+def test_a_message_over_the_body_limit_is_resource_exhausted(busy: Server) -> None:
+    rows = np.zeros((1000, 5), np.float32)  # 20 kB of values: fits
+    big = np.zeros((4000, 5), np.float32)  # 80 kB: over 64 KiB
+    with pytest.raises(grpc.RpcError) as refused:
+        busy.stub.ModelInfer(
+            pb.ModelInferRequest(model_name="tab", inputs=[raw_x([4000, 5])], raw_input_contents=[big.tobytes()]),
+            timeout=30,
+        )
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    fits = pb.ModelInferRequest(model_name="tab", inputs=[raw_x([1000, 5])], raw_input_contents=[rows.tobytes()])
+    assert len(busy.stub.ModelInfer(fits, timeout=30).outputs) == 6
