@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from fastapi import FastAPI
 
-from service import v2_infer
+from service import tracing, v2_infer
 from service.errors import ServiceError
 from service.grpc import open_inference_pb2 as pb
 from service.grpc import open_inference_pb2_grpc as pb_grpc
@@ -46,6 +46,7 @@ UNAUTHORIZED = ServiceError(
     401, "unauthorized", "send an API key as metadata `authorization: Bearer KEY` or `x-api-key`"
 )
 Reply = TypeVar("Reply")
+INFER_METHOD = "inference.GRPCInferenceService/ModelInfer"
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -104,20 +105,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         started, status = time.perf_counter(), 500
-        try:
-            self._check_key(context, self.api_keys)
-            reply = await self._infer(request, context)
-            status = 200
-            return reply
-        except ServiceError as error:
-            status = error.status
-            await abort(context, error)
-        except asyncio.CancelledError:  # the client went away, or its deadline passed
-            status = 499
-            raise
-        finally:
-            label = self.registry.metric_label(request.model_name or None)
-            self.metrics.request_done(label, "infer", "grpc", status, time.perf_counter() - started)
+        metadata = context.invocation_metadata() or ()
+        carrier = {key: value for key, value in metadata if key in tracing.CARRIED and isinstance(value, str)}
+        with tracing.request(carrier, "grpc", INFER_METHOD) as record:
+            record.method, record.operation, record.model = INFER_METHOD, "infer", request.model_name or None
+            echoed = (("x-request-id", record.request_id),)
+            try:
+                self._check_key(context, self.api_keys)
+                reply = await self._infer(request, context)
+                status, record.status = 200, grpc.StatusCode.OK.name
+                context.set_trailing_metadata(echoed)
+                return reply
+            except ServiceError as error:
+                status = error.status
+                record.status = STATUS_CODES.get(status, grpc.StatusCode.INTERNAL).name
+                await abort(context, error, echoed)
+            except asyncio.CancelledError:  # the client went away, or its deadline passed
+                status, record.status = 499, grpc.StatusCode.CANCELLED.name
+                raise
+            finally:
+                label = self.registry.metric_label(request.model_name or None)
+                self.metrics.request_done(label, "infer", "grpc", status, time.perf_counter() - started)
 
     async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         settings = self.settings
@@ -127,10 +135,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             seconds = min(seconds, max(remaining, 0.0))
         async with deadline(seconds):
             with self.registry.lease(request.model_name or None, request.model_version or None) as runtime:
-                parsed = parse_request(request)
+                with tracing.span("parse", media_type="application/grpc"):
+                    parsed = parse_request(request)
                 outputs, parameters = await v2_infer.run(runtime, parsed, settings.max_batch_rows)
                 manifest = runtime.manifest
-                return render_response(parsed, manifest.name, manifest.version, outputs, parameters)
+                with tracing.span("encode", media_type="application/grpc"):
+                    return render_response(parsed, manifest.name, manifest.version, outputs, parameters)
 
     # --- the model repository extension ------------------------------------------------------------------
 
@@ -193,12 +203,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise UNAUTHORIZED
 
 
-async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoReturn:
-    """Ends the call with the error's status and message (grpc's abort raises)."""
+async def abort(
+    context: grpc.aio.ServicerContext, error: ServiceError, trailing: tuple[tuple[str, str], ...] = ()
+) -> NoReturn:
+    """Ends the call with the error's status and message (grpc's abort raises), and `trailing` metadata."""
     code = STATUS_CODES.get(error.status, grpc.StatusCode.INTERNAL)
     retry_after = (error.headers or {}).get("Retry-After")
     if retry_after is not None:
         pushback = str(int(float(retry_after) * 1000))
-        context.set_trailing_metadata((("retry-after", retry_after), ("grpc-retry-pushback-ms", pushback)))
+        trailing = (*trailing, ("retry-after", retry_after), ("grpc-retry-pushback-ms", pushback))
+    if trailing:
+        context.set_trailing_metadata(trailing)
     await context.abort(code, error.message)
     raise AssertionError("grpc's abort raises")

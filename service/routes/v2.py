@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from service import admission, bodies, payloads, schemas, v2_codec
+from service import admission, bodies, payloads, schemas, tracing, v2_codec
 from service.errors import ServiceError
 from service.manifest import GRAPH_ROLES
 from service.registry import Registry
@@ -97,14 +97,17 @@ async def infer(request: Request) -> Response:
             small = declared is not None and declared <= payloads.SCAN_FROM_BYTES
             check = None if small else v2_codec.scan(header_length, manifest.row_shape, manifest.latent.dim, max_rows)
             raw = await bodies.read(request.stream(), check)
-            parsed = parse_request(raw, header_length, fast_only=True)
-            if parsed is None:  # the slower way, in a thread when large (service.payloads.OFF_LOOP_BYTES)
-                parse = partial(parse_request, raw, header_length)
-                parsed = await payloads.off_the_loop(parse) if len(raw) > payloads.OFF_LOOP_BYTES else parse()
+            media = request.headers.get("content-type", "application/json")
+            with tracing.span("parse", media_type=media):
+                parsed = parse_request(raw, header_length, fast_only=True)
+                if parsed is None:  # the slower way, in a thread when large (service.payloads.OFF_LOOP_BYTES)
+                    parse = partial(parse_request, raw, header_length)
+                    parsed = await payloads.off_the_loop(parse) if len(raw) > payloads.OFF_LOOP_BYTES else parse()
             assert parsed is not None
             outputs, parameters = await run(runtime, parsed, state.settings.max_batch_rows)
             manifest = runtime.manifest
-            body, headers = render_response(parsed, manifest.name, manifest.version, outputs, parameters)
+            with tracing.span("encode", media_type=media):
+                body, headers = render_response(parsed, manifest.name, manifest.version, outputs, parameters)
     return Response(body, headers=headers)
 
 
