@@ -72,7 +72,7 @@ def bodies() -> dict[str, tuple[str, bytes, str]]:
 @contextmanager
 def server(root: Path, models_dir: Path, port: int) -> Iterator[tuple[int, str]]:
     log = open(f"/tmp/hostile-{port}.log", "wb")  # noqa: SIM115  # closed below, after the process
-    env = os.environ | {"AE_PROVIDERS": "CPUExecutionProvider", "AE_WORKERS": "1"}
+    env = os.environ | {"AE_PROVIDERS": "CPUExecutionProvider", "AE_WORKERS": "1", "AE_GRPC_PORT": "0"}
     command = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models_dir.resolve())]
     process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -124,6 +124,7 @@ def main() -> None:
                 results.append(result)
                 print(_line(scenario, result), flush=True)
         overload = _overload(args.port, bodies, args.seconds) + _contention(args.port, bodies, args.seconds)
+        tracing = _tracing_cost(args, bodies)
         startup["rss_peak_mb"] = _rss_mb(server.pid, "VmHWM")  # each process's peak, summed: an upper bound
     finally:
         server.terminate()
@@ -139,6 +140,7 @@ def main() -> None:
         "scenarios": [asdict(s) | {"name": s.name} for s in SCENARIOS],
         "results": [asdict(r) for r in results],
         "overload": overload,
+        "tracing": tracing,
         "targets": _targets(results, inprocess, startup)
         | {f"overload: {o['name']}: {o['target']}": {"met": o["met"]} for o in overload},
     }
@@ -215,15 +217,20 @@ def _inprocess_rows_per_s(scorer: Path, x: np.ndarray, seconds: float) -> float:
     return runs * len(x) / elapsed
 
 
-def _start_service(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], dict[str, float | None]]:
-    command = [sys.executable, "-m", "service", "--port", str(args.port), "--models-dir", str(args.models_dir)]
+def _start_service(
+    args: argparse.Namespace, port: int | None = None, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, float | None]]:
+    """The service as `args` say, on `port` (else args.port), with `env` added to the environment."""
+    port = args.port if port is None else port
+    command = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(args.models_dir)]
     command += ["--default-model", args.model, "--log-level", "warning", *args.service_args.split()]
     started = time.perf_counter()
-    server = subprocess.Popen(command, cwd=ROOT)
+    # HTTP only: gRPC's default port may be taken by a service already running (bench/grpc_bench.py loads it).
+    server = subprocess.Popen(command, cwd=ROOT, env=os.environ | {"AE_GRPC_PORT": "0"} | (env or {}))
     deadline = started + 60
     while time.perf_counter() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{args.port}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                 break
         except httpx.TransportError:
             pass
@@ -404,6 +411,65 @@ def _contention(port: int, bodies: dict[int, tuple[Path, dict[str, str]]], secon
         )
         results.append(result)
     return results
+
+
+# Tracing (issue 24): scenario 1 on the service as started (tracing off) and on a second copy on the next port
+# with tracing on at 100% sampling, exporting OTLP/HTTP to a receiver in this process that takes the spans
+# and drops them; the two are loaded in turn, twice, since the machine's load drifts.
+TRACING_ROUNDS = 2
+
+
+def _tracing_cost(args: argparse.Namespace, bodies: dict[int, tuple[Path, dict[str, str]]]) -> dict[str, Any]:
+    env = _wrk_env(JSON, bodies[1])
+    rps: dict[str, list[float]] = {"off": [], "on": []}
+    with _otlp_sink() as (endpoint, received):
+        # The copy serves HTTP only: the service's gRPC port is taken.
+        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "always_on", "AE_GRPC_PORT": "0"}
+        traced, _ = _start_service(args, args.port + 1, otel)
+        try:
+            for _ in range(TRACING_ROUNDS):
+                for name, port in (("off", args.port), ("on", args.port + 1)):
+                    values = _wrk_values(f"http://127.0.0.1:{port}/score", env, SCENARIOS[0].connections, args.seconds)
+                    rps[name].append(float(values["rps"]))
+        finally:
+            traced.terminate()
+            traced.wait(timeout=10)
+    off, on = (sum(rps[name]) / len(rps[name]) for name in ("off", "on"))
+    result = {"rps_off": rps["off"], "rps_on": rps["on"], "cost": round(1 - on / off, 3), "exports": dict(received)}
+    print(
+        f"  tracing: 1-row JSON, {SCENARIOS[0].connections} conn: {off:7,.0f} req/s off, {on:7,.0f} on at 100% "
+        f"sampling ({result['cost']:.1%} less); {received['requests']} OTLP exports, {received['bytes']:,} bytes",
+        flush=True,
+    )
+    return result
+
+
+@contextmanager
+def _otlp_sink() -> Iterator[tuple[str, collections.Counter[str]]]:
+    """An OTLP/HTTP endpoint that answers every export with success and keeps only counts."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: collections.Counter[str] = collections.Counter()
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received["bytes"] += len(self.rfile.read(int(self.headers.get("content-length", "0"))))
+            received["requests"] += 1
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @contextmanager
