@@ -8,7 +8,7 @@ MODELS_DIR ?= models
 PORT ?=
 PORT_FLAG := $(if $(PORT),--port $(PORT))
 
-.PHONY: serve test test-fast lint lock grpc-stubs models evaluate bench soak install-wrk screenshots install-service install-train install-dev install-bench system-deps clean
+.PHONY: serve test test-fast lint lock grpc-stubs models evaluate bench bench-grpc soak install-wrk install-h2load screenshots install-service install-train install-dev install-bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -120,6 +120,15 @@ bench: install-bench install-wrk
 # wrk, the load generator of bench and soak, from Debian when it is missing.
 install-wrk:
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk; }
+
+# gRPC ModelInfer against MLServer's gRPC and our HTTP V2 binary, and V2 JSON against REST JSON, in one run
+# (docs/benchmark.md); MLServer when installed in /tmp/mls (../shared/peers/README.md), skipped otherwise.
+bench-grpc: install-bench install-wrk install-h2load
+	$(BIN)/python bench/grpc_bench.py --seconds $(BENCH_SECONDS)
+
+# h2load (Debian's nghttp2-client), the gRPC load generator of bench-grpc: it replays a framed ModelInfer.
+install-h2load:
+	@command -v h2load >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends nghttp2-client; }
 
 # Ten minutes of mixed traffic against the service, reporting how its resident memory grows
 # (reports/soak/: JSON and a chart); SOAK_SECONDS=60 for a short look.
