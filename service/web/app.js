@@ -3,7 +3,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], model: null, latentRanges: null, lastLatent: null, distribution: null, firstSlider: 0 };
+const state = {
+  models: [], model: null, latentRanges: null, lastLatent: null, distribution: null, firstSlider: 0, monitoring: null,
+};
 const MAX_SLIDERS = 8;
 
 // --- the API -------------------------------------------------------------------------------------------
@@ -119,6 +121,8 @@ function selectModel() {
   state.latentRanges = null;
   $("image-panel").hidden = true;
   $("table-panel").hidden = true;
+  $("monitoring-panel").hidden = true;
+  state.monitoring = null;
   if (!model) return;
   renderFacts(model);
   if (model.status !== "ready") {
@@ -127,6 +131,7 @@ function selectModel() {
   }
   if (model.input.kind === "image") openImagePanel(model);
   else openTablePanel(model);
+  guarded(loadMonitoring);
 }
 
 // --- numbers and pictures ------------------------------------------------------------------------------
@@ -668,6 +673,142 @@ function openTablePanel(model) {
   clearTableResults();
 }
 
+// --- monitoring ------------------------------------------------------------------------------------------
+
+const STATUS_TEXT = { no_data: "no data yet", ok: "ok", warning: "warning", drift: "drift", off: "off" };
+
+async function loadMonitoring() {
+  const model = state.model;
+  if (!model || model.status !== "ready") return;
+  const path = route(model, "monitoring");
+  const answer = await call(path);
+  if (state.model !== model) return;  // another model was chosen meanwhile
+  state.monitoring = answer;
+  $("monitoring-panel").hidden = false;
+  $("monitor-route").textContent = `GET ${path}`;
+  const status = $("monitor-status");
+  status.textContent = STATUS_TEXT[answer.status] || answer.status;
+  status.className = `badge ${answer.status}`;
+  $("monitor-reasons").textContent = answer.status === "off" ? answer.reason : (answer.reasons || []).join("; ");
+  if (answer.status === "off") {
+    $("monitor-facts").replaceChildren();
+    $("monitor-features").textContent = "";
+    return;
+  }
+  const rate = answer.anomaly_rate;
+  const facts = {
+    "rows in the window": `${answer.window.rows_seen} of ${answer.window.rows ? answer.window.rows : `${answer.window.seconds} s`}`,
+    "anomaly rate": `${percent(rate.observed)} (expected ${percent(rate.expected)}, p = ${rate.p_value.toPrecision(2)})`,
+    PSI: `${answer.psi.toFixed(3)} (warning ${answer.thresholds.psi_warning}, drift ${answer.thresholds.psi_drift})`,
+    KS: `${answer.ks.statistic.toFixed(3)} (p = ${answer.ks.p_value.toPrecision(2)})`,
+    "rows scored": `${answer.totals.rows} (${answer.totals.flagged} flagged)`,
+  };
+  $("monitor-facts").replaceChildren(...Object.entries(facts).map(([name, value]) => {
+    const item = document.createElement("div");
+    const term = document.createElement("dt");
+    const detail = document.createElement("dd");
+    item.dataset.fact = name;
+    term.textContent = name;
+    detail.textContent = value;
+    item.append(term, detail);
+    return item;
+  }));
+  $("monitor-features").textContent = featureStory(answer.features);
+  drawMonitoring();
+}
+
+function percent(value) { return `${(100 * value).toFixed(2)}%`; }
+
+function featureStory(features) {
+  if (!features) return "";
+  const top = features.shares.slice(0, 3).map((f) => `${f.name} ${percent(f.share)}` +
+    (f.reference_share === undefined ? "" : ` (normal ${percent(f.reference_share)})`));
+  if (features.drifted === null) return `Largest shares of the squared error: ${top.join(", ")}; the package stores no reference shares.`;
+  if (features.drifted.length) return `Features carrying the error: ${features.drifted.join(", ")}. Largest shares: ${top.join(", ")}.`;
+  return `No feature carries more of the error than on normal rows. Largest shares: ${top.join(", ")}.`;
+}
+
+// A chart canvas at the size it is shown, so lines and text stay crisp; returns its context and size.
+function chart(canvas) {
+  const ratio = window.devicePixelRatio || 1;
+  canvas.width = Math.round(canvas.clientWidth * ratio);
+  canvas.height = Math.round(canvas.clientHeight * ratio);
+  const context = canvas.getContext("2d");
+  context.scale(ratio, ratio);
+  context.clearRect(0, 0, canvas.clientWidth, canvas.clientHeight);
+  context.font = "11px system-ui, sans-serif";
+  return [context, canvas.clientWidth, canvas.clientHeight];
+}
+
+function drawMonitoring() {
+  const answer = state.monitoring;
+  if (!answer || answer.status === "off") return;
+  drawPercentileHistogram(answer.histogram);
+  drawRateSeries(answer.series, answer.anomaly_rate.expected);
+}
+
+// One pair of bars per band of the reference's percentiles (up to p10, p10 to p25, ... above p99.9): the share
+// of the normal validation scores in the band (grey, the reference) and the share of the window's rows (blue).
+function drawPercentileHistogram(histogram) {
+  const [context, width, height] = chart($("monitor-histogram"));
+  const pad = { left: 34, right: 8, top: 8, bottom: 18 };
+  const top = Math.max(...histogram.map((b) => Math.max(b.live, b.reference)));
+  const band = (width - pad.left - pad.right) / histogram.length;
+  const y = (share) => height - pad.bottom - (share / top) * (height - pad.top - pad.bottom);
+  histogram.forEach((bucket, i) => {
+    const left = pad.left + i * band;
+    context.fillStyle = "#b9c0cc";
+    context.fillRect(left + 2, y(bucket.reference), band / 2 - 2, y(0) - y(bucket.reference));
+    context.fillStyle = "#1f5fbf";
+    context.fillRect(left + band / 2, y(bucket.live), band / 2 - 2, y(0) - y(bucket.live));
+  });
+  context.textAlign = "center";
+  const labels = histogram.map((bucket, i) =>
+    [pad.left + (i + 0.5) * band, bucket.le_percentile === null ? `>p${histogram[i - 1].le_percentile}` : `p${bucket.le_percentile}`]);
+  axes(context, width, height, pad, labels, [[y(0), "0%"], [y(top), percent(top).replace(".00", "")]]);
+}
+
+function drawRateSeries(series, expected) {
+  const [context, width, height] = chart($("monitor-rate"));
+  const pad = { left: 34, right: 8, top: 8, bottom: 18 };
+  const rates = series.map((s) => s.anomaly_rate);
+  const top = Math.max(2 * expected, ...rates) * 1.1;
+  const times = series.map((s) => s.time);
+  const [start, end] = [Math.min(...times), Math.max(...times)];
+  const x = (t) => pad.left + (end > start ? (t - start) / (end - start) : 0.5) * (width - pad.left - pad.right);
+  const y = (rate) => height - pad.bottom - (rate / top) * (height - pad.top - pad.bottom);
+  context.strokeStyle = "#5a6272";
+  context.setLineDash([4, 4]);
+  context.beginPath();
+  context.moveTo(x(start) - 4, y(expected));
+  context.lineTo(width - pad.right, y(expected));
+  context.stroke();
+  context.setLineDash([]);
+  context.strokeStyle = context.fillStyle = "#1f5fbf";
+  context.beginPath();
+  series.forEach((s, i) => (i ? context.lineTo(x(s.time), y(s.anomaly_rate)) : context.moveTo(x(s.time), y(s.anomaly_rate))));
+  context.stroke();
+  for (const s of series) context.fillRect(x(s.time) - 2, y(s.anomaly_rate) - 2, 4, 4);
+  const first = series.length ? `${Math.round(end - start)} s before` : "no rows yet";
+  context.textAlign = "left";
+  axes(context, width, height, pad, [[pad.left, first], [width - pad.right - 50, "last rows"]],
+    [[y(0), "0%"], [y(top), percent(top).replace(".00", "")]]);
+}
+
+function axes(context, width, height, pad, xTicks, yTicks) {
+  context.fillStyle = "#5a6272";
+  context.strokeStyle = "#d5d9e0";
+  context.lineWidth = 1;
+  context.beginPath();
+  context.moveTo(pad.left, pad.top);
+  context.lineTo(pad.left, height - pad.bottom);
+  context.lineTo(width - pad.right, height - pad.bottom);
+  context.stroke();
+  for (const [at, text] of xTicks) context.fillText(text, at, height - 4);
+  context.textAlign = "left";
+  for (const [at, text] of yTicks) context.fillText(text, 2, at + 4);
+}
+
 // --- wiring --------------------------------------------------------------------------------------------
 
 function wire() {
@@ -714,10 +855,16 @@ function wire() {
     scoreTable(scoreRows);
   });
   $("api-key").addEventListener("change", loadModels);
-  window.addEventListener("resize", () => { if (state.distribution) drawDistribution(...state.distribution); });
+  window.addEventListener("resize", () => {
+    if (state.distribution) drawDistribution(...state.distribution);
+    drawMonitoring();
+  });
 }
 
 wire();
 loadModels();
 // Follow the registry: a newly published model appears, a removed one goes.
 setInterval(loadModels, 5000);
+// The monitoring panel follows the live window; a failed poll leaves the last answer (and says nothing over
+// the page's own results).
+setInterval(() => { if (!document.hidden) loadMonitoring().catch(() => {}); }, 5000);

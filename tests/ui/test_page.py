@@ -335,3 +335,34 @@ def test_docs_work_offline_and_the_score_example_answers(
     page.wait_for_selector("text=Autoencoder service")
     context.close()
     assert elsewhere == []
+
+
+def test_the_monitoring_panel_shows_the_window_the_api_reports(
+    page: Page, served: tuple[httpx.Client, Path], tmp_path: Path
+) -> None:
+    server, _ = served
+    choose(page, "mnist-dense")
+    page.wait_for_selector("#monitoring-panel", state="visible")
+    # Noise is nothing like the digits the model was calibrated on: the window turns to drift.
+    noise = np.random.default_rng(7).integers(0, 256, size=(200, 28, 28)).tolist()
+    assert server.post("/models/mnist-dense/score", json={"inputs": noise}).status_code == 200
+    page.wait_for_selector("#monitor-status.drift", timeout=15_000)  # the panel polls every 5 s
+    expected = server.get("/models/mnist-dense/monitoring").json()
+    assert expected["status"] == "drift"
+    rows = page.locator("#monitor-facts [data-fact='rows in the window'] dd").text_content() or ""
+    assert rows.startswith(f"{expected['window']['rows_seen']} of ")
+    assert "PSI" in (page.locator("#monitor-reasons").text_content() or "")
+    for chart in ("#monitor-histogram", "#monitor-rate"):  # both charts drew something
+        drawn = page.evaluate(
+            "(id) => { const c = document.querySelector(id); const d = c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data; return d.some((v, i) => i % 4 === 3 && v > 0); }",
+            chart,
+        )
+        assert drawn, chart
+    page.locator("#monitoring-panel").screenshot(path=str(_screenshots(tmp_path) / "monitoring.png"))
+
+
+def _screenshots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("UI_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
