@@ -47,6 +47,10 @@ CONTENTS_DTYPES = {
     "fp64_contents": np.float64,
 }
 OUTPUT_DATATYPES = {np.dtype("float32"): "FP32", np.dtype("bool"): "BOOL", np.dtype("O"): "BYTES"}
+PACKED_FLOATS = {"fp32_contents", "fp64_contents"}
+FP32_CONTENTS = pb.InferTensorContents.DESCRIPTOR.fields_by_name["fp32_contents"].number
+# Integers of typed contents are converted this many at a time.
+SLICE = 65536
 
 
 def parse_request(message: pb.ModelInferRequest) -> InferRequest:
@@ -100,10 +104,64 @@ def _typed_input(tensor: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:
     values = getattr(tensor.contents, field)
     if len(values) != size:
         raise bad(f"{where}: contents.{field} has {len(values)} values, shape {shape} needs {size}")
-    array = np.array(values, dtype=CONTENTS_DTYPES[field])
+    array = _numbers(tensor.contents, field, size)
     if dtype.kind in "iu" and array.size and array.dtype != dtype:
         array = check_integers(array, values, datatype, where)  # 300 in uint_contents is no UINT8
     return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _numbers(contents: pb.InferTensorContents, field: str, size: int) -> np.ndarray:
+    """A typed contents field's values. Floats are packed as little-endian bytes on the wire, so the
+    contents (holding only this field) are serialized and read by numpy at once; integers are varints,
+    converted a slice at a time so that no one call holds the GIL long."""
+    dtype = CONTENTS_DTYPES[field]
+    if size == 0:
+        return np.empty(0, dtype)
+    if field in PACKED_FLOATS:
+        return _unpacked(contents.SerializeToString(), dtype, size)
+    values = getattr(contents, field)
+    return np.concatenate([np.array(values[start : start + SLICE], dtype) for start in range(0, size, SLICE)])
+
+
+def _unpacked(wire: bytes, dtype: type, size: int) -> np.ndarray:
+    """The values of a message whose only field is a packed repeated float field: its one-byte tag, the
+    payload's length as a varint, then the payload."""
+    length, position = _varint(wire, 1)
+    if length != size * np.dtype(dtype).itemsize or position + length != len(wire):
+        raise bad("the typed contents could not be read")  # not what protoc writes for one packed field
+    return np.frombuffer(wire, dtype=np.dtype(dtype).newbyteorder("<"), count=size, offset=position)
+
+
+def _varint(wire: bytes, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = wire[position]
+        value |= (byte & 0x7F) << shift
+        position, shift = position + 1, shift + 7
+        if byte < 0x80:
+            return value, position
+
+
+def _packed_floats(field_number: int, array: np.ndarray, dtype: str) -> bytes:
+    """A packed repeated float field (wire type 2) holding `array`, to parse into contents at once."""
+    payload = np.ascontiguousarray(array, dtype=dtype).tobytes()
+    length, size = bytearray(), len(payload)
+    while True:
+        length.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
+        size >>= 7
+        if not size:
+            break
+    return bytes([field_number << 3 | 2]) + bytes(length) + payload
+
+
+def slow_to_parse(message: pb.ModelInferRequest) -> bool:
+    """Whether converting the request's values takes long enough to do off the event loop: many integers
+    sent as typed contents (varints, read by Python)."""
+    return any(
+        len(getattr(tensor.contents, field)) > SLICE
+        for tensor in message.inputs
+        for field in ("int_contents", "int64_contents", "uint_contents", "uint64_contents")
+    )
 
 
 def _parameters(parameters: Any, where: str) -> dict[str, Any]:
@@ -134,7 +192,7 @@ def render_response(
         elif array.dtype == bool:
             tensor.contents.bool_contents.extend(array.ravel().tolist())
         else:
-            tensor.contents.fp32_contents.extend(array.ravel().tolist())
+            tensor.contents.MergeFromString(_packed_floats(FP32_CONTENTS, array, "<f4"))
     return response
 
 

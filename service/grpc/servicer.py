@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 from fastapi import FastAPI
 
-from service import tracing, v2_infer
+from service import payloads, tracing, v2_infer
 from service.errors import ServiceError
 from service.grpc import open_inference_pb2 as pb
 from service.grpc import open_inference_pb2_grpc as pb_grpc
-from service.grpc.codec import parse_request, render_response
+from service.grpc.codec import parse_request, render_response, slow_to_parse
 from service.metrics import Metrics
 from service.middleware import bearer_key, key_matches
 from service.registry import Registry
@@ -136,7 +137,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async with deadline(seconds):
             with self.registry.lease(request.model_name or None, request.model_version or None) as runtime:
                 with tracing.span("parse", media_type="application/grpc"):
-                    parsed = parse_request(request)
+                    parse = partial(parse_request, request)
+                    parsed = await payloads.off_the_loop(parse) if slow_to_parse(request) else parse()
                 outputs, parameters = await v2_infer.run(runtime, parsed, settings.max_batch_rows)
                 manifest = runtime.manifest
                 with tracing.span("encode", media_type="application/grpc"):
