@@ -79,8 +79,10 @@ class Scorer:
         return pa.table(kept | answers)
 
     def _naming(self, table: pa.Table, row: int) -> str:
-        # An image's message starts with its path already.
-        names = [name for name in self.job.layout.passthrough if self.job.layout.kind != "images"]
+        # An image's message starts with its path already; a table read by Ray has its file's in `path`.
+        images = self.job.layout.kind == "images"
+        extra = [IMAGE_PATH] if IMAGE_PATH in table.column_names and not images else []
+        names = [] if images else list(dict.fromkeys([*extra, *self.job.layout.passthrough]))
         shown = {name: table.column(name)[row].as_py() for name in names if row < table.num_rows}
         return f" ({', '.join(f'{k}={v!r}' for k, v in shown.items())})" if shown else ""
 
