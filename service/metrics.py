@@ -160,6 +160,7 @@ class MonitoringCollector(Collector):
             if window:  # statistics of no rows are not numbers
                 gauges["anomaly_rate"].add_metric(values, report["anomaly_rate"]["observed"])
                 gauges["anomaly_rate_p_value"].add_metric(values, report["anomaly_rate"]["p_value"])
+                gauges["anomaly_rate_adjusted_p_value"].add_metric(values, report["anomaly_rate"]["adjusted_p_value"])
                 gauges["psi"].add_metric(values, report["psi"])
                 gauges["ks"].add_metric(values, report["ks"]["statistic"])
                 gauges["ks_p_value"].add_metric(values, report["ks"]["p_value"])
@@ -172,6 +173,8 @@ _GAUGES = {
     "anomaly_rate": "Share of the window's rows scored above the threshold.",
     "expected_anomaly_rate": "The share of normal rows above the threshold: 1 - the calibration quantile.",
     "anomaly_rate_p_value": "Two-sided binomial p-value of the window's anomaly rate against the expected rate.",
+    "anomaly_rate_adjusted_p_value": "The same test allowing for the threshold's estimation from the calibration "
+    "rows (beta-binomial): what the status and the shipped alert use.",
     "psi": "Population stability index of the window's score percentiles against the reference bins.",
     "ks": "Kolmogorov-Smirnov distance between the window's scores and the reference curve.",
     "ks_p_value": "Asymptotic p-value of the Kolmogorov-Smirnov distance.",

@@ -53,7 +53,7 @@ _REFERENCE_BINS = np.diff([0.0, *EDGES, 100.0]) / 100.0
 _REFERENCE_BUCKETS = np.diff([0.0, *BUCKETS, 100.0]) / 100.0
 
 PSI_WARNING, PSI_DRIFT = 0.1, 0.25
-RATE_P_VALUE = 0.001  # the anomaly rate is off when its binomial p-value is below this
+RATE_P_VALUE = 0.001  # the anomaly rate is off when its adjusted p-value is below this
 RATE_DRIFT_RATIO = 3.0  # ... and drifted when it is also this many times the expected rate
 MIN_ROWS = 100  # fewer rows in the window: status no_data
 FEATURE_EXCESS = 0.1  # a feature is named when its share of the error is this much above its reference share
@@ -109,6 +109,10 @@ class Reference:
     name: str
     version: int
     expected_rate: float  # the share of normal rows above the threshold: 1 - calibration.quantile
+    # The threshold is a quantile of `calibration.rows` scores, so the rate it really implies is uncertain:
+    # Beta(rate_alpha, rate_beta), the share of new rows above that order statistic (any score distribution).
+    rate_alpha: float
+    rate_beta: float
     bucket_scores: list[float]  # the score at each of BUCKETS on the curve
     features: list[str] | None  # tables: the features' names
     feature_shares: np.ndarray | None  # tables: each feature's mean share of a normal row's squared error
@@ -129,8 +133,19 @@ class Reference:
             shares = np.asarray(stored, dtype=np.float64) if stored is not None else None
         digest = hashlib.sha256(curve.tobytes() + str(score.threshold).encode()).hexdigest()[:12]
         key = f"{manifest.name}@{manifest.version}@{digest}"
-        expected = 1.0 - score.calibration.quantile
-        return cls(manifest.name, manifest.version, expected, bucket_scores, features, shares, key)
+        quantile, rows = score.calibration.quantile, score.calibration.rows
+        position = quantile * (rows - 1)  # numpy's quantile: this far along the sorted scores, from 0
+        return cls(
+            manifest.name,
+            manifest.version,
+            1.0 - quantile,
+            rows - position,
+            position + 1,
+            bucket_scores,
+            features,
+            shares,
+            key,
+        )
 
 
 class Recorder:
@@ -319,10 +334,24 @@ def binomial_p_value(k: int, n: int, p: float) -> float:
         return 1.0
     if p <= 0 or p >= 1:
         return 1.0 if k == round(p * n) else 0.0
-    counts = np.arange(n)
+    i = np.arange(n)
     # log pmf by its ratios: pmf(i + 1) / pmf(i) = (n - i) / (i + 1) * p / (1 - p)
-    steps = np.log((n - counts) / (counts + 1.0)) + math.log(p / (1 - p))
-    log_pmf = np.concatenate([[n * math.log1p(-p)], n * math.log1p(-p) + np.cumsum(steps)])
+    return _two_sided(k, np.log((n - i) / (i + 1.0)) + math.log(p / (1 - p)))
+
+
+def beta_binomial_p_value(k: int, n: int, alpha: float, beta: float) -> float:
+    """Two-sided test of a count k out of n whose rate is itself uncertain, Beta(alpha, beta): the
+    beta-binomial distribution, with the binomial test's convention."""
+    if n == 0:
+        return 1.0
+    i = np.arange(n)
+    # pmf(i + 1) / pmf(i) = (n - i) / (i + 1) * (i + alpha) / (n - i - 1 + beta)
+    return _two_sided(k, np.log((n - i) / (i + 1.0)) + np.log((i + alpha) / (n - i - 1 + beta)))
+
+
+def _two_sided(k: int, log_ratios: np.ndarray) -> float:
+    """The total probability of the counts no more likely than k, from the log ratios of consecutive pmfs."""
+    log_pmf = np.concatenate([[0.0], np.cumsum(log_ratios)])
     pmf = np.exp(log_pmf - log_pmf.max())
     at_most = pmf <= pmf[k] * (1 + 1e-7)
     return float(min(1.0, pmf[at_most].sum() / pmf.sum()))
@@ -344,7 +373,7 @@ def judge(rows: int, psi_value: float, rate: float, expected: float, rate_p: flo
         levels.append(("warning", f"PSI {psi_value:.3f} >= {PSI_WARNING}"))
     if rate_p < RATE_P_VALUE:
         far = rate >= RATE_DRIFT_RATIO * expected
-        what = f"anomaly rate {rate:.4f} against {expected:.4f} expected (p = {rate_p:.2g})"
+        what = f"anomaly rate {rate:.4f} against {expected:.4f} expected (adjusted p = {rate_p:.2g})"
         levels.append(("drift" if far else "warning", what))
     if not levels:
         return Verdict("ok", [])
@@ -365,9 +394,10 @@ def summarise(reference: Reference, window: Window, merged: Merged) -> dict[str,
     buckets = _coarse(bins)
     rate = flagged / rows if rows else 0.0
     rate_p = binomial_p_value(flagged, rows, reference.expected_rate)
+    adjusted_p = beta_binomial_p_value(flagged, rows, reference.rate_alpha, reference.rate_beta)
     psi_value = psi(buckets, _REFERENCE_BUCKETS) if rows else 0.0
     distance, ks_p = ks(bins)
-    verdict = judge(rows, psi_value, rate, reference.expected_rate, rate_p)
+    verdict = judge(rows, psi_value, rate, reference.expected_rate, adjusted_p)
     return {
         "model": reference.name,
         "version": reference.version,
@@ -379,7 +409,13 @@ def summarise(reference: Reference, window: Window, merged: Merged) -> dict[str,
             "since": float(merged.slots[0, _LAST]) if len(merged.slots) else None,
             "workers": merged.workers,
         },
-        "anomaly_rate": {"observed": rate, "expected": reference.expected_rate, "flagged": flagged, "p_value": rate_p},
+        "anomaly_rate": {
+            "observed": rate,
+            "expected": reference.expected_rate,
+            "flagged": flagged,
+            "p_value": rate_p,
+            "adjusted_p_value": adjusted_p,
+        },
         "psi": psi_value,
         "ks": {"statistic": distance, "p_value": ks_p},
         "histogram": _histogram(reference, buckets),
@@ -396,7 +432,7 @@ def summarise(reference: Reference, window: Window, merged: Merged) -> dict[str,
 THRESHOLDS = {
     "psi_warning": PSI_WARNING,
     "psi_drift": PSI_DRIFT,
-    "anomaly_rate_p_value": RATE_P_VALUE,
+    "anomaly_rate_adjusted_p_value": RATE_P_VALUE,
     "anomaly_rate_drift_ratio": RATE_DRIFT_RATIO,
     "min_rows": MIN_ROWS,
     "feature_excess": FEATURE_EXCESS,

@@ -70,6 +70,22 @@ def test_binomial_p_value_is_scipys(k: int, n: int, p: float) -> None:
     assert monitoring.binomial_p_value(k, n, p) == pytest.approx(stats.binomtest(k, n, p).pvalue, rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("k", "n", "alpha", "beta"), [(0, 10, 2.0, 50.0), (22, 1000, 9.99, 891.01), (5, 400, 1.5, 120.0)]
+)
+def test_beta_binomial_p_value_is_scipys(k: int, n: int, alpha: float, beta: float) -> None:
+    pmf = stats.betabinom.pmf(np.arange(n + 1), n, alpha, beta)
+    expected = pmf[pmf <= pmf[k] * (1 + 1e-7)].sum()
+    assert monitoring.beta_binomial_p_value(k, n, alpha, beta) == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_adjusted_test_allows_for_the_thresholds_own_error() -> None:
+    # 22 of 1,000 rows above a 99% threshold set on 900 rows: unlikely for a known rate of 1%, not for a
+    # rate known only from 900 rows.
+    assert monitoring.binomial_p_value(22, 1000, 0.01) < monitoring.RATE_P_VALUE
+    assert monitoring.beta_binomial_p_value(22, 1000, 900 - 0.99 * 899, 0.99 * 899 + 1) > 0.01
+
+
 @pytest.mark.parametrize("x", [0.3, 0.7, 1.0, 1.36, 2.5])
 def test_kolmogorov_tail_is_scipys(x: float) -> None:
     assert monitoring.kolmogorov_sf(x) == pytest.approx(stats.kstwobign.sf(x), abs=1e-9)
