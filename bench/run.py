@@ -24,9 +24,11 @@ import sys
 import tempfile
 import threading
 import time
+import timeit
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,7 @@ def main() -> None:
                 print(_line(scenario, result), flush=True)
         overload = _overload(args.port, bodies, args.seconds) + _contention(args.port, bodies, args.seconds)
         tracing = _tracing_cost(args, bodies)
+        monitoring = _monitoring_cost(args, bodies, server)
         startup["rss_peak_mb"] = _rss_mb(server.pid, "VmHWM")  # each process's peak, summed: an upper bound
     finally:
         server.terminate()
@@ -141,6 +144,7 @@ def main() -> None:
         "results": [asdict(r) for r in results],
         "overload": overload,
         "tracing": tracing,
+        "monitoring": monitoring,
         "targets": _targets(results, inprocess, startup)
         | {f"overload: {o['name']}: {o['target']}": {"met": o["met"]} for o in overload},
     }
@@ -442,6 +446,81 @@ def _tracing_cost(args: argparse.Namespace, bodies: dict[int, tuple[Path, dict[s
         flush=True,
     )
     return result
+
+
+# Score monitoring (issue 24, docs/monitoring.md): scenario 1 on the service as started (monitoring on, the
+# default) and on a copy two ports up with AE_MONITOR_WINDOW=0, loaded in turn, MONITORING_ROUNDS times each.
+# Beside req/s, the CPU time the service's processes spent per request; on a busy machine both move by 10-20%
+# between rounds, far more than monitoring costs, so the hook itself is timed in-process too (`hook_us`).
+MONITORING_ROUNDS = 3
+
+
+def _monitoring_cost(
+    args: argparse.Namespace, bodies: dict[int, tuple[Path, dict[str, str]]], monitored: subprocess.Popen[bytes]
+) -> dict[str, Any]:
+    env = _wrk_env(JSON, bodies[1])
+    rps: dict[str, list[float]] = {"on": [], "off": []}
+    cpu_us: dict[str, list[float]] = {"on": [], "off": []}
+    unmonitored, _ = _start_service(args, args.port + 2, {"AE_MONITOR_WINDOW": "0"})
+    ports = {"on": args.port, "off": args.port + 2}
+    servers = {"on": _process_tree(monitored.pid), "off": _process_tree(unmonitored.pid)}
+    try:
+        for _ in range(MONITORING_ROUNDS):
+            for name, port in ports.items():
+                before = _cpu_s(servers[name])
+                values = _wrk_values(f"http://127.0.0.1:{port}/score", env, SCENARIOS[0].connections, args.seconds)
+                # The requests of wrk's one-second warm-up count too: about one second's worth.
+                requests = float(values["n"]) + float(values["rps"])
+                rps[name].append(float(values["rps"]))
+                cpu_us[name].append(round((_cpu_s(servers[name]) - before) / requests * 1e6, 1))
+    finally:
+        unmonitored.terminate()
+        unmonitored.wait(timeout=10)
+    mean = {name: (sum(rps[name]) / len(rps[name]), sum(cpu_us[name]) / len(cpu_us[name])) for name in rps}
+    result = {
+        "rps_on": rps["on"],
+        "rps_off": rps["off"],
+        "cpu_us_per_request_on": cpu_us["on"],
+        "cpu_us_per_request_off": cpu_us["off"],
+        "cost_rps": round(1 - mean["on"][0] / mean["off"][0], 3),
+        "cost_cpu": round(mean["on"][1] / mean["off"][1] - 1, 3),
+        "hook_us": _monitoring_hook_us(args.models_dir / args.model / "1"),
+    }
+    print(
+        f"  monitoring: 1-row JSON, {SCENARIOS[0].connections} conn: {mean['on'][0]:7,.0f} req/s on, "
+        f"{mean['off'][0]:7,.0f} off ({result['cost_rps']:.1%} less); CPU per request {mean['on'][1]:.0f} us on, "
+        f"{mean['off'][1]:.0f} us off ({result['cost_cpu']:+.1%}); the hook alone: "
+        + ", ".join(f"{rows} rows {us} us" for rows, us in result["hook_us"].items()),
+        flush=True,
+    )
+    return result
+
+
+def _monitoring_hook_us(package: Path) -> dict[int, float]:
+    """What service.dataplane.score adds per request for monitoring: one recorder's `record` of 1 and 64
+    rows, timed in this process (the best of five runs)."""
+    from service.manifest import Manifest
+    from service.monitoring import DEFAULT_WINDOW, Monitoring
+
+    manifest = Manifest.model_validate_json((package / "manifest.json").read_bytes())
+    recorder = Monitoring(DEFAULT_WINDOW, None).recorder(manifest)
+    assert recorder is not None, f"{package} stores no score curve"
+    times = {}
+    for rows in (1, 64):
+        percentiles = np.random.default_rng(0).uniform(0, 100, rows).astype(np.float32)
+        sq_err = np.ones((rows, *manifest.row_shape), dtype=np.float32)
+        run = partial(recorder.record, percentiles, percentiles > 99, sq_err)
+        times[rows] = round(min(timeit.repeat(run, number=20_000, repeat=5)) / 20_000 * 1e6, 2)
+    return times
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User and system CPU seconds the processes have used (their threads included)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager

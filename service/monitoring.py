@@ -59,7 +59,7 @@ MIN_ROWS = 100  # fewer rows in the window: status no_data
 FEATURE_EXCESS = 0.1  # a feature is named when its share of the error is this much above its reference share
 PSI_FLOOR = 1e-4  # an empty bin counts as this share (PSI's logarithm needs one)
 SLOTS = 10
-FEW_FEATURES = 32  # one row of at most this many features is added up in plain Python, more with numpy
+FEW_FEATURES = 12  # one row of at most this many features is added up in plain Python (faster), more with numpy
 DEFAULT_WINDOW_TEXT = "1000"
 STATUS_CODE = {"no_data": -1, "ok": 0, "warning": 1, "drift": 2}
 
@@ -197,7 +197,11 @@ class Recorder:
                 for i, error in enumerate(errors):
                     flat[start + i] += error / whole
         elif features:
-            self._array.reshape(-1)[base + _FEATURES : base + self._columns] += _error_shares(sq_err)
+            row = sq_err.reshape(-1)
+            whole = float(row.sum())
+            if whole > 0:
+                shares = self._array.reshape(-1)[base + _FEATURES : base + self._columns]
+                shares += row / whole
 
     def _record_many(self, base: int, percentiles: np.ndarray, is_anomaly: np.ndarray, sq_err: np.ndarray) -> None:
         slot, total = self._array.reshape(-1)[base : base + self._columns], self._array[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,46 @@ def test_psi() -> None:
     expected = np.array([0.5, 0.5])
     assert monitoring.psi(np.array([50.0, 50.0]), expected) == 0
     assert monitoring.psi(np.array([80.0, 20.0]), expected) == pytest.approx(0.3 * np.log(1.6) - 0.3 * np.log(0.4))
+
+
+def reference(features: int) -> monitoring.Reference:
+    names = [f"f{i}" for i in range(features)]
+    return monitoring.Reference("m", 1, 0.01, 10.0, 990.0, [0.0] * len(monitoring.BUCKETS), names, None, "m@1@test")
+
+
+@pytest.mark.parametrize("features", [3, monitoring.FEW_FEATURES + 5])
+def test_recorded_rows_add_up_one_at_a_time_or_together(features: int, tmp_path: Path) -> None:
+    rng = np.random.default_rng(features)
+    percentiles = rng.uniform(0, 100, 50).astype(np.float32)
+    sq_err = rng.uniform(0, 1, (50, features)).astype(np.float32)
+    sq_err[7] = 0  # a perfect reconstruction adds no share
+    window = Window(rows=1000)
+    for folder, chunks in ((tmp_path / "one", 50), (tmp_path / "all", 1)):
+        recorder = monitoring.Recorder(reference(features), window, folder)
+        for p, e in zip(np.array_split(percentiles, chunks), np.array_split(sq_err, chunks), strict=True):
+            recorder.record(p, p > 99, e)
+    one, together = (monitoring.report(reference(features), window, tmp_path / name) for name in ("one", "all"))
+    expected_shares = (sq_err / np.maximum(sq_err.sum(axis=1, keepdims=True), 1e-30)).sum(axis=0) / 50
+    for answer in (one, together):
+        assert answer["window"]["rows_seen"] == 50
+        assert answer["anomaly_rate"]["flagged"] == int((percentiles > 99).sum())
+        assert [b["rows"] for b in answer["histogram"]] == [b["rows"] for b in one["histogram"]]
+        shares = {f["name"]: f["share"] for f in answer["features"]["shares"]}
+        np.testing.assert_allclose([shares[f"f{i}"] for i in range(features)], expected_shares, rtol=1e-5)
+    cumulative = np.cumsum([b["rows"] for b in one["histogram"]])[:-1]
+    assert list(cumulative) == [int((percentiles <= b).sum()) for b in monitoring.BUCKETS]
+
+
+def test_a_window_of_seconds_forgets_older_rows(tmp_path: Path) -> None:
+    window = Window(seconds=30)
+    recorder = monitoring.Recorder(reference(2), window, tmp_path)
+    recorder.record(np.full(120, 50, np.float32), np.zeros(120, bool), np.ones((120, 2), np.float32))
+    now = time.time()
+    assert monitoring.report(reference(2), window, tmp_path, now)["window"]["rows_seen"] == 120
+    later = monitoring.report(reference(2), window, tmp_path, now + 31)
+    assert later["window"]["rows_seen"] == 0
+    assert later["status"] == "no_data"
+    assert later["totals"]["rows"] == 120  # the counters keep them
 
 
 @pytest.mark.parametrize(
