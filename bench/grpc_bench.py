@@ -15,7 +15,8 @@ MLServer is the shared peer (../shared/peers/mlserver_ort: V2 model `peer`, inpu
 score [n]) started from its own virtual environment (`python3 -m venv /tmp/mls && /tmp/mls/bin/pip install
 mlserver onnxruntime`); without it, or without torch to export the peer model, its rows are skipped with a
 note. Each scenario's servers are loaded in turn, the order reversed every other round (on this machine
-whichever runs first after a switch is slower), and the report gives each run and the mean of the rounds.
+whichever runs first after a switch is slower), and the report gives every run, each
+server's median over the rounds, and each target's median over the rounds of that round's ratio.
 Results: reports/grpc/results.json and reports/grpc/throughput.png.
 """
 
@@ -53,6 +54,7 @@ METHOD = "/inference.GRPCInferenceService/ModelInfer"
 PEERS = ROOT.parent / "shared" / "peers"
 PEER_MODEL = "peer"  # the V2 model name the MLServer peer serves
 OURS_GRPC, MLSERVER_GRPC, OURS_V2_BINARY = "service gRPC raw", "MLServer gRPC raw", "service HTTP V2 binary"
+ECHO = "grpcio alone (constant answer)"  # bench/grpc_echo.py: the ceiling of a Python gRPC server here
 REST_JSON, V2_JSON = "service REST JSON", "service HTTP V2 JSON"
 
 
@@ -75,7 +77,12 @@ SCENARIOS = [
     Scenario(
         "1 row, 64 streams",
         1,
-        (Target(OURS_GRPC, "h2load", 4, 16), Target(MLSERVER_GRPC, "h2load", 4, 16), Target(OURS_V2_BINARY, "wrk", 64)),
+        (
+            Target(OURS_GRPC, "h2load", 4, 16),
+            Target(MLSERVER_GRPC, "h2load", 4, 16),
+            Target(OURS_V2_BINARY, "wrk", 64),
+            Target(ECHO, "h2load", 4, 16),
+        ),
     ),
     Scenario(
         "64 rows, 4 streams",
@@ -133,32 +140,35 @@ def main() -> None:
     server, _ = _start_service(args)
     peer, note = _start_mlserver(args, folder)
     base = f"http://127.0.0.1:{http_port}"
+    echoes: list[subprocess.Popen[bytes]] = []
     runs: list[Run] = []
     try:
-        grpc_targets = {rows: _ours(base, grpc_port, args.model, x[:rows], folder) for rows in (1, 64)}
-        peer_targets = {rows: peer.endpoint(x[:rows], folder) for rows in (1, 64)} if peer else {}
+        endpoints = {(OURS_GRPC, rows): _ours(base, grpc_port, args.model, x[:rows], folder) for rows in (1, 64)}
+        if peer:
+            endpoints |= {(MLSERVER_GRPC, rows): peer.endpoint(x[:rows], folder) for rows in (1, 64)}
+        echoes, endpoints[ECHO, 1] = _start_echoes(endpoints[OURS_GRPC, 1], folder)
         bodies = _http_bodies(x, folder)
         for scenario in SCENARIOS:
             for round_ in range(args.rounds):
                 targets = scenario.targets if round_ % 2 == 0 else scenario.targets[::-1]
                 for target in targets:
-                    if target.name == MLSERVER_GRPC and not peer_targets:
-                        continue
-                    if target.tool == "h2load":
-                        ours = target.name == OURS_GRPC
-                        endpoint = (grpc_targets if ours else peer_targets)[scenario.rows]
-                        run = _h2load_run(scenario, target, round_, endpoint, args.seconds, base if ours else None)
-                    else:
+                    if target.tool == "wrk":
                         url = base + ("/score" if target.name == REST_JSON else f"/v2/models/{args.model}/infer")
                         run = _wrk_run(scenario, target, round_, url, bodies[target.name, scenario.rows], args.seconds)
+                    elif (target.name, scenario.rows) in endpoints:
+                        endpoint = endpoints[target.name, scenario.rows]
+                        metrics = base if target.name == OURS_GRPC else None
+                        run = _h2load_run(scenario, target, round_, endpoint, args.seconds, metrics)
+                    else:
+                        continue  # MLServer, skipped
                     runs.append(run)
                     print(_line(run), flush=True)
     finally:
         server.terminate()
         server.wait(timeout=15)
-        if peer:
-            _stop(peer.process)
-    means = _means(runs)
+        for process in [*echoes, *([peer.process] if peer else [])]:
+            _stop(process)
+    summary = _summary(runs)
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()},
         "model": args.model,
@@ -167,11 +177,11 @@ def main() -> None:
         "mlserver": note,
         "scenarios": [asdict(s) for s in SCENARIOS],
         "runs": [asdict(r) for r in runs],
-        "means": means,
-        "targets": _targets(means),
+        "summary": summary,
+        "targets": _targets(runs),
     }
     (out / "results.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    _chart(means, out / "throughput.png")
+    _chart(summary, out / "throughput.png")
     print(orjson.dumps(report["targets"], option=orjson.OPT_INDENT_2).decode())
     print(f"MLServer: {note}\nwrote {out / 'results.json'} and {out / 'throughput.png'}")
 
@@ -211,6 +221,26 @@ def _ours(base: str, port: int, model: str, x: np.ndarray, folder: Path) -> Grpc
     """The service's ModelInfer on x, expected to answer what its REST /score answers for the same rows."""
     answer = httpx.post(f"{base}/score", json={"inputs": x.tolist()}, timeout=30).raise_for_status().json()
     return Grpc(port, model, x, np.asarray(answer["scores"], np.float32), _frame(model, x, folder))
+
+
+def _start_echoes(ours: Grpc, folder: Path) -> tuple[list[subprocess.Popen[bytes]], Grpc]:
+    """bench/grpc_echo.py, one copy per service worker on one port, answering the service's own answer to
+    `ours` (so it passes the same checks): grpcio's cost per call without the service's work."""
+    answer = folder / "answer.pb"
+    answer.write_bytes(_check(ours).SerializeToString())
+    port, workers = _free_port(), min(len(os.sched_getaffinity(0)), 4)  # as many as the service's default
+    command = [sys.executable, str(Path(__file__).with_name("grpc_echo.py")), str(port), str(answer)]
+    echoes = [subprocess.Popen(command, start_new_session=True) for _ in range(workers)]
+    endpoint = Grpc(port, ours.model, ours.x, ours.expected, ours.frame)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _check(endpoint)
+            return echoes, endpoint
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _start_mlserver(args: argparse.Namespace, folder: Path) -> tuple[Peer | None, str]:
@@ -298,7 +328,7 @@ def _frame(model: str, x: np.ndarray, folder: Path) -> Path:
     return path
 
 
-def _check(endpoint: Grpc) -> None:
+def _check(endpoint: Grpc) -> pb.ModelInferResponse:
     """One call from grpcio: it must answer OK with the expected scores; notes one framed answer's length."""
     with grpc.insecure_channel(f"127.0.0.1:{endpoint.port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -312,6 +342,7 @@ def _check(endpoint: Grpc) -> None:
     assert scores.size == len(endpoint.x), f"{scores.size} scores for {len(endpoint.x)} rows"
     np.testing.assert_allclose(scores, endpoint.expected, rtol=1e-4, atol=1e-6)
     endpoint.response_bytes = 5 + response.ByteSize()
+    return response
 
 
 # --- the load generators -----------------------------------------------------------------------------------
@@ -414,50 +445,58 @@ def _line(run: Run) -> str:
     )
 
 
-def _means(runs: list[Run]) -> list[dict[str, Any]]:
-    """Each (scenario, target)'s mean over its rounds, with the rounds' req/s."""
-    means = []
+MEDIANS = ("rps", "rows_per_s", "p50_ms", "p99_ms")
+
+
+def _summary(runs: list[Run]) -> list[dict[str, Any]]:
+    """Each (scenario, target)'s median over its rounds (one slow round on a shared machine moves a mean
+    far), with every round's req/s."""
+    summary = []
     for key in dict.fromkeys((r.scenario, r.target) for r in runs):
         group = [r for r in runs if (r.scenario, r.target) == key]
-        means.append(
+        summary.append(
             {
                 "scenario": key[0],
                 "target": key[1],
                 "load": group[0].load,
-                "rps": round(float(np.mean([r.rps for r in group])), 1),
-                "rows_per_s": round(float(np.mean([r.rows_per_s for r in group])), 1),
-                "p50_ms": round(float(np.mean([r.p50_ms for r in group])), 2),
-                "p99_ms": round(float(np.mean([r.p99_ms for r in group])), 2),
+                **{k: round(float(np.median([getattr(r, k) for r in group])), 2) for k in MEDIANS},
                 "rounds_rps": [r.rps for r in group],
                 "requests": sum(r.requests for r in group),
                 "failures": sum(r.failures for r in group),
             }
         )
-    return means
+    return summary
 
 
-def _targets(means: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Issue 23's targets, from this run's means."""
-    found = {(m["scenario"], m["target"]): m for m in means}
+def _targets(runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """Issue 23's targets: the median over rounds of each round's ratio (the two ran seconds apart, so under
+    about the same load from the machine's other work)."""
+    found = {(r.scenario, r.target, r.round): r.rps for r in runs}
 
-    def ratio(scenario: str, ours: str, theirs: str, goal: float, key: str = "rows_per_s") -> dict[str, Any]:
-        if (scenario, ours) not in found or (scenario, theirs) not in found:
+    def ratio(scenario: Scenario, ours: str, theirs: str, goal: float | None) -> dict[str, Any]:
+        rounds = sorted({r.round for r in runs})
+        pairs = [(found.get((scenario.name, ours, n)), found.get((scenario.name, theirs, n))) for n in rounds]
+        ratios = [a / b for a, b in pairs if a and b]
+        if not ratios:
             return {"met": None, "note": f"{theirs} not measured"}
-        value = found[scenario, ours][key] / found[scenario, theirs][key]
-        return {"ratio": round(value, 3), "goal": goal, "met": value >= goal}
+        value = float(np.median(ratios))
+        met = None if goal is None else value >= goal
+        return {"ratio": round(value, 3), "rounds": [round(r, 3) for r in ratios], "goal": goal, "met": met}
 
-    one, many = SCENARIOS[0].name, SCENARIOS[1].name
+    one, many, json_one, json_many = SCENARIOS
     return {
-        "1 row: gRPC req/s >= 3x MLServer's gRPC": ratio(one, OURS_GRPC, MLSERVER_GRPC, 3, "rps"),
+        "1 row: gRPC req/s >= 3x MLServer's gRPC": ratio(one, OURS_GRPC, MLSERVER_GRPC, 3),
         "64 rows: gRPC rows/s >= 2.5x MLServer's gRPC": ratio(many, OURS_GRPC, MLSERVER_GRPC, 2.5),
         "64 rows: gRPC rows/s >= HTTP V2 binary's": ratio(many, OURS_GRPC, OURS_V2_BINARY, 1),
-        "1 row: gRPC req/s against HTTP V2 binary's (no goal)": ratio(one, OURS_GRPC, OURS_V2_BINARY, 0, "rps"),
-        "1 row: V2 JSON within 10% of REST JSON": ratio(SCENARIOS[2].name, V2_JSON, REST_JSON, 0.9, "rps"),
-        "64 rows: V2 JSON within 10% of REST JSON": ratio(SCENARIOS[3].name, V2_JSON, REST_JSON, 0.9, "rps"),
+        "1 row: V2 JSON within 10% of REST JSON": ratio(json_one, V2_JSON, REST_JSON, 0.9),
+        "64 rows: V2 JSON within 10% of REST JSON": ratio(json_many, V2_JSON, REST_JSON, 0.9),
+        "1 row: gRPC against HTTP V2 binary (no goal)": ratio(one, OURS_GRPC, OURS_V2_BINARY, None),
+        "1 row: gRPC against grpcio alone (no goal)": ratio(one, OURS_GRPC, ECHO, None),
+        "1 row: grpcio alone against MLServer's gRPC (no goal)": ratio(one, ECHO, MLSERVER_GRPC, None),
     }
 
 
-def _chart(means: list[dict[str, Any]], path: Path) -> None:
+def _chart(summary: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -465,8 +504,8 @@ def _chart(means: list[dict[str, Any]], path: Path) -> None:
 
     figure, axes = plt.subplots(1, len(SCENARIOS), figsize=(15, 4.8))
     for axis, scenario in zip(axes, SCENARIOS, strict=True):
-        shown = [m for m in means if m["scenario"] == scenario.name]
-        names = [m["target"].replace("service ", "").replace(" raw", "") for m in shown]
+        shown = [m for m in summary if m["scenario"] == scenario.name]
+        names = [m["target"].replace("service ", "").replace(" raw", "").replace(" (", "\n(") for m in shown]
         values = [m["rows_per_s"] for m in shown]
         bars = axis.bar(range(len(shown)), values, color=[f"C{i}" for i in range(len(shown))])
         axis.bar_label(bars, [f"{v:,.0f}" for v in values], fontsize=8)
