@@ -32,7 +32,13 @@ def describe(entry: Entry, registry: Registry) -> dict[str, Any]:
     if entry.manifest is not None:
         facts = entry.manifest.model_dump(
             mode="json",
-            exclude={"name": True, "version": True, "files": True, "latent": {"mean", "cov"}, "score": {"quantiles"}},
+            exclude={
+                "name": True,
+                "version": True,
+                "files": True,
+                "latent": {"mean", "cov"},
+                "score": {"quantiles", "feature_shares"},
+            },
         )
         facts["latent"]["prior"] = entry.manifest.prior
         # The curve itself is a thousand numbers; whether the answers carry percentiles is what a client needs.
