@@ -289,10 +289,11 @@ class Batcher:
         return batch, rows
 
     def _trace_waits(self, batch: list[_Waiting], rows: int) -> None:
-        now = time.time_ns()
+        now, graph = time.time_ns(), self.traced_as.get("graph", "")
         for item in batch:
             if item.span is not None:
-                attributes = {**self.traced_as, "rows": len(item.x), "batch.rows": rows}
+                # Few attributes: the SDK's cost grows with them, and the run span beside it names the model.
+                attributes = {"graph": graph, "rows": len(item.x), "batch.rows": rows}
                 tracing.finished_span("queue wait", item.span, item.since_ns, now, attributes)
 
     def _trace_run(self, batch: list[_Waiting], rows: int, run: tuple[int, int], error: bool) -> None:

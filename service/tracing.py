@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -106,7 +106,6 @@ def request_id(given: str | None) -> str:
     return os.urandom(16).hex()
 
 
-@contextlib.contextmanager
 def request(
     carrier: Mapping[str, str],
     protocol: str,
@@ -114,33 +113,52 @@ def request(
     *,
     kind: SpanKind = SpanKind.SERVER,
     attributes: Mapping[str, Any] | None = None,
-) -> Iterator[RequestRecord]:
-    """Serves one request inside: its record is current(), and with tracing on, its server span (`name`)
-    joins the trace of the W3C `traceparent` in `carrier` (lower-case header or metadata names) and is the
-    parent of every span started inside. The caller sets the record's status (and any fact it knows); an
-    exception leaving the block marks the span an error. On exit the span ends and the request's line is
-    logged."""
-    record = RequestRecord(request_id(carrier.get(REQUEST_ID)), protocol, time.perf_counter())
-    token = _current.set(record)
-    attached = None
-    if ENABLED and _tracer is not None:
-        parent = propagate.extract(carrier)
-        record.span = _tracer.start_span(
-            name, parent, kind, attributes={**(attributes or {}), "request.id": record.request_id}
+) -> Served:
+    """Serves one request inside (`with tracing.request(...) as record:`): its record is current(), and with
+    tracing on, its server span (`name`) joins the trace of the W3C `traceparent` in `carrier` (lower-case
+    header or metadata names) and is the parent of every span started inside. The caller sets the record's
+    status (and any fact it knows); an exception leaving the block marks the span an error. On exit the span
+    ends and the request's line is logged."""
+    return Served(carrier, protocol, name, kind, attributes)
+
+
+class Served:
+    """tracing.request's context manager: a class, not a generator, as it runs on every request."""
+
+    __slots__ = ("_attached", "_token", "attributes", "carrier", "kind", "name", "protocol", "record")
+
+    def __init__(
+        self,
+        carrier: Mapping[str, str],
+        protocol: str,
+        name: str,
+        kind: SpanKind,
+        attributes: Mapping[str, Any] | None,
+    ) -> None:
+        self.carrier, self.protocol, self.name, self.kind, self.attributes = carrier, protocol, name, kind, attributes
+        self._attached: object = None
+
+    def __enter__(self) -> RequestRecord:
+        record = self.record = RequestRecord(
+            request_id(self.carrier.get(REQUEST_ID)), self.protocol, time.perf_counter()
         )
-        attached = otel_context.attach(trace.set_span_in_context(record.span, parent))
-    try:
-        yield record
-    except BaseException as error:
+        self._token = _current.set(record)
+        if ENABLED and _tracer is not None:
+            parent = propagate.extract(self.carrier)
+            attributes = {**(self.attributes or {}), "request.id": record.request_id}
+            record.span = _tracer.start_span(self.name, parent, self.kind, attributes=attributes)
+            self._attached = otel_context.attach(trace.set_span_in_context(record.span, parent))
+        return record
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> None:
+        record = self.record
+        if self._attached is not None:
+            otel_context.detach(self._attached)  # type: ignore[arg-type]
+        _current.reset(self._token)
         if record.span is not None:
-            record.span.record_exception(error)
-            record.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-        raise
-    finally:
-        if attached is not None:
-            otel_context.detach(attached)
-        _current.reset(token)
-        if record.span is not None:
+            if error is not None:
+                record.span.record_exception(error)
+                record.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             _end_server_span(record)
         if _requests_log.isEnabledFor(logging.INFO):
             _requests_log.info("request", extra={"fields": record.fields()})
