@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from service import memory
 from service.batch import local, sources
 from service.batch.config import BatchConfig
 from service.batch.core import IMAGE_BYTES, IMAGE_PATH, TENSOR, Job, Layout, check_device
@@ -44,6 +45,7 @@ def plan(config: BatchConfig) -> Plan:
 
 
 def run_job(config: BatchConfig) -> Summary:
+    memory.configure()  # as the service does: threads' freed buffers go back, not into arenas of their own
     chosen = plan(config)
     job, dataset = chosen.job, chosen.dataset
     about = {

@@ -75,8 +75,7 @@ class Sink:
         self.written.parts[-1].rows += table.num_rows
         self.written.rows += table.num_rows
         if "is_anomaly" in table.column_names:
-            anomalies = table.column("is_anomaly").to_numpy(zero_copy_only=False).sum()
-            self.written.anomalies = (self.written.anomalies or 0) + int(anomalies)
+            self.written.anomalies = (self.written.anomalies or 0) + _count(table.column("is_anomaly"))
 
     def adopt(self) -> None:
         """Counts the parts another writer (Ray) put into the folder."""
@@ -87,7 +86,7 @@ class Sink:
             self.written.parts.append(Part(relative, table.num_rows))
             self.written.rows += table.num_rows
             if "is_anomaly" in table.column_names:
-                self.written.anomalies = (self.written.anomalies or 0) + int(pc_sum(table.column("is_anomaly")))
+                self.written.anomalies = (self.written.anomalies or 0) + _count(table.column("is_anomaly"))
 
     def _read_part(self, path: str) -> pa.Table:
         # Only the row count and is_anomaly are needed: Parquet reads one column, CSV streams through.
@@ -142,7 +141,7 @@ class Sink:
             self._writer, self._stream = None, None
 
 
-def pc_sum(column: pa.ChunkedArray) -> int:
+def _count(column: pa.ChunkedArray) -> int:
     return int(column.to_numpy(zero_copy_only=False).sum())
 
 

@@ -138,7 +138,9 @@ def chunks(
 
 def _parquet(dataset: Dataset, path: str) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(dataset.filesystem.open_input_file(path))
+        # pre_buffer (pyarrow's default) kept column chunks it had read: memory grew with some files.
+        stream = dataset.filesystem.open_input_file(path)
+        return pq.ParquetFile(stream, pre_buffer=False)
     except (pa.ArrowException, OSError) as exc:
         raise BatchError(f"{path}: not a readable Parquet file ({exc})") from None
 
