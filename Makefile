@@ -82,9 +82,12 @@ serve: $(SERVE_VENV)/.service-installed
 # chromium is the browser tests/ui drives (Playwright with executable_path: no browser download), prometheus
 # (its package has promtool too) checks and runs deploy/monitoring's rules.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-SYSTEM_TOOLS := docker-compose chromium prometheus
+# A tool whose package is named otherwise is TOOL:PACKAGE: dockerd (docker.io) runs the images tests/deploy builds.
+SYSTEM_TOOLS := docker-compose chromium prometheus dockerd:docker.io
+system_tool = $(firstword $(subst :, ,$(1)))
+system_package = $(lastword $(subst :, ,$(1)))
 system-deps:
-	@missing="$(strip $(foreach tool,$(SYSTEM_TOOLS),$(if $(shell command -v $(tool)),,$(tool))))"; \
+	@missing="$(strip $(foreach t,$(SYSTEM_TOOLS),$(if $(shell command -v $(call system_tool,$(t))),,$(call system_package,$(t)))))"; \
 		[ -z "$$missing" ] || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $$missing; }
 
 test: install-dev system-deps

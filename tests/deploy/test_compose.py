@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from typing import Any
 
@@ -11,23 +12,31 @@ import yaml
 from .tools import REPO, find_tool, parse_stages
 
 SERVICES = {"autoencoder": "gpu", "autoencoder-cpu": "cpu"}
+PORT_VARIABLES = ("AE_PORT", "AE_GRPC_PORT")
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
+def resolved(**environment: str) -> dict[str, Any]:
     """The file as `docker-compose config` resolves it, which also checks it against Compose's schema."""
     docker_compose = find_tool(
         "docker-compose", "run `make system-deps` (Debian's docker-compose package) or `make test`"
     )
+    # Compose reads AE_PORT and AE_GRPC_PORT from its environment: the test's own, not the caller's.
+    env = {name: value for name, value in os.environ.items() if name not in PORT_VARIABLES} | environment
     result = subprocess.run(
         [docker_compose, "--project-directory", str(REPO), "--file", str(REPO / "docker-compose.yml"), "config"],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     assert result.returncode == 0, f"docker-compose config rejected docker-compose.yml:\n{result.stderr}"
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return resolved()
 
 
 def test_services_build_stages_of_the_dockerfile(compose: dict[str, Any]) -> None:
@@ -46,11 +55,12 @@ def test_plain_up_starts_the_gpu_service_with_a_gpu(compose: dict[str, Any]) -> 
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
-def test_service_listens_on_8000_with_the_models_mounted_read_only(compose: dict[str, Any], name: str) -> None:
+def test_service_listens_on_8000_and_8001_with_the_models_mounted_read_only(compose: dict[str, Any], name: str) -> None:
     service = compose["services"][name]
-    assert service["ports"] == [{"published": 8000, "target": 8000}]
+    assert service["ports"] == [{"published": 8000, "target": 8000}, {"published": 8001, "target": 8001}]
     gpu_workers = {"AE_WORKERS": "2"} if name == "autoencoder" else {}  # a CUDA context per worker
-    assert service["environment"] == {"AE_HOST": "0.0.0.0", "AE_PORT": "8000", "AE_MODELS_DIR": "/models"} | gpu_workers
+    inside = {"AE_HOST": "0.0.0.0", "AE_PORT": "8000", "AE_GRPC_PORT": "8001", "AE_MODELS_DIR": "/models"}
+    assert service["environment"] == inside | gpu_workers
     assert service["volumes"] == [
         {"type": "bind", "source": str(REPO / "models"), "target": "/models", "read_only": True}
     ]
@@ -68,3 +78,10 @@ def test_service_is_hardened_checked_and_restarted(compose: dict[str, Any], name
     assert service["healthcheck"]["test"] == ["CMD", "python", "/app/healthcheck.py"]
     assert "start_period" in service["healthcheck"]
     assert service["mem_limit"] and 0 < service["pids_limit"] <= 1024  # a flood cannot take the host with it
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_host_ports_follow_ae_port_and_ae_grpc_port(name: str) -> None:
+    service = resolved(AE_PORT="9180", AE_GRPC_PORT="9181")["services"][name]
+    assert service["ports"] == [{"published": 9180, "target": 8000}, {"published": 9181, "target": 8001}]
+    assert service["environment"]["AE_PORT"] == "8000", "inside the container the port stays 8000"

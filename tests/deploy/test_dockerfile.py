@@ -71,7 +71,22 @@ def test_serving_image_runs_make_serve_as_a_non_root_user(flavour: str) -> None:
     assert healthcheck.endswith('CMD ["python", "/app/healthcheck.py"]')
 
 
-def test_train_image_installs_the_train_extra() -> None:
-    runs = " ".join(STAGES["train"].args("RUN"))
+def test_train_image_installs_the_train_extra_with_the_wheels_handed_to_the_build() -> None:
+    runs = " ".join(args for stage in lineage(STAGES, "train") for args in stage.args("RUN"))
     assert '"/build/src[train]"' in runs
+    assert "--find-links /build/wheels" in runs
+    assert "docker/wheels/ /build/wheels/" in STAGES["train-build"].args("COPY")
+    assert "--from=train-build /opt/venv /opt/venv" in STAGES["train"].args("COPY"), "no wheel in the final image"
     assert STAGES["train"].args("USER") == ["10001:10001"]
+
+
+def test_no_frontend_is_fetched_from_a_registry() -> None:
+    assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE.read_text(), re.MULTILINE | re.IGNORECASE)
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "gpu"])
+def test_serving_image_is_slimmed_compiled_and_exposes_http_and_grpc(flavour: str) -> None:
+    runs = [args for stage in lineage(STAGES, flavour) for args in stage.args("RUN")]
+    assert [args for args in runs if args.startswith("/build/docker/slim-venv.sh /opt/venv ")]
+    assert "/opt/venv/bin/python -m compileall -q /app/service" in STAGES[flavour].args("RUN")
+    assert STAGES[flavour].args("EXPOSE") == ["8000 8001"]
