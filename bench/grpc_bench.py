@@ -45,7 +45,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import orjson
-from run import JSON, ROOT, V2_BINARY, _start_service, _v2_body, _wrk_env, _wrk_values  # bench/ is scripts
+from run import JSON, LUA, ROOT, V2_BINARY, _process_tree, _start_service, _v2_body, _wrk_env  # bench/: scripts
 
 from service.grpc import open_inference_pb2 as pb
 from service.grpc import open_inference_pb2_grpc as pb_grpc
@@ -106,6 +106,7 @@ class Run:
     p99_ms: float
     requests: int
     failures: int  # answers that were not the right response: non-2xx, socket errors, gRPC errors
+    cpu_us_per_request: float  # the server's processes' CPU time (user + system) over the requests answered
 
 
 @dataclass
@@ -117,6 +118,7 @@ class Grpc:
     x: np.ndarray
     expected: np.ndarray  # the scores of x
     frame: Path  # the framed request h2load replays
+    pids: list[int]  # the server's processes (with their children)
     response_bytes: int = 0  # one framed response, measured by the check before each run
 
 
@@ -143,7 +145,9 @@ def main() -> None:
     echoes: list[subprocess.Popen[bytes]] = []
     runs: list[Run] = []
     try:
-        endpoints = {(OURS_GRPC, rows): _ours(base, grpc_port, args.model, x[:rows], folder) for rows in (1, 64)}
+        endpoints = {
+            (OURS_GRPC, rows): _ours(base, grpc_port, args.model, x[:rows], folder, server.pid) for rows in (1, 64)
+        }
         if peer:
             endpoints |= {(MLSERVER_GRPC, rows): peer.endpoint(x[:rows], folder) for rows in (1, 64)}
         echoes, endpoints[ECHO, 1] = _start_echoes(endpoints[OURS_GRPC, 1], folder)
@@ -154,7 +158,8 @@ def main() -> None:
                 for target in targets:
                     if target.tool == "wrk":
                         url = base + ("/score" if target.name == REST_JSON else f"/v2/models/{args.model}/infer")
-                        run = _wrk_run(scenario, target, round_, url, bodies[target.name, scenario.rows], args.seconds)
+                        body = bodies[target.name, scenario.rows]
+                        run = _wrk_run(scenario, target, round_, url, body, args.seconds, server.pid)
                     elif (target.name, scenario.rows) in endpoints:
                         endpoint = endpoints[target.name, scenario.rows]
                         metrics = base if target.name == OURS_GRPC else None
@@ -217,10 +222,10 @@ def _bindable(port: int) -> bool:
 # --- the servers -------------------------------------------------------------------------------------------
 
 
-def _ours(base: str, port: int, model: str, x: np.ndarray, folder: Path) -> Grpc:
+def _ours(base: str, port: int, model: str, x: np.ndarray, folder: Path, pid: int) -> Grpc:
     """The service's ModelInfer on x, expected to answer what its REST /score answers for the same rows."""
     answer = httpx.post(f"{base}/score", json={"inputs": x.tolist()}, timeout=30).raise_for_status().json()
-    return Grpc(port, model, x, np.asarray(answer["scores"], np.float32), _frame(model, x, folder))
+    return Grpc(port, model, x, np.asarray(answer["scores"], np.float32), _frame(model, x, folder), [pid])
 
 
 def _start_echoes(ours: Grpc, folder: Path) -> tuple[list[subprocess.Popen[bytes]], Grpc]:
@@ -231,7 +236,7 @@ def _start_echoes(ours: Grpc, folder: Path) -> tuple[list[subprocess.Popen[bytes
     port, workers = _free_port(), min(len(os.sched_getaffinity(0)), 4)  # as many as the service's default
     command = [sys.executable, str(Path(__file__).with_name("grpc_echo.py")), str(port), str(answer)]
     echoes = [subprocess.Popen(command, start_new_session=True) for _ in range(workers)]
-    endpoint = Grpc(port, ours.model, ours.x, ours.expected, ours.frame)
+    endpoint = Grpc(port, ours.model, ours.x, ours.expected, ours.frame, [echo.pid for echo in echoes])
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -276,7 +281,7 @@ def _start_mlserver(args: argparse.Namespace, folder: Path) -> tuple[Peer | None
 
     def endpoint(x: np.ndarray, folder: Path) -> Grpc:
         expected = session.run(["score"], {"x": x})[0].reshape(-1)
-        return Grpc(port + 1000, PEER_MODEL, x, expected, _frame(PEER_MODEL, x, folder))
+        return Grpc(port + 1000, PEER_MODEL, x, expected, _frame(PEER_MODEL, x, folder), [process.pid])
 
     deadline = time.monotonic() + 120
     probe = endpoint(np.zeros((1, 784), np.float32), folder)
@@ -358,12 +363,13 @@ def _h2load_run(
     flags = [f"-c{target.connections}", f"-m{target.streams}", "-d", str(endpoint.frame)]
     flags += ["-H", "content-type: application/grpc", "-H", "te: trailers", url]
     subprocess.run(["h2load", "-D1", *flags], capture_output=True, check=True)  # warm-up
-    errors_before = _grpc_errors(metrics) if metrics else 0
+    errors_before, cpu_before = _grpc_errors(metrics) if metrics else 0, _cpu_seconds(endpoint.pids)
     with tempfile.NamedTemporaryFile(suffix=".tsv") as log:
         output = subprocess.run(
             ["h2load", f"-D{seconds}", "--log-file", log.name, *flags], capture_output=True, text=True, check=True
         ).stdout
         durations = [int(line.split("\t")[2]) for line in Path(log.name).read_text().splitlines() if line]
+    cpu = _cpu_seconds(endpoint.pids) - cpu_before
     server_errors = (_grpc_errors(metrics) - errors_before) if metrics else 0
     done, data = int(_found(r"(\d+) done", output)), int(_found(r"\((\d+)\) data", output))
     failed = sum(int(_found(rf"(\d+) {kind}", output)) for kind in ("failed", "errored", "timeout"))
@@ -381,6 +387,7 @@ def _h2load_run(
         p99_ms=round(float(p99), 3),
         requests=done,
         failures=failed + max(done - answered, 0) + server_errors,
+        cpu_us_per_request=round(cpu / done * 1e6, 1) if done else float("nan"),
     )
 
 
@@ -416,10 +423,23 @@ def _http_bodies(x: np.ndarray, folder: Path) -> dict[tuple[str, int], tuple[Pat
 
 
 def _wrk_run(
-    scenario: Scenario, target: Target, round_: int, url: str, body: tuple[Path, dict[str, str], str], seconds: int
+    scenario: Scenario,
+    target: Target,
+    round_: int,
+    url: str,
+    body: tuple[Path, dict[str, str], str],
+    seconds: int,
+    pid: int,
 ) -> Run:
+    """wrk (bench/post.lua) for `seconds` after a second of warm-up."""
     path, headers, media = body
-    values = _wrk_values(url, _wrk_env(media, (path, headers)), target.connections, seconds)
+    env = _wrk_env(media, (path, headers))
+    command = ["wrk", "-t1", f"-c{target.connections}", "--timeout", "10s", "-s", str(LUA), url]
+    subprocess.run([*command, "-d1s"], env=env, capture_output=True, check=True)  # warm-up
+    cpu_before = _cpu_seconds([pid])
+    output = subprocess.run([*command, f"-d{seconds}s"], env=env, capture_output=True, text=True, check=True).stdout
+    cpu = _cpu_seconds([pid]) - cpu_before
+    values = dict(re.findall(r"(\w+)=([\d.]+)", next(line for line in output.splitlines() if "RESULT" in line)))
     rps = float(values["rps"])
     return Run(
         scenario=scenario.name,
@@ -432,7 +452,21 @@ def _wrk_run(
         p99_ms=float(values["p99_ms"]),
         requests=int(values["n"]),
         failures=int(values["sockerr"]) + int(values["non2xx"]),
+        cpu_us_per_request=round(cpu / int(values["n"]) * 1e6, 1) if int(values["n"]) else float("nan"),
     )
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time of the processes and their descendants (/proc/PID/stat), those that ended
+    included once reaped."""
+    ticks = 0
+    for member in [member for pid in pids for member in _process_tree(pid)]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks += sum(int(fields[k]) for k in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # --- the report --------------------------------------------------------------------------------------------
@@ -441,11 +475,12 @@ def _wrk_run(
 def _line(run: Run) -> str:
     return (
         f"  {run.scenario:<20} {run.target:<24} round {run.round}  {run.rps:>8,.0f} req/s {run.rows_per_s:>9,.0f} "
-        f"rows/s  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms  failures {run.failures}  ({run.load})"
+        f"rows/s  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms  CPU {run.cpu_us_per_request:6.0f} us/req  "
+        f"failures {run.failures}  ({run.load})"
     )
 
 
-MEDIANS = ("rps", "rows_per_s", "p50_ms", "p99_ms")
+MEDIANS = ("rps", "rows_per_s", "p50_ms", "p99_ms", "cpu_us_per_request")
 
 
 def _summary(runs: list[Run]) -> list[dict[str, Any]]:
@@ -471,12 +506,12 @@ def _summary(runs: list[Run]) -> list[dict[str, Any]]:
 def _targets(runs: list[Run]) -> dict[str, dict[str, Any]]:
     """Issue 23's targets: the median over rounds of each round's ratio (the two ran seconds apart, so under
     about the same load from the machine's other work)."""
-    found = {(r.scenario, r.target, r.round): r.rps for r in runs}
+    found = {(r.scenario, r.target, r.round): r for r in runs}
 
-    def ratio(scenario: Scenario, ours: str, theirs: str, goal: float | None) -> dict[str, Any]:
+    def ratio(scenario: Scenario, ours: str, theirs: str, goal: float | None, key: str = "rps") -> dict[str, Any]:
         rounds = sorted({r.round for r in runs})
         pairs = [(found.get((scenario.name, ours, n)), found.get((scenario.name, theirs, n))) for n in rounds]
-        ratios = [a / b for a, b in pairs if a and b]
+        ratios = [getattr(a, key) / getattr(b, key) for a, b in pairs if a and b]
         if not ratios:
             return {"met": None, "note": f"{theirs} not measured"}
         value = float(np.median(ratios))
@@ -493,6 +528,15 @@ def _targets(runs: list[Run]) -> dict[str, dict[str, Any]]:
         "1 row: gRPC against HTTP V2 binary (no goal)": ratio(one, OURS_GRPC, OURS_V2_BINARY, None),
         "1 row: gRPC against grpcio alone (no goal)": ratio(one, OURS_GRPC, ECHO, None),
         "1 row: grpcio alone against MLServer's gRPC (no goal)": ratio(one, ECHO, MLSERVER_GRPC, None),
+        "1 row: CPU per request, MLServer's gRPC over ours (no goal)": ratio(
+            one, MLSERVER_GRPC, OURS_GRPC, None, "cpu_us_per_request"
+        ),
+        "1 row: CPU per request, ours over grpcio alone's (no goal)": ratio(
+            one, OURS_GRPC, ECHO, None, "cpu_us_per_request"
+        ),
+        "64 rows: CPU per request, MLServer's gRPC over ours (no goal)": ratio(
+            many, MLSERVER_GRPC, OURS_GRPC, None, "cpu_us_per_request"
+        ),
     }
 
 
