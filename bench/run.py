@@ -126,7 +126,7 @@ def main() -> None:
                 results.append(result)
                 print(_line(scenario, result), flush=True)
         overload = _overload(args.port, bodies, args.seconds) + _contention(args.port, bodies, args.seconds)
-        tracing = _tracing_cost(args, bodies)
+        tracing = _tracing_cost(args, server, bodies)
         monitoring = _monitoring_cost(args, bodies, server)
         startup["rss_peak_mb"] = _rss_mb(server.pid, "VmHWM")  # each process's peak, summed: an upper bound
     finally:
@@ -226,6 +226,8 @@ def _start_service(
 ) -> tuple[subprocess.Popen[bytes], dict[str, float | None]]:
     """The service as `args` say, on `port` (else args.port), with `env` added to the environment."""
     port = args.port if port is None else port
+    if port != args.port:  # a copy beside the service serves HTTP only: the service holds the gRPC port
+        env = {"AE_GRPC_PORT": "0", **(env or {})}
     command = [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(args.models_dir)]
     command += ["--default-model", args.model, "--log-level", "warning", *args.service_args.split()]
     started = time.perf_counter()
@@ -423,26 +425,43 @@ def _contention(port: int, bodies: dict[int, tuple[Path, dict[str, str]]], secon
 TRACING_ROUNDS = 2
 
 
-def _tracing_cost(args: argparse.Namespace, bodies: dict[int, tuple[Path, dict[str, str]]]) -> dict[str, Any]:
+def _tracing_cost(
+    args: argparse.Namespace, server: subprocess.Popen[bytes], bodies: dict[int, tuple[Path, dict[str, str]]]
+) -> dict[str, Any]:
     env = _wrk_env(JSON, bodies[1])
     rps: dict[str, list[float]] = {"off": [], "on": []}
+    cpu_us: dict[str, list[float]] = {"off": [], "on": []}  # the service's CPU time per request: load-proof
     with _otlp_sink() as (endpoint, received):
-        # The copy serves HTTP only: the service's gRPC port is taken.
-        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "always_on", "AE_GRPC_PORT": "0"}
+        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "always_on"}
         traced, _ = _start_service(args, args.port + 1, otel)
+        ports = {"off": args.port, "on": args.port + 1}
+        servers = {"off": _process_tree(server.pid), "on": _process_tree(traced.pid)}
         try:
             for _ in range(TRACING_ROUNDS):
-                for name, port in (("off", args.port), ("on", args.port + 1)):
+                for name, port in ports.items():
+                    before = _cpu_s(servers[name])
                     values = _wrk_values(f"http://127.0.0.1:{port}/score", env, SCENARIOS[0].connections, args.seconds)
+                    # The requests of wrk's one-second warm-up count too: about one second's worth.
+                    requests = float(values["n"]) + float(values["rps"])
                     rps[name].append(float(values["rps"]))
+                    cpu_us[name].append(round((_cpu_s(servers[name]) - before) / requests * 1e6, 1))
         finally:
             traced.terminate()
             traced.wait(timeout=10)
     off, on = (sum(rps[name]) / len(rps[name]) for name in ("off", "on"))
-    result = {"rps_off": rps["off"], "rps_on": rps["on"], "cost": round(1 - on / off, 3), "exports": dict(received)}
+    cpu_off, cpu_on = (sum(cpu_us[name]) / len(cpu_us[name]) for name in ("off", "on"))
+    result = {
+        "rps_off": rps["off"],
+        "rps_on": rps["on"],
+        "cost": round(1 - on / off, 3),
+        "cpu_us_per_request_off": cpu_us["off"],
+        "cpu_us_per_request_on": cpu_us["on"],
+        "exports": dict(received),
+    }
     print(
         f"  tracing: 1-row JSON, {SCENARIOS[0].connections} conn: {off:7,.0f} req/s off, {on:7,.0f} on at 100% "
-        f"sampling ({result['cost']:.1%} less); {received['requests']} OTLP exports, {received['bytes']:,} bytes",
+        f"sampling ({result['cost']:.1%} less); CPU per request {cpu_off:.0f} us off, {cpu_on:.0f} us on; "
+        f"{received['requests']} OTLP exports, {received['bytes']:,} bytes",
         flush=True,
     )
     return result

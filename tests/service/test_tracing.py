@@ -7,10 +7,20 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import httpx
 import pytest
 from fastapi import FastAPI
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
+    TraceServiceServicer,
+    add_TraceServiceServicer_to_server,
+)
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -253,3 +263,45 @@ def test_outside_a_traced_request_a_span_is_one_shared_do_nothing_context() -> N
     assert tracing.span("a") is tracing.span("b")
     with tracing.span("x") as made:
         assert made is None
+
+
+class Collector(TraceServiceServicer):
+    def __init__(self) -> None:
+        self.requests: list[ExportTraceServiceRequest] = []
+
+    def Export(self, request: ExportTraceServiceRequest, context: object) -> ExportTraceServiceResponse:
+        self.requests.append(request)
+        return ExportTraceServiceResponse()
+
+
+@pytest.mark.anyio
+async def test_spans_reach_an_otlp_grpc_collector(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    collector = Collector()
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "ae-grpc-export")
+        assert tracing.start()
+        try:
+            headers = {"traceparent": TRACEPARENT}
+            response = await client.post("/models/tab/score", json={"inputs": [[3.0] * 5]}, headers=headers)
+            assert response.status_code == 200
+        finally:
+            tracing.stop()  # sends what is buffered
+    finally:
+        server.stop(None)
+    spans = [
+        (span, resource.resource)
+        for request in collector.requests
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    names = {span.name for span, _ in spans if span.trace_id.hex() == TRACE_ID}
+    assert names == {"POST /models/{model}/score", "parse", "queue wait", "onnxruntime run", "encode"}
+    service_names = {a.value.string_value for _, r in spans for a in r.attributes if a.key == "service.name"}
+    assert service_names == {"ae-grpc-export"}
