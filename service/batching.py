@@ -98,7 +98,8 @@ class _Waiting:
 
     @property
     def span(self) -> Any:
-        return None if self.record is None else self.record.span
+        """The request's span when it is sampled (service.tracing); else None."""
+        return self.record.span if self.record is not None and self.record.traced else None
 
 
 class CostModel:
@@ -223,7 +224,7 @@ class Batcher:
             results = await asyncio.gather(*(self._submit(part, deadline, record) for part in parts))
             return [np.concatenate(outputs) for outputs in zip(*results, strict=True)]
         loop = asyncio.get_running_loop()
-        traced = record is not None and record.span is not None
+        traced = record is not None and record.traced
         waiting = _Waiting(
             x, loop.create_future(), time.perf_counter(), deadline, record, time.time_ns() if traced else 0
         )

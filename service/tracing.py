@@ -53,6 +53,7 @@ class RequestRecord:
     protocol: str
     started: float  # perf_counter
     span: trace.Span | None = None
+    traced: bool = False  # its span records (sampled): only then are child spans made
     method: str | None = None  # an HTTP method or a gRPC method's full name
     path: str | None = None
     operation: str | None = None
@@ -147,7 +148,10 @@ class Served:
             parent = propagate.extract(self.carrier)
             attributes = {**(self.attributes or {}), "request.id": record.request_id}
             record.span = _tracer.start_span(self.name, parent, self.kind, attributes=attributes)
-            self._attached = otel_context.attach(trace.set_span_in_context(record.span, parent))
+            # A request the sampler leaves out keeps its trace id (for its log line) and costs nothing more.
+            record.traced = record.span.is_recording()
+            if record.traced:
+                self._attached = otel_context.attach(trace.set_span_in_context(record.span, parent))
         return record
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> None:
@@ -155,7 +159,7 @@ class Served:
         if self._attached is not None:
             otel_context.detach(self._attached)  # type: ignore[arg-type]
         _current.reset(self._token)
-        if record.span is not None:
+        if record.traced and record.span is not None:
             if error is not None:
                 record.span.record_exception(error)
                 record.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
@@ -188,7 +192,8 @@ _NOTHING = contextlib.nullcontext()
 
 def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
     """A child span of the current one around a block (tracing on, inside a traced request); else nothing."""
-    if not ENABLED or _tracer is None or current() is None:
+    record = current()
+    if record is None or not record.traced or _tracer is None:
         return _NOTHING
     return _tracer.start_as_current_span(name, attributes=attributes)
 

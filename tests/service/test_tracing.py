@@ -305,3 +305,18 @@ async def test_spans_reach_an_otlp_grpc_collector(client: httpx.AsyncClient, mon
     assert names == {"POST /models/{model}/score", "parse", "queue wait", "onnxruntime run", "encode"}
     service_names = {a.value.string_value for _, r in spans for a in r.attributes if a.key == "service.name"}
     assert service_names == {"ae-grpc-export"}
+
+
+@pytest.mark.anyio
+async def test_a_request_its_caller_did_not_sample_makes_no_span_but_keeps_its_trace_id(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    unsampled = f"00-{TRACE_ID}-{PARENT_ID}-00"
+    with caplog.at_level(logging.INFO, logger="service.requests"):
+        response = await client.post(
+            "/models/tab/score", json={"inputs": [[3.0] * 5]}, headers={"traceparent": unsampled}
+        )
+    assert response.status_code == 200
+    assert spans.get_finished_spans() == ()
+    [line] = [record for record in caplog.records if record.name == "service.requests"]
+    assert line.fields["trace_id"] == TRACE_ID and line.fields["queue_wait_ms"] >= 0  # type: ignore[attr-defined]
