@@ -109,19 +109,34 @@ class Sink:
             "schema": [{"name": f.name, "type": str(f.type)} for f in self._schema or []],
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        written = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
         with self.filesystem.open_output_stream(posixpath.join(self.folder, MANIFEST)) as stream:
-            stream.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-        self._move_into_place()
+            stream.write(written)
+        self._move_into_place(written)
 
-    def _move_into_place(self) -> None:
+    def _move_into_place(self, manifest: bytes) -> None:
         # An existing folder is moved aside first and removed only once the new one is in place.
         aside = None
         if self.filesystem.get_file_info(self.final).type != pafs.FileType.NotFound:
             aside = f"{self.final}.old-{uuid.uuid4().hex[:8]}"
             self.filesystem.move(self.final, aside)
-        self.filesystem.move(self.folder, self.final)
+        try:
+            self.filesystem.move(self.folder, self.final)
+        except (pa.ArrowNotImplementedError, NotImplementedError, OSError):
+            self._move_parts(manifest)
         if aside is not None:
             self.filesystem.delete_dir(aside)
+
+    def _move_parts(self, manifest: bytes) -> None:
+        """Object stores cannot rename a folder: the parts are moved one by one and the manifest is written
+        last, so a folder without _manifest.json is one still being written (or abandoned)."""
+        for part in self.written.parts:
+            target = posixpath.join(self.final, part.file)
+            self.filesystem.create_dir(posixpath.dirname(target), recursive=True)
+            self.filesystem.move(posixpath.join(self.folder, part.file), target)
+        with self.filesystem.open_output_stream(posixpath.join(self.final, MANIFEST)) as stream:
+            stream.write(manifest)
+        self.filesystem.delete_dir(self.folder)
 
     def _open_part(self) -> None:
         self._close_part()
