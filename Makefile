@@ -8,7 +8,7 @@ MODELS_DIR ?= models
 PORT ?=
 PORT_FLAG := $(if $(PORT),--port $(PORT))
 
-.PHONY: serve test test-fast lint lock grpc-stubs models evaluate bench bench-grpc soak install-wrk install-h2load screenshots install-service install-train install-dev install-bench system-deps clean
+.PHONY: serve test test-fast lint lock grpc-stubs models evaluate bench bench-grpc bench-batch soak install-wrk install-h2load screenshots install-service install-train install-dev install-bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -128,6 +128,11 @@ install-wrk:
 # (docs/benchmark.md); MLServer when installed in /tmp/mls (../shared/peers/README.md), skipped otherwise.
 bench-grpc: install-bench install-wrk install-h2load
 	$(BIN)/python bench/grpc_bench.py --seconds $(BENCH_SECONDS)
+
+# Batch jobs (docs/batch.md): 1,000,000 x 64 Parquet rows through python -m service.batch, local and Ray
+# engines, against in-process onnxruntime and the service over HTTP; reports/batch/. It trains its model.
+bench-batch: install-dev
+	$(BIN)/python bench/batch.py
 
 # h2load (Debian's nghttp2-client), the gRPC load generator of bench-grpc: it replays a framed ModelInfer.
 install-h2load:
