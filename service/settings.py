@@ -43,8 +43,9 @@ class Settings(BaseSettings):
     """TCP port of the gRPC server (the Open Inference Protocol's GRPCInferenceService, gRPC health and
     reflection), on the same interface; 0 turns gRPC off."""
     grpc_max_concurrent_rpcs: int = Field(256, ge=1)
-    """Most gRPC calls each worker handles at once; past it a call is refused with RESOURCE_EXHAUSTED. Each
-    may hold a message of up to max-body-bytes."""
+    """Most gRPC inference calls each worker handles at once, counted from when their message has arrived;
+    past it a call is refused with UNAVAILABLE and a retry hint. Each may hold a message of up to
+    max-body-bytes."""
     log_level: LogLevel = "info"
     """Log level of the service and of uvicorn."""
     log_format: Literal["text", "json"] = "text"

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from service.codecs import MAX_DIMS
 from service.grpc import open_inference_pb2 as pb
 from service.v2_codec import (
     MAX_INPUTS,
@@ -68,13 +69,17 @@ def parse_request(message: pb.ModelInferRequest) -> InferRequest:
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(inputs):
         if tensor.name in arrays:
-            raise bad(f"input {tensor.name!r} is given twice")
-        _check_parameters(tensor.parameters, f"input {tensor.name[:60]!r}")
+            raise bad(f"input {tensor.name[:60]!r} is given twice")
+        where = f"input {tensor.name[:60]!r}"
+        _check_parameters(tensor.parameters, where)
+        if len(tensor.shape) > MAX_DIMS:  # before the shape becomes a list
+            raise bad(f"{where}: shape must be a list of at most {MAX_DIMS} non-negative integers")
         arrays[tensor.name] = _raw_input(tensor, raw[index]) if raw else _typed_input(tensor)
     outputs: dict[str, bool | None] = {}
     for output in message.outputs:
         if not output.name:
             raise bad("each requested output needs a name")
+        _check_parameters(output.parameters, f"output {output.name[:60]!r}")
         outputs[output.name] = None
     parameters = _parameters(message.parameters, "the request")
     return InferRequest(message.id or None, arrays, outputs, bool(raw), parameters)
@@ -157,6 +162,8 @@ def _packed_floats(field_number: int, array: np.ndarray, dtype: str) -> bytes:
 def slow_to_parse(message: pb.ModelInferRequest) -> bool:
     """Whether converting the request's values takes long enough to do off the event loop: many integers
     sent as typed contents (varints, read by Python)."""
+    if len(message.inputs) > MAX_INPUTS:
+        return False  # refused by parse_request at once
     return any(
         len(getattr(tensor.contents, field)) > SLICE
         for tensor in message.inputs

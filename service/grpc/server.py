@@ -19,8 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.grpc import open_inference_pb2 as pb
-from service.grpc import open_inference_pb2_grpc as pb_grpc
-from service.grpc.servicer import InferenceServicer
+from service.grpc.servicer import InferenceServicer, handlers
 from service.registry import Registry
 from service.settings import Settings
 
@@ -28,6 +27,10 @@ logger = logging.getLogger("service.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # How often Health.Watch looks at readiness again.
 WATCH_INTERVAL_S = 1.0
+MAX_STREAMS_PER_CONNECTION = 128
+IDLE_MS = 5 * 60 * 1000
+AGE_MS = 30 * 60 * 1000
+KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS = 60 * 1000, 20 * 1000
 
 
 class GrpcServer:
@@ -45,15 +48,8 @@ class GrpcServer:
 
     async def start(self) -> None:
         settings = self.settings
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", settings.max_body_bytes),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 1),
-            ],
-            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
-        )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.app), server)
+        server = grpc.aio.server(options=options(settings))
+        server.add_generic_rpc_handlers((handlers(InferenceServicer(self.app)),))
         health_pb2_grpc.add_HealthServicer_to_server(Health(self.app.state.registry), server)
         names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
@@ -69,6 +65,28 @@ class GrpcServer:
         """Refuses new calls at once and waits up to `grace` seconds for those in flight."""
         if self.server is not None:
             await self.server.stop(grace)
+
+
+def options(settings: Settings) -> list[tuple[str, int]]:
+    """The server's channel arguments: the message limit, and bounds on what a connection may hold."""
+    grace_s = settings.request_timeout_s + settings.send_timeout_s
+    return [
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 1),
+        # HTTP/2 streams one connection may have open at once (the client queues more).
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        # A connection must finish its handshake as an HTTP request its headers; an idle one is closed; any
+        # is closed (GOAWAY, its calls given the grace of a request and its answer) after a while, which
+        # also spreads long-lived clients over the workers again.
+        ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
+        ("grpc.max_connection_idle_ms", IDLE_MS),
+        ("grpc.max_connection_age_ms", AGE_MS),
+        ("grpc.max_connection_age_grace_ms", int(grace_s * 1000)),
+        # Pings find connections whose peer has gone.
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ]
 
 
 class Health(health_pb2_grpc.HealthServicer):

@@ -55,11 +55,12 @@ def route_class(protocol: Protocol, operation: str | None = None) -> type[Servic
 
 
 @asynccontextmanager
-async def deadline(seconds: float) -> AsyncIterator[None]:
-    """504 `timeout` when the block (reading the body, waiting for a batch, computing) takes too long."""
+async def deadline(seconds: float, why: str | None = None) -> AsyncIterator[None]:
+    """504 `timeout` when the block (reading the body, waiting for a batch, computing) takes too long; the
+    message is `why` when given (a gRPC call's own deadline)."""
     try:
         async with asyncio.timeout(seconds) as timeout:
             with deadline_at(timeout.when()):  # the batchers drop its rows once it has passed
                 yield
     except TimeoutError:
-        raise ServiceError(504, "timeout", f"the request took longer than {seconds:g} s") from None
+        raise ServiceError(504, "timeout", why or f"the request took longer than {seconds:g} s") from None

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from service import tracing
 from service.grpc import open_inference_pb2 as pb
 from service.grpc import open_inference_pb2_grpc as pb_grpc
-from service.grpc.servicer import InferenceServicer
+from service.grpc.servicer import InferenceServicer, handlers
 from tests.service.test_tracing import PARENT_ID, TRACE_ID, TRACEPARENT, of_trace
 
 pytestmark = pytest.mark.anyio
@@ -33,7 +33,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
 @pytest.fixture
 async def stub(app: FastAPI) -> AsyncIterator[pb_grpc.GRPCInferenceServiceStub]:
     server = grpc.aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(app), server)
+    server.add_generic_rpc_handlers((handlers(InferenceServicer(app)),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
