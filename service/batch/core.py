@@ -7,6 +7,7 @@ float32 and finite, images through service.images as uploads are."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -123,16 +124,15 @@ class Scorer:
         return images.from_pixels(pixels, self._offset, self._scale)
 
     def _answers(self, x: np.ndarray) -> dict[str, pa.Array]:
-        wanted, answers = self.job.outputs, dict[str, object]()
+        """Each output's columns, in the order asked for; each graph runs once, and only if asked for."""
+        wanted, found = self.job.outputs, dict[str, object]()
         if SCORER_OUTPUTS.intersection(wanted):
             scores = self._runs.score(x)
-            scored = _checked(dataplane.scored, self.manifest, scores, rows_of=scores.score)
-            answers |= self._scored(scored)
+            found |= self._scored(_checked(dataplane.scored, self.manifest, scores, rows_of=scores.score))
         if "z" in wanted:
             latents, logvar = self._runs.encode(x)
-            encoded = _checked(dataplane.encoded, latents, logvar, rows_of=latents)
-            answers["z"] = encoded.latents  # placed below
-        return {name: column for output in wanted for name, column in self._columns(output, answers).items()}
+            found["z"] = _checked(dataplane.encoded, latents, logvar, rows_of=latents).latents
+        return {name: column for output in wanted for name, column in self._columns(output, found).items()}
 
     def _scored(self, scored: dataplane.Scored) -> dict[str, object]:
         found: dict[str, object] = {"score": scored.scores, "is_anomaly": scored.is_anomaly}
@@ -186,8 +186,7 @@ class _BoundRuns:
 
     def __init__(self, runtime: ModelRuntime) -> None:
         self._sessions = {role: runtime.session(role) for role in ("scorer", "encoder")}
-        self._host: np.ndarray | None = None
-        self._device: ort.OrtValue | None = None
+        self._bound = threading.local()  # the local engine's threads share this Scorer, each with its own rows
 
     def score(self, x: np.ndarray) -> Scores:
         x_hat, score, sq_err = self._run("scorer", x)
@@ -198,11 +197,12 @@ class _BoundRuns:
         return outputs[0], (outputs[1] if len(outputs) > 1 else None)
 
     def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:
-        if x is not self._host:
-            self._host, self._device = x, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        bound = self._bound
+        if getattr(bound, "host", None) is not x:
+            bound.host, bound.device = x, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
         session = self._sessions[role]
         binding = session.io_binding()
-        binding.bind_ortvalue_input("x", self._device)
+        binding.bind_ortvalue_input("x", bound.device)
         for output in session.get_outputs():
             binding.bind_output(output.name, "cpu")
         session.run_with_iobinding(binding)
