@@ -76,25 +76,29 @@ FROM cpu-install AS train-build
 # An ARG is in the environment of the RUNs below, where pip reads it; unset unless given.
 ARG PIP_EXTRA_INDEX_URL
 COPY docker/wheels/ /build/wheels/
-# The dependencies first, from pyproject.toml alone (a project with no code yet), so that changing the
-# code reinstalls the project and not torch. The lock as constraints: the train extra adds torch and its
-# tools, never moves a pinned package.
+# The train extra's packages, from pyproject.toml alone: with no code beside it the project installs as an
+# empty distribution (uninstalled below), so this stage, and the 1.5 GB it copies into the image, changes
+# only with the dependencies; the code goes into the image after it. The lock as constraints: the extra
+# adds torch and its tools, never moves a pinned package.
 COPY pyproject.toml /build/src/
 RUN /opt/venv/bin/python -m pip install --find-links /build/wheels \
         --constraint /build/requirements/service-cpu.txt "/build/src[train]" \
     && /opt/venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 COPY docker/slim-venv.sh /build/docker/
-COPY service/ /build/src/service/
-COPY training/ /build/src/training/
-RUN /opt/venv/bin/python -m pip install --no-deps --force-reinstall /build/src \
+RUN /opt/venv/bin/python -m pip uninstall --yes --quiet autoencoder-service \
     && /build/docker/slim-venv.sh /opt/venv
 
 
 FROM ${PYTHON_IMAGE} AS train
 RUN useradd --system --user-group --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 COPY --from=train-build /opt/venv /opt/venv
+# training/ and the package format it shares with service/, importable from /app.
+COPY service/ /app/service/
+COPY training/ /app/training/
+RUN /opt/venv/bin/python -m compileall -q /app
 WORKDIR /work
 ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
