@@ -328,7 +328,10 @@ def test_every_listening_worker_is_ready_once_readyz_says_so(tmp_path: Path, cop
 
 
 def test_a_worker_that_cannot_start_stops_the_service(models_dir: Path) -> None:
-    command = f"exec >&-; exec {sys.executable} -m service --port 0 --models-dir {models_dir} --workers 2"
-    result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # Each worker sets up its trace exporter as it starts (service.tracing): one that does not exist stops it.
+    command = [sys.executable, "-m", "service", "--port", "0", "--models-dir", str(models_dir), "--workers", "2"]
+    env = os.environ | {"OTEL_TRACES_EXPORTER": "no-such-exporter"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 3, result.stderr[-2000:]
     assert "Worker failed to boot" in result.stderr
+    assert "OTEL_TRACES_EXPORTER: unknown exporter 'no-such-exporter'" in result.stderr
