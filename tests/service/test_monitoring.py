@@ -238,6 +238,21 @@ async def test_metrics_carry_the_counters_histogram_and_status(client: httpx.Asy
     assert 'ae_monitor_status{model="bars",version="1"} -1.0' in text
 
 
+async def test_every_protocol_is_recorded(client: httpx.AsyncClient) -> None:
+    # REST /score and /reconstruct are in the tests above; V2 inference (HTTP here, gRPC through the same
+    # service.v2_infer) scores through the same data plane.
+    rows = monitored.table_rows(30, seed=8)
+    tensor = {"name": "x", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}
+    response = await client.post("/v2/models/sensor/infer", json={"inputs": [tensor], "outputs": [{"name": "score"}]})
+    assert response.status_code == 200, response.text
+    await send(client, "sensor", rows, path="reconstruct")
+    assert (await status_of(client, "sensor"))["totals"]["rows"] == 60
+    # Outputs that need no score compute none, and record nothing.
+    response = await client.post("/v2/models/sensor/infer", json={"inputs": [tensor], "outputs": [{"name": "z"}]})
+    assert response.status_code == 200, response.text
+    assert (await status_of(client, "sensor"))["totals"]["rows"] == 60
+
+
 async def test_per_version_and_unknown_models(client: httpx.AsyncClient) -> None:
     assert (await client.get("/models/sensor/versions/1/monitoring")).json()["model"] == "sensor"
     for path in (
