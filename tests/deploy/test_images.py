@@ -398,7 +398,7 @@ class Outcome:
 
 def load(url: str, body: dict[str, Any], outcomes: list[Outcome], stopping: threading.Event) -> None:
     """Posts `body` again and again, each time on a new connection, until `stopping` is set."""
-    timeout = httpx.Timeout(GRACE_PERIOD_S + 15, connect=2)
+    timeout = httpx.Timeout(GRACE_PERIOD_S + 15, connect=5)
     with httpx.Client(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         while not stopping.is_set():
             started = time.monotonic()
