@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -20,11 +21,13 @@ from scipy import stats
 
 from service import monitoring
 from service.app import create_app
+from service.grpc import open_inference_pb2 as pb
+from service.grpc import open_inference_pb2_grpc as pb_grpc
 from service.monitoring import Window
 from service.settings import Settings
 from tests.service import monitored
 from tests.service.registries import refreshed
-from tests.service.servers import ROOT, running_server
+from tests.service.servers import ROOT, free_port, running_server
 
 WINDOW = 400
 pytestmark = pytest.mark.anyio
@@ -279,10 +282,30 @@ async def test_monitoring_off(monitored_models: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_workers(monitored_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def grpc_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def two_workers(
+    monitored_models: Path, grpc_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
     log = tmp_path_factory.mktemp("logs") / "server.log"
-    with running_server(monitored_models, log, "--workers", "2", env={"AE_MONITOR_WINDOW": str(WINDOW)}) as client:
+    env = {"AE_MONITOR_WINDOW": str(WINDOW), "AE_GRPC_PORT": str(grpc_port)}
+    with running_server(monitored_models, log, "--workers", "2", env=env) as client:
         yield client
+
+
+@pytest.mark.e2e
+def test_grpc_inference_is_recorded(two_workers: httpx.Client, grpc_port: int) -> None:
+    rows = monitored.image_rows(30, seed=12)
+    contents = pb.InferTensorContents(fp32_contents=rows.ravel().tolist())
+    tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=list(rows.shape), contents=contents)
+    request = pb.ModelInferRequest(model_name="bars", inputs=[tensor], outputs=[{"name": "score"}])
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    answer = two_workers.get("/models/bars/monitoring").json()
+    assert answer["totals"]["rows"] == answer["window"]["rows_seen"] == 30
 
 
 def send_spread(client: httpx.Client, model: str, rows: np.ndarray) -> None:
