@@ -444,3 +444,38 @@ def test_logs_carry_no_traceback(compose: Compose) -> None:
     logs = compose("logs", "--no-color", SERVICE)
     assert "Listening at" in logs
     assert "Traceback" not in logs, logs[-5000:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The gpu image, where a GPU is visible and its CUDA base can be pulled
+
+
+def test_gpu_image_serves_every_model_on_cuda(docker: str, request: pytest.FixtureRequest) -> None:
+    if shutil.which("nvidia-smi") is None or run("nvidia-smi").returncode != 0:
+        pytest.skip("no GPU visible (nvidia-smi): the gpu image is built and started only where one is")
+    cuda_image = default_image("CUDA_IMAGE")
+    if run(docker, "image", "inspect", cuda_image).returncode != 0 and run(docker, "pull", cuda_image).returncode != 0:
+        pytest.skip(f"{cuda_image} cannot be pulled here: the gpu image cannot be built")
+    # The legacy builder builds every stage before the target: the cpu and train ones first, to reuse them.
+    request.getfixturevalue("train_image")
+    build(docker, request.getfixturevalue("python_image"), "gpu", "autoencoder-service:gpu", *torch_wheel_args())
+    port = free_port()
+    container = checked(
+        docker, "run", "--detach", "--gpus", "all", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
+        "--publish", f"127.0.0.1:{port}:8000", "autoencoder-service:gpu",
+    ).strip()  # fmt: skip
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, 120, "the gpu image's /readyz answering 200")
+        models = httpx.get(f"http://127.0.0.1:{port}/models", timeout=10).json()["models"]
+        assert models and {model["name"]: model["providers"][0] for model in models} == {
+            model["name"]: "CUDAExecutionProvider" for model in models
+        }
+    finally:
+        run(docker, "rm", "--force", container)
