@@ -47,6 +47,12 @@ def inverted(images: np.ndarray) -> np.ndarray:
     return 255 - images
 
 
+def trained_once(base: Path) -> Path:
+    """The models of `train`, trained once under a session's temporary folder `base` for every module."""
+    root = base / "monitored"
+    return root / "models" if (root / "models" / "bars" / "1").is_dir() else train(root)
+
+
 def train(root: Path) -> Path:
     """A models folder with `sensor/1` (a table of named features) and `bars/1` (images)."""
     root.mkdir(parents=True, exist_ok=True)

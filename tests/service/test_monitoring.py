@@ -35,7 +35,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(scope="module")
 def monitored_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return monitored.train(tmp_path_factory.mktemp("monitored"))
+    return monitored.trained_once(tmp_path_factory.getbasetemp())
 
 
 def build_app(models_dir: Path, **settings: Any) -> FastAPI:

@@ -29,7 +29,7 @@ DRIFT = "AutoencoderScoreDrift"
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    models = monitored.train(tmp_path_factory.mktemp("monitored"))
+    models = monitored.trained_once(tmp_path_factory.getbasetemp())
     log = tmp_path_factory.mktemp("logs") / "server.log"
     env = {"AE_MONITOR_WINDOW": str(WINDOW)}
     with running_server(models, log, "--workers", "2", env=env) as client:
