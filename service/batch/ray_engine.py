@@ -32,8 +32,26 @@ def run(
         import ray
     except ImportError:
         raise BatchError("--engine ray needs Ray Data: pip install 'autoencoder-service[ray]'") from None
-    if not ray.is_initialized():
+    started = not ray.is_initialized()  # a caller's own Ray session is left running; one started here is not
+    if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        _score(ray, job, dataset, csv_types, workers, batch_rows, progress, sink)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _score(
+    ray: Any,
+    job: Job,
+    dataset: Dataset,
+    csv_types: dict[str, pa.DataType],
+    workers: int | None,
+    batch_rows: int,
+    progress: bool,
+    sink: Sink,
+) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = progress
     # One CPU is left to the read and write tasks: an actor pool holding every CPU would wait for them forever.
     actors = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
