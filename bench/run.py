@@ -471,7 +471,7 @@ def _tracing_cost(
 # default) and on a copy two ports up with AE_MONITOR_WINDOW=0, loaded in turn, MONITORING_ROUNDS times each.
 # Beside req/s, the CPU time the service's processes spent per request; on a busy machine both move by 10-20%
 # between rounds, far more than monitoring costs, so the hook itself is timed in-process too (`hook_us`).
-MONITORING_ROUNDS = 3
+MONITORING_ROUNDS = 4
 
 
 def _monitoring_cost(
@@ -484,8 +484,9 @@ def _monitoring_cost(
     ports = {"on": args.port, "off": args.port + 2}
     servers = {"on": _process_tree(monitored.pid), "off": _process_tree(unmonitored.pid)}
     try:
-        for _ in range(MONITORING_ROUNDS):
-            for name, port in ports.items():
+        for round_ in range(MONITORING_ROUNDS):
+            # Each goes first in turn: the second of a pair runs on a machine the first has just warmed.
+            for name, port in sorted(ports.items(), reverse=bool(round_ % 2)):
                 before = _cpu_s(servers[name])
                 values = _wrk_values(f"http://127.0.0.1:{port}/score", env, SCENARIOS[0].connections, args.seconds)
                 # The requests of wrk's one-second warm-up count too: about one second's worth.
