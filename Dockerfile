@@ -58,7 +58,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     AE_HOST=0.0.0.0 \
     AE_PORT=8000 \
-    AE_MODELS_DIR=/models
+    AE_MODELS_DIR=/models \
+    AE_LOG_FORMAT=json
 USER 10001:10001
 # HTTP, and gRPC beside it (AE_GRPC_PORT).
 EXPOSE 8000 8001
@@ -162,7 +163,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     CUDA_CACHE_PATH=/tmp/cuda-cache \
     AE_HOST=0.0.0.0 \
     AE_PORT=8000 \
-    AE_MODELS_DIR=/models
+    AE_MODELS_DIR=/models \
+    AE_LOG_FORMAT=json
 USER 10001:10001
 EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

@@ -63,7 +63,7 @@ def test_serving_image_runs_make_serve_as_a_non_root_user(flavour: str) -> None:
     assert [json.loads(args) for args in stage.args("ENTRYPOINT")] == [["python", "-m", "service"]]
     assert stage.args("USER") == ["10001:10001"]
     env = " ".join(stage.args("ENV"))
-    for setting in ("AE_HOST=0.0.0.0", "AE_PORT=8000", "AE_MODELS_DIR=/models"):
+    for setting in ("AE_HOST=0.0.0.0", "AE_PORT=8000", "AE_MODELS_DIR=/models", "AE_LOG_FORMAT=json"):
         assert setting in env.split(), f"{flavour} image lacks ENV {setting}"
     assert "models/ /models/" in stage.args("COPY"), "the committed models are the fallback"
     (healthcheck,) = stage.args("HEALTHCHECK")
