@@ -1,5 +1,6 @@
-"""`python -m training calibrate PACKAGE --data DATA`: adds the percentile curve (score.quantiles) to a
-package written before packages stored it, from the same normal validation rows `fit` calibrated its
+"""`python -m training calibrate PACKAGE --data DATA`: adds the percentile curve (score.quantiles) and, for a
+table, each feature's share of the error (score.feature_shares, what monitoring compares live rows with) to a
+package written before packages stored them, from the same normal validation rows `fit` calibrated its
 threshold on. The data must be what the package was trained on: the threshold is recomputed from the
 package's own scorer on the re-derived split and must equal the stored one, or nothing is written."""
 
@@ -15,7 +16,7 @@ from service.manifest import MANIFEST, Manifest
 from training.config import FitConfig
 from training.data import load_dataset
 from training.errors import DataError
-from training.metrics import calibrate_threshold, score_quantiles
+from training.metrics import calibrate_threshold, feature_shares, score_quantiles
 from training.package import write_json
 from training.pipeline import run_graph, split_rows
 
@@ -49,7 +50,11 @@ def add_quantiles(package: Path, data_path: Path) -> list[float]:
             f"the package says {stored:.6g}); nothing written"
         )
     quantiles = score_quantiles(normal)
-    updated = manifest.model_copy(update={"score": manifest.score.model_copy(update={"quantiles": quantiles})})
+    added: dict[str, object] = {"quantiles": quantiles}
+    if data.kind == "tabular":
+        rows = data.x[split.val][split.val_is_normal]
+        added["feature_shares"] = feature_shares(run_graph(package, manifest.graphs["scorer"].file, "sq_err", rows))
+    updated = manifest.model_copy(update={"score": manifest.score.model_copy(update=added)})
     partial = manifest_path.with_suffix(".json.partial")
     # Only what was written before, and the curve: validating filled in defaults that are not written back.
     write_json(partial, updated.model_dump(mode="json", exclude_unset=True))

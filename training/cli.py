@@ -160,7 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from training.calibrate import add_quantiles
 
             quantiles = add_quantiles(args.package, args.data)
-            print(f"{args.package}: percentile curve of {len(quantiles)} points added to manifest.json")
+            print(
+                f"{args.package}: percentile curve of {len(quantiles)} points (and, for a table, the features' "
+                "shares of the error) added to manifest.json"
+            )
         else:
             from training.pipeline import fit
 

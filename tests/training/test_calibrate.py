@@ -1,5 +1,5 @@
-"""`python -m training calibrate`: an older package (no percentile curve) gets the curve `fit` would have
-written, from the data it was trained on, and nothing from other data."""
+"""`python -m training calibrate`: an older package (no percentile curve, no feature shares) gets what `fit`
+would have written, from the data it was trained on, and nothing from other data."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ def older_package(tmp_path: Path) -> tuple[Path, Path, list[float]]:
     package = fit(FitConfig(data=rows, name="old", models_dir=tmp_path / "models", epochs=2, progress=False))
     manifest = json.loads((package / "manifest.json").read_text())
     written = manifest["score"].pop("quantiles")
+    shares = manifest["score"].pop("feature_shares")
     (package / "manifest.json").write_text(json.dumps(manifest))
-    return package, rows, written
+    return package, rows, [*written, *shares]
 
 
 def test_the_curve_fit_would_have_written(older_package: tuple[Path, Path, list[float]]) -> None:
@@ -31,7 +32,7 @@ def test_the_curve_fit_would_have_written(older_package: tuple[Path, Path, list[
     before = json.loads((package / "manifest.json").read_text())
     assert main(["calibrate", str(package), "--data", str(rows)]) == 0
     after = json.loads((package / "manifest.json").read_text())
-    assert after["score"].pop("quantiles") == written
+    assert [*after["score"].pop("quantiles"), *after["score"].pop("feature_shares")] == written
     assert after == before  # the rest as it was written
 
 
