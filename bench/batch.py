@@ -7,7 +7,7 @@ the rows/s and peak memory of each (docs/batch.md, docs/benchmark.md):
     ray         python -m service.batch --engine ray on a local Ray (the job's time includes Ray's start)
     http        the service over HTTP, a client loop posting .npy bodies of 1,024 rows (what a user's loop gets)
 
-    python bench/batch.py [--rows 1000000] [--http-rows 200000] [--skip-ray]
+    python bench/batch.py [--rows 1000000] [--http-rows 200000] [--repeat 3] [--skip-ray]
 
 Each runs in a process of its own; memory is the resident size summed over its process tree (Ray's and the
 service's processes included), sampled every 100 ms. Results: reports/batch/batch.json and batch.png.
@@ -71,14 +71,17 @@ def main() -> None:
         source = _dataset(work / "rows.parquet", args.rows)
         cores = len(os.sched_getaffinity(0))
         results: dict[str, dict[str, Any]] = {}
-        rate, peak = _measured(
-            [sys.executable, "-c", INPROCESS, str(package / "scorer.onnx"), str(source), str(cores), str(CHUNK_ROWS)]
-        )
-        results["inprocess"] = {"rows_per_s": round(float(rate.split()[-1])), "peak_mb": peak}
+        # The machine is shared: in-process onnxruntime and the local engine take turns, --repeat times each,
+        # and each keeps its best run, so both are measured under the same conditions.
+        inprocess = [str(package / "scorer.onnx"), str(source), str(cores), str(CHUNK_ROWS)]
+        for _ in range(args.repeat):
+            rate, peak = _measured([sys.executable, "-c", INPROCESS, *inprocess])
+            _keep_best(results, "inprocess", {"rows_per_s": round(float(rate.split()[-1])), "peak_mb": peak})
+            _keep_best(results, "local-thread", _job(package, source, work, "local", "--parallelism", "thread"))
         _report("inprocess", results["inprocess"])
-        for parallelism in ("thread", "process"):
-            results[f"local-{parallelism}"] = _job(package, source, work, "local", "--parallelism", parallelism)
-            _report(f"local-{parallelism}", results[f"local-{parallelism}"])
+        _report("local-thread", results["local-thread"])
+        results["local-process"] = _job(package, source, work, "local", "--parallelism", "process")
+        _report("local-process", results["local-process"])
         if not args.skip_ray:
             results["ray"] = _job(package, source, work, "ray")
             _report("ray", results["ray"])
@@ -91,7 +94,8 @@ def main() -> None:
         "chunk_rows": CHUNK_ROWS,
         "cores": cores,
         "machine": platform.platform(),
-        "load_average_at_start": os.getloadavg()[0],
+        "load_average_at_end": os.getloadavg()[0],
+        "repeat": args.repeat,
         "local_vs_inprocess": round(best_local / results["inprocess"]["rows_per_s"], 3),
         "results": results,
     }
@@ -104,8 +108,16 @@ def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--http-rows", type=int, default=200_000, help="rows the HTTP client loop sends")
+    parser.add_argument("--repeat", type=int, default=3, help="turns of in-process and local-thread runs")
     parser.add_argument("--skip-ray", action="store_true")
     return parser.parse_args()
+
+
+def _keep_best(results: dict[str, dict[str, Any]], name: str, result: dict[str, Any]) -> None:
+    runs = [*results.get(name, {}).get("runs", []), result["rows_per_s"]]
+    if result["rows_per_s"] >= results.get(name, {}).get("rows_per_s", 0):
+        results[name] = result
+    results[name]["runs"] = runs
 
 
 def _train(work: Path) -> Path:
@@ -135,7 +147,7 @@ def _job(package: Path, source: Path, work: Path, engine: str, *flags: str) -> d
     output = work / f"out-{engine}-{'-'.join(flags) or 'default'}"
     command = [sys.executable, "-m", "service.batch", "--model", str(package), "--input", str(source)]
     command += ["--output", str(output), "--passthrough", "id", "--engine", engine, "--no-progress", *flags]
-    command += ["--batch-rows", str(CHUNK_ROWS)]
+    command += ["--batch-rows", str(CHUNK_ROWS), "--overwrite"]
     _, peak = _measured(command)
     manifest = json.loads((output / "_manifest.json").read_text())
     return {

@@ -36,6 +36,7 @@ KINDS: dict[str, Kind] = {
     ".bmp": "images",
 }
 CSV_BLOCK_BYTES = 4 * 1024 * 1024
+PARQUET_READ_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,12 @@ def _parquet_chunks(dataset: Dataset, path: str, batch_rows: int, columns: list[
     _check_columns(path, parquet.schema_arrow.names, columns)
     row = 0
     try:
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
-            yield Chunk(pa.Table.from_batches([batch]), path, row)
-            row += batch.num_rows
+        # Decoded in larger batches than the model runs (each batch costs per column), then sliced.
+        for batch in parquet.iter_batches(batch_size=max(batch_rows, PARQUET_READ_ROWS), columns=columns):
+            table = pa.Table.from_batches([batch])
+            for start in range(0, table.num_rows, batch_rows):
+                yield Chunk(table.slice(start, batch_rows), path, row + start)
+            row += table.num_rows
     except (pa.ArrowException, OSError) as exc:
         raise BatchError(f"{path}, after row {row}: unreadable Parquet ({exc})") from None
 
