@@ -275,6 +275,9 @@ def _chart(results: dict[str, dict[str, Any]], path: Path) -> None:
         drawn = axis.barh(names, values, color="#4c72b0")
         axis.bar_label(drawn, labels=[label(v) for v in values], padding=3, fontsize=8)
         axis.set_title(title, fontsize=10)
+        if key == "rows_per_s":
+            axis.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:,.0f}k")
+        axis.margins(x=0.2)
         axis.invert_yaxis()
     figure.suptitle("1,000,000 x 64 Parquet rows through a dense autoencoder (bench/batch.py)", fontsize=11)
     figure.tight_layout()

@@ -36,7 +36,7 @@ KINDS: dict[str, Kind] = {
     ".bmp": "images",
 }
 CSV_BLOCK_BYTES = 4 * 1024 * 1024
-PARQUET_READ_ROWS = 65_536
+PARQUET_READ_ROWS = 16_384
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,8 @@ def _parquet_chunks(dataset: Dataset, path: str, batch_rows: int, columns: list[
     _check_columns(path, parquet.schema_arrow.names, columns)
     row = 0
     try:
-        # Decoded in larger batches than the model runs (each batch costs per column), then sliced.
+        # Decoded in batches of a few runs (each batch costs per column: 4,096 rows at a time cost a third more),
+        # then sliced into runs.
         for batch in parquet.iter_batches(batch_size=max(batch_rows, PARQUET_READ_ROWS), columns=columns):
             table = pa.Table.from_batches([batch])
             for start in range(0, table.num_rows, batch_rows):
