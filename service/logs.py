@@ -61,7 +61,7 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
         }
         line |= _request_ids()
-        line |= getattr(record, "fields", None) or {}
+        line |= {key: _bounded(value) for key, value in (getattr(record, "fields", None) or {}).items()}
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         elif record.stack_info:
@@ -76,10 +76,30 @@ class TextFormatter(logging.Formatter):
         super().__init__(TEXT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        line = super().formatMessage(record)
+        # What a client sent (a path, a model name) must not start a line of its own: control characters
+        # are escaped, and a field with spaces or quotes is quoted.
+        line = super().formatMessage(record).translate(_ESCAPES)
         extra = _request_ids() | (getattr(record, "fields", None) or {})
-        shown = " ".join(f"{key}={value}" for key, value in extra.items() if value is not None)
+        shown = " ".join(f"{key}={_text(value)}" for key, value in extra.items() if value is not None)
         return f"{line} {shown}" if shown else line
+
+
+# Longest string field a line carries; longer ones (a 5,000-character path) are cut, with their length.
+MAX_FIELD = 256
+_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_FIELD:
+        return f"{value[:MAX_FIELD]}...({len(value)} characters)"
+    return value
+
+
+def _text(value: Any) -> str:
+    shown = str(_bounded(value))
+    if any(char.isspace() or char == '"' or ord(char) < 32 or ord(char) == 127 for char in shown):
+        return orjson.dumps(shown).decode()  # quoted, its control characters escaped
+    return shown
 
 
 def _request_ids() -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends, Path, Request, Response
 
 from service import codecs, schemas
@@ -84,12 +85,13 @@ async def monitoring(model: ModelName, registry: RegistryDep) -> Response:
     against the expected rate, PSI and KS of the score distribution against the normal validation scores,
     the status (ok, warning, drift; no_data before enough rows), and for tables which features carry the
     error (docs/monitoring.md)."""
-    return json_response(_monitoring(registry, model, None))
+    # Merging every worker's window and testing it takes milliseconds: off the event loop.
+    return json_response(await to_thread.run_sync(_monitoring, registry, model, None))
 
 
 async def version_monitoring(model: ModelName, version: ModelVersion, registry: RegistryDep) -> Response:
     """Score monitoring of one version of the model (as /models/{model}/monitoring)."""
-    return json_response(_monitoring(registry, model, version))
+    return json_response(await to_thread.run_sync(_monitoring, registry, model, version))
 
 
 def _monitoring(registry: Registry, model: str, version: str | None) -> dict[str, Any]:

@@ -151,3 +151,21 @@ def test_a_retired_model_logs_its_retirement_and_unloading_with_its_name_and_ver
     lines = [json.loads(logs.JsonFormatter().format(record)) for record in caplog.records]
     assert [line["event"] for line in lines] == ["model tab/1 retired, 1 requests in flight", "model tab/1 unloaded"]
     assert all((line["model"], line["version"]) == ("tab", 1) for line in lines)
+
+
+def test_text_lines_escape_what_a_client_sent(capsys: pytest.CaptureFixture[str]) -> None:
+    """A path or model name with a newline cannot start a forged line; a long one is cut."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure("info", "text")
+    try:
+        forged = "/models/x\nfake line level=ERROR/score"
+        logging.getLogger("service.requests").info("request", extra=logs.fields(path=forged, model="m" * 5000))
+        logging.getLogger("service.test").info("message with %s", "a\r\nb")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert 'path="/models/x\\nfake line level=ERROR/score"' in lines[0] and "(5000 characters)" in lines[0]
+    assert lines[1].endswith("message with a\\r\\nb")

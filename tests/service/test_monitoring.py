@@ -154,7 +154,7 @@ def test_a_window_of_seconds_forgets_older_rows(tmp_path: Path) -> None:
     ("text", "window"),
     [
         ("1000", Window(rows=1000)),
-        ("250 rows", Window(rows=250)),
+        ("350 rows", Window(rows=350)),
         ("30s", Window(seconds=30)),
         ("5m", Window(seconds=300)),
     ],
@@ -163,10 +163,27 @@ def test_window_parses(text: str, window: Window) -> None:
     assert Window.parse(text) == window
 
 
-@pytest.mark.parametrize("text", ["", "ten", "-5", "1.5", "5 days"])
+@pytest.mark.parametrize("text", ["", "ten", "-5", "1.5", "5 days", "250"])
 def test_a_bad_window_stops_the_start(text: str, monitored_models: Path) -> None:
     with pytest.raises(ValidationError, match="window"):
         Settings(models_dir=monitored_models, monitor_window=text)
+
+
+def test_p_values_of_large_windows_take_the_normal_approximation() -> None:
+    """Past EXACT_ROWS the tests are closed-form (an exact one over millions of rows took seconds): they meet
+    the exact ones at the border, and stay fast however many rows the window holds."""
+    from service import monitoring
+
+    n = monitoring.EXACT_ROWS
+    for rate in (0.0104, 0.0106):
+        k = round(n * rate)
+        exact, approximate = monitoring.binomial_p_value(k, n, 0.01), monitoring.binomial_p_value(k, n + 1, 0.01)
+        assert approximate == pytest.approx(exact, rel=0.1)
+        exact = monitoring.beta_binomial_p_value(k, n, 9.0, 891.0)
+        assert monitoring.beta_binomial_p_value(k, n + 1, 9.0, 891.0) == pytest.approx(exact, rel=0.1)
+    started = time.perf_counter()
+    assert monitoring.beta_binomial_p_value(200_000, 10_000_000, 900.0, 89_100.0) < 1e-6
+    assert time.perf_counter() - started < 0.5
 
 
 def test_settings_leave_prometheus_client_unimported() -> None:
