@@ -81,6 +81,7 @@ def service_url(image_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "PYTHONDONTWRITEBYTECODE": "1",
         "AE_HOST": "127.0.0.1",
         "AE_PORT": "0",  # a free one, which the log names
+        "AE_GRPC_PORT": "0",  # gRPC is tested in tests/service/test_grpc.py
         "AE_MODELS_DIR": str(REPO / "models"),
     }
     log = app / "service.log"

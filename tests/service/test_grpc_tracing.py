@@ -15,6 +15,7 @@ from service import tracing
 from service.grpc import open_inference_pb2 as pb
 from service.grpc import open_inference_pb2_grpc as pb_grpc
 from service.grpc.servicer import InferenceServicer, handlers
+from tests.poll import wait_until_async
 from tests.service.test_tracing import PARENT_ID, TRACE_ID, TRACEPARENT, of_trace
 
 pytestmark = pytest.mark.anyio
@@ -55,6 +56,8 @@ async def test_a_call_joins_the_callers_trace_with_its_parse_queue_run_and_encod
     call = stub.ModelInfer(request(), metadata=(("traceparent", TRACEPARENT), ("x-request-id", "grpc-7")))
     await call
     assert dict(await call.trailing_metadata())["x-request-id"] == "grpc-7"
+    name = "inference.GRPCInferenceService/ModelInfer"
+    await wait_until_async(lambda: name in of_trace(spans, TRACE_ID), message="the call's span ended")
     traced = of_trace(spans, TRACE_ID)
     server = traced["inference.GRPCInferenceService/ModelInfer"]
     assert server.parent is not None and f"{server.parent.span_id:016x}" == PARENT_ID
@@ -73,6 +76,9 @@ async def test_a_refused_call_is_traced_with_its_status(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.ModelInfer(bad, metadata=(("traceparent", TRACEPARENT),))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    server = of_trace(spans, TRACE_ID)["inference.GRPCInferenceService/ModelInfer"]
+    # The status reaches the client before the server's handler has left its span.
+    name = "inference.GRPCInferenceService/ModelInfer"
+    await wait_until_async(lambda: name in of_trace(spans, TRACE_ID), message="the refused call's span ended")
+    server = of_trace(spans, TRACE_ID)[name]
     assert server.attributes is not None and server.attributes["status"] == "INVALID_ARGUMENT"
     assert len(dict(refused.value.trailing_metadata() or ())["x-request-id"]) == 32

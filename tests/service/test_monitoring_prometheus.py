@@ -23,7 +23,7 @@ from tests.service import monitored
 from tests.service.servers import free_port, running_server
 
 pytestmark = pytest.mark.e2e
-WINDOW = 200
+WINDOW = 300
 DRIFT = "AutoencoderScoreDrift"
 
 

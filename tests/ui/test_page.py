@@ -344,7 +344,7 @@ def test_the_monitoring_panel_shows_the_window_the_api_reports(
     choose(page, "mnist-dense")
     page.wait_for_selector("#monitoring-panel", state="visible")
     # Noise is nothing like the digits the model was calibrated on: the window turns to drift.
-    noise = np.random.default_rng(7).integers(0, 256, size=(200, 28, 28)).tolist()
+    noise = np.random.default_rng(7).integers(0, 256, size=(400, 28, 28)).tolist()
     assert server.post("/models/mnist-dense/score", json={"inputs": noise}).status_code == 200
     page.wait_for_selector("#monitor-status.drift", timeout=15_000)  # the panel polls every 5 s
     expected = server.get("/models/mnist-dense/monitoring").json()
