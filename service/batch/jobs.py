@@ -4,6 +4,7 @@ work starts; then the chosen engine, the sink and the summary."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -45,6 +46,7 @@ def plan(config: BatchConfig) -> Plan:
 
 
 def run_job(config: BatchConfig) -> Summary:
+    _apart(config.input, config.output)
     memory.configure()  # as the service does: threads' freed buffers go back, not into arenas of their own
     chosen = plan(config)
     job, dataset = chosen.job, chosen.dataset
@@ -135,3 +137,14 @@ def _feature_columns(manifest: Manifest, found: pa.Schema, passthrough: tuple[st
 
 def _numeric(kind: pa.DataType) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
+def _apart(input_uri: str, output_uri: str) -> None:
+    """The output may be neither the input nor a folder holding it: replacing it would delete the data."""
+    if "://" in input_uri or "://" in output_uri:
+        inside = input_uri.rstrip("/") == output_uri.rstrip("/") or input_uri.startswith(output_uri.rstrip("/") + "/")
+    else:
+        data, out = Path(input_uri).resolve(), Path(output_uri).resolve()
+        inside = data == out or out in data.parents
+    if inside:
+        raise BatchError(f"--output {output_uri} holds the input {input_uri}; write the results elsewhere")

@@ -46,8 +46,16 @@ class Sink:
     def __init__(self, uri: str, format: Format, part_rows: int, overwrite: bool) -> None:
         self.uri, self.format, self.part_rows, self.overwrite = uri, format, part_rows, overwrite
         self.filesystem, self.final = resolve(uri)
-        if self.filesystem.get_file_info(self.final).type != pafs.FileType.NotFound and not overwrite:
+        found = self.filesystem.get_file_info(self.final).type
+        if found != pafs.FileType.NotFound and not overwrite:
             raise BatchError(f"{uri} exists; choose another --output or pass --overwrite")
+        # --overwrite replaces an earlier job's output only, never a folder of anything else (the input's).
+        earlier = posixpath.join(self.final, MANIFEST)
+        if found != pafs.FileType.NotFound and self.filesystem.get_file_info(earlier).type != pafs.FileType.File:
+            raise BatchError(
+                f"{uri} exists and is not the output of an earlier job (no {MANIFEST}); --overwrite replaces "
+                "only those: choose another --output"
+            )
         self.folder = f"{self.final}.tmp-{uuid.uuid4().hex[:8]}"
         self.written = Written()
         self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
@@ -55,7 +63,10 @@ class Sink:
         self._schema: pa.Schema | None = None
 
     def __enter__(self) -> Sink:
-        self.filesystem.create_dir(self.folder, recursive=True)
+        try:
+            self.filesystem.create_dir(self.folder, recursive=True)
+        except OSError as exc:
+            raise BatchError(f"{self.uri}: cannot create the output folder ({exc})") from None
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -246,9 +247,42 @@ def test_existing_output_is_kept_unless_overwrite(models_dir: Path, datasets: Pa
     (output / "mine.txt").write_text("keep")
     with pytest.raises(BatchError, match="exists"):
         run_job(job(models_dir / "tab", datasets / "rows.npy", output))
-    assert (output / "mine.txt").exists()
+    # --overwrite replaces an earlier job's output only: this folder is not one.
+    with pytest.raises(BatchError, match="not the output of an earlier job"):
+        run_job(job(models_dir / "tab", datasets / "rows.npy", output, overwrite=True))
+    assert sorted(p.name for p in output.iterdir()) == ["mine.txt"]
+    (output / "mine.txt").unlink()
+    output.rmdir()
+    run_job(job(models_dir / "tab", datasets / "rows.npy", output))
     run_job(job(models_dir / "tab", datasets / "rows.npy", output, overwrite=True))
     assert sorted(p.name for p in output.iterdir()) == ["_manifest.json", "part-00000.parquet"]
+
+
+def test_the_output_never_holds_the_input(models_dir: Path, tmp_path: Path) -> None:
+    """Writing over the input's folder (or one above it) with --overwrite deleted the data."""
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(tabular(), data / "rows.parquet")
+    for output in (data, tmp_path):
+        with pytest.raises(BatchError, match="holds the input"):
+            run_job(job(models_dir / "tab", data, output, overwrite=True, passthrough="id,day"))
+    assert (data / "rows.parquet").exists()
+
+
+def test_sigterm_removes_the_temporary_output(models_dir: Path, tmp_path: Path) -> None:
+    rows = tmp_path / "rows.parquet"
+    pq.write_table(pa.concat_tables([tabular()] * 4000), rows)
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "service.batch", "--model", str(models_dir / "tab"), "--input", str(rows)]
+    command += ["--output", str(output), "--passthrough", "id,day", "--batch-rows", "16"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("out.tmp-*/part-*")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.terminate()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1 and "interrupted; nothing was written" in err
+    assert not output.exists() and not list(tmp_path.glob("out.tmp-*"))
 
 
 @pytest.mark.parametrize(
