@@ -39,10 +39,7 @@ def plan(config: BatchConfig) -> Plan:
     if config.engine == "ray" and dataset.kind not in RAY_KINDS:
         raise BatchError(f"--engine ray reads {', '.join(RAY_KINDS)}; {dataset.kind} needs --engine local")
     named = manifest.input.feature_names
-    csv_types: dict[str, pa.DataType] = {}
-    if dataset.kind == "csv":
-        # Passthrough columns come back as written: ids keep their leading zeros, "NA" stays "NA".
-        csv_types = {name: pa.string() for name in config.passthrough} | {name: pa.float64() for name in named or []}
+    csv_types = {name: pa.float64() for name in named or []} if dataset.kind == "csv" else {}
     layout = _layout(config, manifest, dataset, csv_types)
     job = Job(package, layout, config.outputs, config.top_features, config.vectors, config.device)
     return Plan(job, dataset, csv_types)
