@@ -439,12 +439,9 @@ def _tracing_cost(
         try:
             for _ in range(TRACING_ROUNDS):
                 for name, port in ports.items():
-                    before = _cpu_s(servers[name])
-                    values = _wrk_values(f"http://127.0.0.1:{port}/score", env, SCENARIOS[0].connections, args.seconds)
-                    # The requests of wrk's one-second warm-up count too: about one second's worth.
-                    requests = float(values["n"]) + float(values["rps"])
-                    rps[name].append(float(values["rps"]))
-                    cpu_us[name].append(round((_cpu_s(servers[name]) - before) / requests * 1e6, 1))
+                    measured = _one_row_round(args, env, port, servers[name])
+                    rps[name].append(measured[0])
+                    cpu_us[name].append(measured[1])
         finally:
             traced.terminate()
             traced.wait(timeout=10)
@@ -467,6 +464,17 @@ def _tracing_cost(
     return result
 
 
+def _one_row_round(
+    args: argparse.Namespace, env: dict[str, str], port: int, processes: list[int]
+) -> tuple[float, float]:
+    """Scenario 1's load on the service at `port`: its req/s, and the CPU time `processes` spent per request."""
+    before = _cpu_s(processes)
+    values = _wrk_values(f"http://127.0.0.1:{port}/score", env, SCENARIOS[0].connections, args.seconds)
+    # The requests of wrk's one-second warm-up count too: about one second's worth.
+    requests = float(values["n"]) + float(values["rps"])
+    return float(values["rps"]), round((_cpu_s(processes) - before) / requests * 1e6, 1)
+
+
 # Score monitoring (issue 24, docs/monitoring.md): scenario 1 on the service as started (monitoring on, the
 # default) and on a copy two ports up with AE_MONITOR_WINDOW=0, loaded in turn, MONITORING_ROUNDS times each.
 # Beside req/s, the CPU time the service's processes spent per request; on a busy machine both move by 10-20%
@@ -487,12 +495,9 @@ def _monitoring_cost(
         for round_ in range(MONITORING_ROUNDS):
             # Each goes first in turn: the second of a pair runs on a machine the first has just warmed.
             for name, port in sorted(ports.items(), reverse=bool(round_ % 2)):
-                before = _cpu_s(servers[name])
-                values = _wrk_values(f"http://127.0.0.1:{port}/score", env, SCENARIOS[0].connections, args.seconds)
-                # The requests of wrk's one-second warm-up count too: about one second's worth.
-                requests = float(values["n"]) + float(values["rps"])
-                rps[name].append(float(values["rps"]))
-                cpu_us[name].append(round((_cpu_s(servers[name]) - before) / requests * 1e6, 1))
+                measured = _one_row_round(args, env, port, servers[name])
+                rps[name].append(measured[0])
+                cpu_us[name].append(measured[1])
     finally:
         unmonitored.terminate()
         unmonitored.wait(timeout=10)
