@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,10 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from service import tracing
 from service.app import create_app
 from service.settings import Settings
 from tests.service.registries import refreshed
@@ -32,6 +35,17 @@ AppMaker = Callable[..., FastAPI]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process, its spans kept in memory."""
+    exporter = InMemorySpanExporter()
+    assert tracing.start(env={}, processors=[SimpleSpanProcessor(exporter)])
+    try:
+        yield exporter
+    finally:
+        tracing.stop()
 
 
 @pytest.fixture(scope="session")

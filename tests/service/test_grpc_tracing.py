@@ -3,15 +3,13 @@ spans in an in-memory exporter, joined to the caller's traceparent metadata."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from fastapi import FastAPI
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from service import tracing
 from service.grpc import open_inference_pb2 as pb
 from service.grpc import open_inference_pb2_grpc as pb_grpc
 from service.grpc.servicer import InferenceServicer, handlers
@@ -19,16 +17,6 @@ from tests.poll import wait_until_async
 from tests.service.test_tracing import PARENT_ID, TRACE_ID, TRACEPARENT, of_trace
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    assert tracing.start(env={}, processors=[SimpleSpanProcessor(exporter)])
-    try:
-        yield exporter
-    finally:
-        tracing.stop()
 
 
 @pytest.fixture
