@@ -75,19 +75,37 @@ def fit(config: FitConfig) -> Path:
         data = load_dataset(config.data, config.label_column, config.image_size, config.image_channels)
         if world.is_main:
             _warn_of_label_like_features(data, config)
-        split = split_rows(data, config)
-        config = resolve_training(config, data, len(split.train))
         version = choose_version(config.models_dir, config.name, config.version, config.replace)
-        norm, model, history = train_model(config, data, split, world)
+        trained = train(config, data, world)
         destination = config.models_dir / config.name / str(version)
         if world.is_main:
             with staging_folder(config.models_dir, config.name, version) as folder:
-                manifest = _write_package(folder, config, version, data, split, norm, model, history, world)
+                manifest = write_package(folder, trained, version, world)
             print(summary(manifest, destination), flush=True)
         world.barrier()
         return destination
     finally:
         world.close()
+
+
+@dataclass
+class Trained:
+    """A trained model and all that its package is written from."""
+
+    config: FitConfig  # resolved: every choice the data made is filled in
+    data: Dataset
+    split: Split
+    norm: Normalisation
+    model: Autoencoder
+    history: History
+
+
+def train(config: FitConfig, data: Dataset, world: World | None = None) -> Trained:
+    """Splits the rows, chooses the recipe from the data and trains it (on every rank under torchrun)."""
+    split = split_rows(data, config)
+    config = resolve_training(config, data, len(split.train))
+    norm, model, history = train_model(config, data, split, world)
+    return Trained(config, data, split, norm, model, history)
 
 
 def train_model(
@@ -146,17 +164,13 @@ def _trainer_config(config: FitConfig, device: str) -> TrainerConfig:
     )
 
 
-def _write_package(
-    folder: Path,
-    config: FitConfig,
-    version: int,
-    data: Dataset,
-    split: Split,
-    norm: Normalisation,
-    model: Autoencoder,
-    history: History,
-    world: World,
-) -> Manifest:
+def write_package(folder: Path, trained: Trained, version: int, world: World | None = None) -> Manifest:
+    """Exports, checks and calibrates `trained` into `folder` (a staging folder: training.package) as
+    package `version`; returns its manifest."""
+    config, data, split, norm, model, history = (
+        trained.config, trained.data, trained.split, trained.norm, trained.model, trained.history
+    )  # fmt: skip
+    world = world or World()
     spec = model.spec
     graphs = graph_specs(model, norm)
     x_val = data.x[split.val]
