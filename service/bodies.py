@@ -68,11 +68,13 @@ class JsonLimits:
     depth: int = MAX_DEPTH
 
     @classmethod
-    def for_rows(cls, row_shape: tuple[int, ...], max_rows: int) -> JsonLimits:
+    def for_rows(cls, row_shape: tuple[int, ...], max_rows: int, extra_per_row: int = 0) -> JsonLimits:
         """Limits of a request of up to `max_rows` rows of this shape, in any layout the routes take: nested
-        ([n, 28, 28, 1]: 1 + 28 + 28 x 28 arrays a row), flat, or as {feature: value} objects."""
+        ([n, 28, 28, 1]: 1 + 28 + 28 x 28 arrays a row), flat, or as {feature: value} objects, with
+        `extra_per_row` values besides the features (a label)."""
         arrays_per_row = 1 + sum(math.prod(row_shape[:end]) for end in range(1, len(row_shape)))
-        return cls(values=max_rows * math.prod(row_shape) + SLACK, arrays=max_rows * arrays_per_row + SLACK)
+        values = max_rows * (math.prod(row_shape) + extra_per_row) + SLACK
+        return cls(values=values, arrays=max_rows * arrays_per_row + SLACK)
 
 
 SMALL_JSON = JsonLimits(values=SLACK, arrays=SLACK)  # a request without rows (generate)
@@ -102,17 +104,23 @@ class JsonScan:
 
 class CsvRows:
     """Feeds on CSV text chunk by chunk, parsing each complete line as it comes: numbers only, or a first
-    line of the model's feature names in any order. Raises at the first bad line, at row `max_rows + 1`,
-    and at a line longer than any row of the model could be."""
+    line of the model's feature names in any order, and the model's label column if it has one (its cells
+    are kept as text, apart from the rows). Raises at the first bad line, at row `max_rows + 1`, and at a
+    line longer than any row of the model could be."""
 
-    def __init__(self, names: Sequence[str] | None, features: int, max_rows: int, field: str) -> None:
-        self.names, self.features, self.max_rows, self.field = names, features, max_rows, field
-        self.max_line_chars = 256 * features + 4096
+    def __init__(
+        self, names: Sequence[str] | None, features: int, max_rows: int, field: str, label: str | None = None
+    ) -> None:
+        self.names, self.features, self.max_rows, self.field, self.label = names, features, max_rows, field, label
+        self.max_line_chars = 256 * (features + (label is not None)) + 4096
         self.max_lines = 2 * max_rows + 64  # blank lines are skipped, but not without end
         self._decoder = text_codecs.getincrementaldecoder("utf-8-sig")()
         self._pending = ""
         self._rows: list[list[float]] = []
         self._order: list[int] | None = None
+        self._label_at: int | None = None  # the label column's place in the header, when it names one
+        self._labels: list[str] = []
+        self._width = features  # cells per line: the header's, when there is one
         self._first = True
         self._lines = 0
 
@@ -125,6 +133,10 @@ class CsvRows:
         if not self._rows:
             raise ServiceError(422, "empty_batch", "the CSV body has no rows: send at least one")
         return np.asarray(self._rows, dtype=np.float64).reshape(len(self._rows), self.features)
+
+    def labels(self) -> list[str] | None:
+        """The label column's cells, one per row (once the rows were read); None when the header had none."""
+        return self._labels if self._label_at is not None else None
 
     def _decode(self, chunk: bytes, final: bool) -> str:
         try:
@@ -163,13 +175,16 @@ class CsvRows:
             self._first = False
             header = [cell.strip() for cell in line]
             if not any(_is_number(cell) for cell in header):  # a header: names only
-                self._order = _csv_columns(header, self.names)
+                self._order = _csv_columns(header, self.names, self.label)
+                self._label_at = header.index(self.label) if self.label in header else None
+                self._width = len(header)
                 return
         index = len(self._rows) + (1 if self._order is None else 2)
-        if len(line) != self.features:
-            raise ServiceError(
-                422, "invalid_shape", f"CSV line {index} has {len(line)} values; the model takes {self.features}"
-            )
+        if len(line) != self._width:
+            takes = f"the header has {self._width} columns"
+            if self._width == self.features:
+                takes = f"the model takes {self.features}"
+            raise ServiceError(422, "invalid_shape", f"CSV line {index} has {len(line)} values; {takes}")
         cells = line if self._order is None else [line[i] for i in self._order]
         if not all(_is_number(cell) for cell in cells):
             raise ServiceError(422, "invalid_dtype", f"CSV line {index} holds a value that is not a number")
@@ -178,6 +193,8 @@ class CsvRows:
                 413, "too_many_rows", f"{self.field} has more than {self.max_rows} rows; at most {self.max_rows}"
             )
         self._rows.append([float(cell) for cell in cells])
+        if self._label_at is not None:
+            self._labels.append(line[self._label_at].strip())
 
 
 class ByteLimit:
@@ -238,11 +255,13 @@ class NpyRows:
         )
 
 
-def _csv_columns(header: list[str], names: Sequence[str] | None) -> list[int]:
+def _csv_columns(header: list[str], names: Sequence[str] | None, label: str | None) -> list[int]:
+    """Where each feature is in the header, which names each feature once and may name the label column."""
     if names is None:
         raise ServiceError(422, "invalid_request", "this model has no feature names: send CSV rows without a header")
-    missing, unknown = sorted(set(names) - set(header)), sorted(set(header) - set(names))
-    if missing or unknown or len(header) != len(names):
+    allowed = {*names, label} if label is not None else set(names)
+    missing, unknown = sorted(set(names) - set(header)), sorted(set(header) - allowed)
+    if missing or unknown or len(header) != len(set(header)):
         raise ServiceError(
             422,
             "invalid_request",

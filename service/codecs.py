@@ -212,6 +212,22 @@ def rows_by_name(rows: list[Any], names: Sequence[str] | None, field: str) -> li
     return [[row[name] for name in names] for row in rows]
 
 
+def split_labels(value: Any, column: str | None, field: str) -> tuple[Any, list[Any] | None]:
+    """Rows given as objects without the model's label column, and its values (None where a row has none);
+    no labels when no row names the column. Labels are scalars: a list or object there is refused."""
+    rows = [value] if isinstance(value, dict) else value
+    if column is None or not isinstance(rows, list) or not any(isinstance(row, dict) and column in row for row in rows):
+        return value, None
+    labels = [row.get(column) if isinstance(row, dict) else None for row in rows]
+    for index, label in enumerate(labels):
+        if isinstance(label, list | dict):
+            raise ServiceError(
+                422, "invalid_request", f"{field}: row {index}'s {column!r} must be a string, number or null"
+            )
+    rest = [{k: v for k, v in row.items() if k != column} if isinstance(row, dict) else row for row in rows]
+    return (rest[0] if isinstance(value, dict) else rest), labels
+
+
 def few(names: list[str]) -> str:
     return str(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 

@@ -50,6 +50,17 @@ class RowsRequest:
     max_request_pixels: int = 0
     feature_names: tuple[str, ...] | None = None  # rows may then come as {name: value} objects, and CSV headed
     pixels: Pixels | None = None  # an image model's: uploads are read with it
+    label_column: str | None = None  # named rows and headed CSV may carry it: it is set apart, never scored
+
+
+@dataclass(frozen=True)
+class Rows:
+    """What a route gets from a request: the rows, its options, and the label column's values when the rows
+    carried it (one per row, None where a row's is missing)."""
+
+    x: np.ndarray
+    options: dict[str, Any]
+    labels: list[Any] | None = None
 
 
 @dataclass
@@ -62,7 +73,7 @@ class Result:
     pixels: Pixels | None = None
 
 
-async def read_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
+async def read_rows(request: Request, spec: RowsRequest) -> Rows:
     media = codecs.media_type(request.headers.get("content-type"))
     readers = _READERS if spec.uploads else {k: v for k, v in _READERS.items() if k != codecs.MULTIPART}
     reader = readers.get(media)
@@ -84,8 +95,9 @@ async def read_json(request: Request, required: list[str], options: Options) -> 
     return values | {name: codecs.option(body, name, kind, default) for name, (kind, default) in options.items()}
 
 
-async def _json_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
-    scan = json_scan(request, bodies.JsonLimits.for_rows(spec.row_shape, spec.max_rows))
+async def _json_rows(request: Request, spec: RowsRequest) -> Rows:
+    labels = int(spec.label_column is not None)
+    scan = json_scan(request, bodies.JsonLimits.for_rows(spec.row_shape, spec.max_rows, extra_per_row=labels))
     raw, query = await bodies.read(request.stream(), scan), _query(request)
     fast = codecs.load_json_with_rows(raw, spec.key, spec.options, fast_only=True)
     if fast is not None:  # simdjson straight into numpy: bounded by the limits, and fastest on the loop
@@ -112,21 +124,21 @@ async def off_the_loop(work: Callable[[], Any]) -> Any:
     return await to_thread.run_sync(work)
 
 
-def _rows_from_json(raw: bytes, spec: RowsRequest, query: list[tuple[str, str]]) -> tuple[np.ndarray, dict[str, Any]]:
+def _rows_from_json(raw: bytes, spec: RowsRequest, query: list[tuple[str, str]]) -> Rows:
     body = codecs.load_json_with_rows(raw, spec.key, spec.options)
     assert body is not None
     return _rows_of(body, spec, query)
 
 
-def _rows_of(
-    body: dict[str, Any], spec: RowsRequest, query: list[tuple[str, str]]
-) -> tuple[np.ndarray, dict[str, Any]]:
+def _rows_of(body: dict[str, Any], spec: RowsRequest, query: list[tuple[str, str]]) -> Rows:
     # Options first, as the fast path refuses a list among them before it converts the rows.
     options = _options_of(query, spec, {name: value for name, value in body.items() if name != spec.key})
-    return codecs.as_batch(body[spec.key], spec.row_shape, spec.key, spec.max_rows, spec.feature_names), options
+    value, labels = codecs.split_labels(body[spec.key], spec.label_column, spec.key)
+    x = codecs.as_batch(value, spec.row_shape, spec.key, spec.max_rows, spec.feature_names)
+    return Rows(x, options, labels)
 
 
-async def _upload_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
+async def _upload_rows(request: Request, spec: RowsRequest) -> Rows:
     if spec.pixels is None:
         raise ServiceError(415, "unsupported_media_type", f"{codecs.MULTIPART} uploads are for image models only")
     # Room for a few unknown fields, so check_fields names them instead of the parser refusing the form.
@@ -143,27 +155,28 @@ async def _upload_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray,
         pixels = np.stack([await to_thread.run_sync(decode, blob) for blob in blobs])
     rows = codecs.checked_rows(images.from_pixels(pixels, spec.pixels.offset, spec.pixels.scale), "file", spec.max_rows)
     fields = {name: _form_value(name, value) for name, value in form.items() if name != "file"}
-    return rows, _options(request, spec, fields)
+    return Rows(rows, _options(request, spec, fields))
 
 
-async def _npy_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
+async def _npy_rows(request: Request, spec: RowsRequest) -> Rows:
     options = _options(request, spec)
     check = bodies.NpyRows(spec.row_shape, spec.max_rows, spec.key, declared_length(request))
     array = codecs.load_npy(await bodies.read(request.stream(), check))
-    return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), options
+    return Rows(codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), options)
 
 
-async def _csv_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
+async def _csv_rows(request: Request, spec: RowsRequest) -> Rows:
     options = _options(request, spec)
-    parser = bodies.CsvRows(spec.feature_names, math.prod(spec.row_shape), spec.max_rows, spec.key)
+    features = math.prod(spec.row_shape)
+    parser = bodies.CsvRows(spec.feature_names, features, spec.max_rows, spec.key, spec.label_column)
     # The csv module is Python: each chunk is parsed in a thread, where the event loop can interleave with it.
     async for chunk in request.stream():
         with bodies.cut_short():
             await to_thread.run_sync(parser, chunk)
-    return codecs.shaped(parser.rows(), spec.row_shape, spec.key, spec.max_rows), options
+    return Rows(codecs.shaped(parser.rows(), spec.row_shape, spec.key, spec.max_rows), options, parser.labels())
 
 
-async def _raw_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, dict[str, Any]]:
+async def _raw_rows(request: Request, spec: RowsRequest) -> Rows:
     options = _options(request, spec)
     headers = request.headers
     dims, kind = codecs.raw_layout(headers.get("x-shape"), headers.get("x-dtype"))
@@ -175,7 +188,7 @@ async def _raw_rows(request: Request, spec: RowsRequest) -> tuple[np.ndarray, di
             )
     body = await bodies.read(request.stream(), bodies.ByteLimit(math.prod(dims) * kind.itemsize, dims, kind))
     array = codecs.load_raw(body, headers.get("x-shape"), headers.get("x-dtype"))
-    return codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), options
+    return Rows(codecs.shaped(array, spec.row_shape, spec.key, spec.max_rows), options)
 
 
 def declared_length(request: Request) -> int | None:
@@ -216,7 +229,7 @@ def _form_value(name: str, value: Any) -> Any:
         raise ServiceError(422, "invalid_request", f"form field {name} is not a JSON value: {value!r}") from None
 
 
-_Reader = Callable[[Request, RowsRequest], Awaitable[tuple[np.ndarray, dict[str, Any]]]]
+_Reader = Callable[[Request, RowsRequest], Awaitable[Rows]]
 _READERS: dict[str, _Reader] = {
     codecs.JSON: _json_rows,
     codecs.NPY: _npy_rows,

@@ -71,6 +71,17 @@ class ReconstructResponse(Answer):
     scores: list[float]
 
 
+class Separation(BaseModel):
+    """How well the scores separate the classes of the model's label column, for rows that carried it."""
+
+    column: str = Field(description="the label column the model was trained with (training.data.label_column)")
+    normal: int = Field(description="rows labelled normal (training.data.normal_label; without one, label 0)")
+    anomalous: int = Field(description="rows labelled anomalous (any other label; without a normal label, 1)")
+    unlabelled: int = Field(description="rows whose label is empty or missing")
+    auroc: float | None = Field(description="AUROC of the scores over the labelled rows; null when `note` says why")
+    note: str | None = Field(description="why there is no AUROC (too few rows of a class, or labels not understood)")
+
+
 class ScoreResponse(Answer):
     scores: list[float]
     threshold: float
@@ -80,6 +91,9 @@ class ScoreResponse(Answer):
     )
     sq_err: Rows | None = None
     top_features: list[list[dict[str, Any]]] | None = None
+    labels: Separation | None = Field(
+        None, description="only when the rows carry the model's label column (named rows, or a CSV header)"
+    )
 
 
 class GenerateResponse(Answer):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from service import admission, dataplane, schemas
-from service.payloads import Pixels, Result, RowsRequest, read_json, read_rows, respond
+from service import admission, dataplane, labels, schemas
+from service.payloads import Pixels, Result, Rows, RowsRequest, off_the_loop, read_json, read_rows, respond
 from service.routes import deadline, route_class
 from service.runtime import ModelRuntime
 from service.settings import Settings
@@ -32,6 +33,7 @@ def _inputs(settings: Settings, runtime: ModelRuntime, **options: tuple[type, An
         max_request_pixels=settings.max_request_pixels,
         feature_names=_names(runtime),
         pixels=_pixels(runtime),
+        label_column=runtime.manifest.training.data.label_column,
     )
 
 
@@ -59,40 +61,56 @@ def _shown(runtime: ModelRuntime, body: dict[str, Any], main: str) -> Result:
 
 async def encode(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
     """Latent vectors of the rows (a VAE: the mean; `return_logvar` adds the log-variance)."""
-    x, options = await read_rows(request, _inputs(settings, runtime, return_logvar=(bool, False)))
-    encoded = await dataplane.encode(runtime, x, options["return_logvar"])
+    rows = await read_rows(request, _inputs(settings, runtime, return_logvar=(bool, False)))
+    encoded = await dataplane.encode(runtime, rows.x, rows.options["return_logvar"])
     extra = {"logvar": encoded.logvar} if encoded.logvar is not None else {}
     return respond(request, Result(_answer(runtime, latents=encoded.latents, **extra), "latents"))
 
 
 async def decode(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
     """Reconstructions (raw scale) decoded from latent vectors; image models answer PNG on request."""
-    z, _ = await read_rows(request, _latents(settings, runtime))
-    x_hat = await dataplane.decode(runtime, z)
+    latents = await read_rows(request, _latents(settings, runtime))
+    x_hat = await dataplane.decode(runtime, latents.x)
     body = _answer(runtime, reconstructions=x_hat)
     return respond(request, _shown(runtime, body, "reconstructions"))
 
 
 async def reconstruct(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
     """Reconstructions of the rows and their anomaly scores; image models answer PNG on request."""
-    x, _ = await read_rows(request, _inputs(settings, runtime))
-    scored = await dataplane.reconstruct(runtime, x)
+    rows = await read_rows(request, _inputs(settings, runtime))
+    scored = await dataplane.reconstruct(runtime, rows.x)
     body = _answer(runtime, reconstructions=scored.reconstructions, scores=scored.scores)
     return respond(request, _shown(runtime, body, "reconstructions"))
 
 
 async def score(request: Request, runtime: ModelRuntime, settings: Settings) -> Response:
-    """Per-row anomaly scores (mean squared error in normalised space), the threshold, and is_anomaly."""
+    """Per-row anomaly scores (mean squared error in normalised space), the threshold, and is_anomaly; rows
+    that carry the model's label column also get how well the scores separate its classes (`labels`)."""
     spec = _inputs(settings, runtime, return_sq_err=(bool, False), top_features=(int, 0))
-    x, options = await read_rows(request, spec)
-    scored = await dataplane.score(runtime, x)
+    rows = await read_rows(request, spec)
+    options = rows.options
+    scored = await dataplane.score(runtime, rows.x)
     extra: dict[str, Any] = {} if scored.percentiles is None else {"percentiles": scored.percentiles}
+    if rows.labels is not None:
+        extra["labels"] = await _separation(runtime, rows, scored.scores)
     if options["return_sq_err"]:
         extra["sq_err"] = scored.sq_err
     if options["top_features"]:
         extra["top_features"] = _top_features(dataplane.top_features(runtime, scored.sq_err, options["top_features"]))
     body = _answer(runtime, scores=scored.scores, threshold=scored.threshold, is_anomaly=scored.is_anomaly, **extra)
     return respond(request, Result(body, "scores"))
+
+
+# Rows whose AUROC is computed off the event loop: a sort of more takes longer than a turn of the loop should.
+SEPARATION_ON_LOOP_ROWS = 4096
+
+
+async def _separation(runtime: ModelRuntime, rows: Rows, scores: Any) -> dict[str, Any]:
+    data = runtime.manifest.training.data
+    assert rows.labels is not None and data.label_column is not None
+    work = partial(labels.separation, scores, rows.labels, data.label_column, data.normal_label)
+    found = await off_the_loop(work) if len(rows.labels) > SEPARATION_ON_LOOP_ROWS else work()
+    return found.as_dict()
 
 
 def _top_features(top: dataplane.TopFeatures) -> list[list[dict[str, Any]]]:

@@ -540,49 +540,94 @@ function splitLine(line) {
   return line.split(/[,;\t]/).map((cell) => cell.trim().replace(/^"(.*)"$/, "$1"));
 }
 
+// The column a table model was trained with as its label (GET /models: training.data.label_column), if any.
+function labelColumn(model) {
+  return (model.training && model.training.data && model.training.data.label_column) || null;
+}
+
 // Rows of numbers from CSV text; a header line of feature names, in any order, is mapped onto the model's.
-function parseCsv(text, names) {
+// The header may also name the model's label column: its cells are kept apart, as text, and never scored.
+function parseCsv(text, names, label) {
   const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
   if (!lines.length) throw new Error("paste at least one row of numbers");
   let order = null;
+  let labelAt = -1;
+  let width = names.length;
   const first = splitLine(lines[0]);
   if (first.some((cell) => cell === "" || Number.isNaN(Number(cell)))) {
-    const unknown = first.filter((cell) => !names.includes(cell));
+    const unknown = first.filter((cell) => !names.includes(cell) && cell !== label);
     const missing = names.filter((name) => !first.includes(name));
-    if (unknown.length || missing.length) {
+    if (unknown.length || missing.length || new Set(first).size !== first.length) {
       throw new Error(`the header does not name this model's features: unknown ${JSON.stringify(unknown)}, ` +
-        `missing ${JSON.stringify(missing)}; the features are ${names.join(", ")}`);
+        `missing ${JSON.stringify(missing)}; the features are ${names.join(", ")}` +
+        (label ? ` (and the label column ${label} may come too)` : ""));
     }
     order = names.map((name) => first.indexOf(name));
+    labelAt = label ? first.indexOf(label) : -1;
+    width = first.length;
     lines.shift();
   }
-  return lines.map((line, index) => {
+  const labels = labelAt >= 0 ? [] : null;
+  const rows = lines.map((line, index) => {
     const cells = splitLine(line);
-    if (cells.length !== names.length) {
-      throw new Error(`row ${index + 1} has ${cells.length} values; this model takes ${names.length}`);
+    if (cells.length !== width) {
+      const takes = width === names.length ? `this model takes ${names.length}` : `the header has ${width} columns`;
+      throw new Error(`row ${index + 1} has ${cells.length} values; ${takes}`);
     }
     const values = (order ? order.map((i) => cells[i]) : cells).map(Number);
     if (values.some(Number.isNaN)) throw new Error(`row ${index + 1} holds something that is not a number`);
+    if (labels) labels.push(cells[labelAt]);
     return values;
   });
+  return { rows, labels };
 }
 
 async function scoreRows() {
   const model = state.model;
   const names = featureNames(model);
-  const rows = parseCsv($("csv").value, names);
-  const answer = await call(route(model, "score"), { json: { inputs: rows, return_sq_err: true } });
-  renderTable(names, rows, answer);
+  const label = labelColumn(model);
+  const { rows, labels } = parseCsv($("csv").value, names, label);
+  // Rows with labels go as named objects, the label among them: the service sets it apart and says how well
+  // the scores separate its classes (the answer's `labels`).
+  const inputs = labels ? rows.map((row, r) => ({ ...Object.fromEntries(names.map((n, f) => [n, row[f]])),
+    [label]: labels[r] })) : rows;
+  const answer = await call(route(model, "score"), { json: { inputs, return_sq_err: true } });
+  renderTable(names, rows, answer, labels);
   drawDistribution(answer.scores, answer.threshold);
   const flagged = answer.is_anomaly.filter(Boolean).length;
   $("table-result").textContent = `${rows.length} rows scored: ${flagged} above the threshold ` +
     `${format(answer.threshold)}.`;
+  showSeparation(answer.labels);
 }
 
-function renderTable(names, rows, answer) {
+// What the rows' labels say of the scores: the counts of each class, and the AUROC or why there is none.
+function showSeparation(found) {
+  const box = $("label-result");
+  box.hidden = !found;
+  if (!found) return;
+  const counts = `${found.normal} normal and ${found.anomalous} anomalous rows` +
+    (found.unlabelled ? `, ${found.unlabelled} without a label` : "");
+  box.replaceChildren(`Labels in column ${found.column}: ${counts}. `);
+  if (found.auroc === null) {
+    const note = document.createElement("span");
+    note.dataset.testid = "auroc-note";
+    note.textContent = found.note;
+    box.append(note);
+    return;
+  }
+  const value = document.createElement("strong");
+  value.className = "mono";
+  value.dataset.testid = "auroc";
+  value.dataset.value = String(found.auroc);
+  value.textContent = found.auroc.toFixed(4);
+  box.append("AUROC of the scores: ", value, " (1 ranks every anomaly above every normal row; 0.5 is chance).");
+}
+
+function renderTable(names, rows, answer, labels = null) {
   const table = $("rows-table");
   const head = document.createElement("tr");
-  for (const title of ["row", "score", "percentile", "verdict", ...names]) {
+  const label = labels ? [labelColumn(state.model)] : [];
+  for (const title of ["row", "score", "percentile", "verdict", ...label, ...names]) {
     const cell = document.createElement("th");
     cell.scope = "col";
     cell.textContent = title;
@@ -594,7 +639,8 @@ function renderTable(names, rows, answer) {
     if (anomaly) line.classList.add("anomaly");
     const total = answer.sq_err[r].reduce((a, b) => a + b, 0) || 1;
     const percentile = answer.percentiles ? answer.percentiles[r].toFixed(1) : "";
-    const cells = [String(r + 1), format(answer.scores[r]), percentile, anomaly ? "anomaly" : "normal"];
+    const cells = [String(r + 1), format(answer.scores[r]), percentile, anomaly ? "anomaly" : "normal",
+      ...(labels ? [labels[r]] : [])];
     cells.forEach((text, c) => {
       const cell = document.createElement("td");
       cell.textContent = text;
@@ -661,6 +707,8 @@ function drawDistribution(scores, threshold) {
 function clearTableResults() {
   $("rows-table").replaceChildren();
   $("table-result").textContent = "";
+  $("label-result").replaceChildren();
+  $("label-result").hidden = true;
   $("table-scale").hidden = true;
   state.distribution = null;
   $("distribution").getContext("2d").clearRect(0, 0, $("distribution").width, $("distribution").height);
@@ -669,7 +717,10 @@ function clearTableResults() {
 function openTablePanel(model) {
   $("table-panel").hidden = false;
   const names = featureNames(model);
+  const label = labelColumn(model);
   $("csv").placeholder = `${names.join(",")}\n${names.map(() => "0").join(",")}`;
+  $("csv-label").textContent = label ? ` The label column ${label} may come too: it is not scored, and its ` +
+    "labels give the AUROC of the scores." : "";
   clearTableResults();
 }
 
