@@ -131,17 +131,33 @@ class Preprocessing(_Part):
     description: str | None = None
 
 
+class FalsePositiveRate(_Part):
+    """A new normal row's chance of scoring above the threshold. The threshold is an order statistic of `rows`
+    exchangeable scores, so that chance follows a Beta distribution whatever the scores' own distribution."""
+
+    expected: float = Field(ge=0, le=1)
+    low: float = Field(ge=0, le=1)
+    high: float = Field(ge=0, le=1)
+    confidence: float = Field(gt=0, lt=1)
+
+
 class Calibration(_Part):
     """How the threshold was chosen."""
 
     method: Literal["quantile"]
     quantile: float = Field(gt=0, lt=1)
     split: str
-    """Which rows were scored: `validation`."""
+    """Which rows were scored: `validation` (the normal validation rows, scored by the model itself) or
+    `out_of_fold` (every normal row, each scored by a refit that never saw it: when the validation split
+    holds too few normal rows)."""
     rows: PositiveInt
-    """Normal validation rows scored."""
+    """Normal rows scored."""
     normal_label: str | None
     """The label of normal rows when one was given, else null (every row not labelled anomalous)."""
+    folds: PositiveInt | None = None
+    """`out_of_fold`: how many refits scored the rows."""
+    false_positive_rate: FalsePositiveRate | None = None
+    """How often a new normal row lands above the threshold, with the uncertainty `rows` leaves."""
 
 
 class Score(_Part):
@@ -230,6 +246,8 @@ class Training(_Part):
     epochs_run: NonNegativeInt
     best_epoch: NonNegativeInt | None = None
     seconds: NonNegativeFloat | None = None
+    warnings: list[str] = Field(default_factory=list)
+    """What the run noticed that a user should know, e.g. that validation loss was still falling at the end."""
 
 
 class Metrics(_Part):
@@ -244,7 +262,9 @@ class Metrics(_Part):
     training rows in the same normalised space."""
     auroc: float | None
     """AUROC of the score on validation rows when their labels are known (anomaly: a label other than the normal
-    label, or label 1 when no normal label was given); else null."""
+    label, or label 1 when no normal label was given) and hold enough rows of each class; else null."""
+    auroc_note: str | None = None
+    """Why `auroc` is null, or which rows it was measured on."""
 
 
 class Libraries(_Part):

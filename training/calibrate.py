@@ -26,6 +26,11 @@ THRESHOLD_RTOL = 1e-5
 def add_quantiles(package: Path, data_path: Path) -> list[float]:
     manifest_path = package / MANIFEST
     manifest = _read(manifest_path)
+    if manifest.score.calibration.split != "validation":
+        raise DataError(
+            f"{package}: calibrated on {manifest.score.calibration.split} scores when it was written, and it "
+            "stored their percentile curve then; nothing to add"
+        )
     trained = manifest.training.config
     config = FitConfig(
         data=data_path,

@@ -128,6 +128,10 @@ class FitConfig(BaseModel):
     """Adam's learning rate."""
     weight_decay: Annotated[float | None, TRAINING] = None
     """Adam's L2 penalty (1e-4 for tables, 0 for images)."""
+    trim: Annotated[float | None, TRAINING] = None
+    """Robust training: the fraction of each batch's rows with the largest loss left out of the step, and of
+    the validation rows left out of early stopping's loss (tables 0.1: the anomalies hidden among unlabelled
+    rows stop pulling the model towards them; images 0)."""
     patience: Annotated[int | None, TRAINING] = None
     """Early stopping: epochs without improvement (5, or 10 past 30 epochs)."""
     seed: Annotated[int, TRAINING] = 0

@@ -25,9 +25,8 @@ from tqdm import tqdm
 from training.config import EvalConfig, FitConfig
 from training.data import Dataset, load_dataset
 from training.errors import DataError
-from training.export import ScorerGraph
+from training.export import served_scores
 from training.metrics import auroc, pca_scores
-from training.models import Autoencoder
 from training.pipeline import split_rows, train_model
 from training.recipes import Normalisation, fit_normalisation, resolve_training
 from training.report import plt, save
@@ -64,14 +63,6 @@ def fit_and_score(
     norm, model, history = train_model(fit_config, unlabelled, split)
     members = max(1, len(model.spec.member_latents))
     return Scored(served_scores(model, norm, x_test), norm, model.spec.widest_code, members, history.epochs_run)
-
-
-@torch.no_grad()
-def served_scores(model: Autoencoder, norm: Normalisation, x: np.ndarray) -> np.ndarray:
-    """The `score` output of the scorer graph, computed by the module that is exported to ONNX."""
-    scorer = ScorerGraph(model.cpu().eval(), norm).eval()
-    chunks = [scorer(torch.from_numpy(chunk))[1] for chunk in np.array_split(x, max(1, len(x) // 1024))]
-    return torch.cat(chunks).numpy().astype(np.float64)
 
 
 def isolation_forest_scores(x_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:

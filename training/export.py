@@ -60,6 +60,14 @@ class ScorerGraph(_Normalised):
         return self.denormalise(x_hat), sq_err.flatten(1).mean(dim=1), sq_err
 
 
+@torch.no_grad()
+def served_scores(model: Autoencoder, norm: Normalisation, x: np.ndarray) -> np.ndarray:
+    """The `score` output of the scorer graph, computed by the module that is exported to ONNX."""
+    scorer = ScorerGraph(model.cpu().eval(), norm).eval()
+    chunks = [scorer(torch.from_numpy(chunk))[1] for chunk in np.array_split(x, max(1, len(x) // 1024))]
+    return torch.cat(chunks).numpy().astype(np.float64)
+
+
 def score_definition(spec: ModelSpec) -> str:
     """The manifest's words for what `ScorerGraph` computes."""
     single = "mean over features of the squared error in normalised space"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.manifest import Calibration
+from service.manifest import Calibration, FalsePositiveRate
 
 
 @dataclass
@@ -14,12 +14,38 @@ class Threshold:
     value: float
     quantile: float
     rows: int
+    split: str = "validation"  # or "out_of_fold": Calibration.split
+    folds: int | None = None
+    false_positive_rate: FalsePositiveRate | None = None
 
     def calibration(self, normal_label: str | None) -> Calibration:
-        """The manifest's `score.calibration`: the quantile of `rows` normal validation scores."""
+        """The manifest's `score.calibration`: the quantile of `rows` normal scores."""
         return Calibration(
-            method="quantile", quantile=self.quantile, split="validation", rows=self.rows, normal_label=normal_label
+            method="quantile",
+            quantile=self.quantile,
+            split=self.split,
+            rows=self.rows,
+            normal_label=normal_label,
+            folds=self.folds,
+            false_positive_rate=self.false_positive_rate,
         )
+
+
+def describe_calibration(calibration: Calibration) -> str:
+    """One line for people: what the threshold is the quantile of, and the false-positive rate it gives."""
+    rows = (
+        "normal validation rows"
+        if calibration.split == "validation"
+        else f"normal rows scored out of fold ({calibration.folds} refits)"
+    )
+    text = f"quantile {calibration.quantile} of {calibration.rows} {rows}"
+    fpr = calibration.false_positive_rate
+    if fpr is not None:
+        text += (
+            f"; false-positive rate {100 * fpr.expected:.2g}% "
+            f"({100 * fpr.confidence:g}% interval {100 * fpr.low:.2g}-{100 * fpr.high:.2g}%)"
+        )
+    return text
 
 
 def row_mse(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
@@ -37,12 +63,35 @@ def row_mse(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
 MSE_BLOCK_ROWS = 8192
 
 
-def calibrate_threshold(normal_scores: np.ndarray, quantile: float) -> Threshold:
+def calibrate_threshold(
+    normal_scores: np.ndarray, quantile: float, split: str = "validation", folds: int | None = None
+) -> Threshold:
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"threshold quantile must be in (0, 1), got {quantile}")
     if len(normal_scores) == 0:
         raise ValueError("no normal validation rows to calibrate the threshold on")
-    return Threshold(float(np.quantile(normal_scores, quantile)), quantile, len(normal_scores))
+    value = float(np.quantile(normal_scores, quantile))
+    return Threshold(value, quantile, len(normal_scores), split, folds, false_positive_rate(normal_scores, value))
+
+
+FPR_CONFIDENCE = 0.95
+
+
+def false_positive_rate(
+    normal_scores: np.ndarray, threshold: float, confidence: float = FPR_CONFIDENCE
+) -> FalsePositiveRate:
+    """The chance that a new normal row scores above `threshold`, from the threshold's rank among `n`
+    normal scores. If it is the j-th smallest, F(threshold) is the j-th order statistic of n uniforms,
+    Beta(j, n - j + 1), so the false-positive rate 1 - F is Beta(n - j + 1, j) whatever the scores'
+    distribution. A threshold interpolated between two scores is taken at the lower: the conservative side."""
+    from scipy.stats import beta
+
+    n = len(normal_scores)
+    rank = max(1, int(np.count_nonzero(normal_scores <= threshold)))
+    a, b = n - rank + 1, rank
+    tail = (1.0 - confidence) / 2
+    low, high = beta.ppf([tail, 1.0 - tail], a, b)
+    return FalsePositiveRate(expected=a / (a + b), low=float(low), high=float(high), confidence=confidence)
 
 
 # Enough points for a percentile to a tenth of a percent, few enough to keep a manifest small.
@@ -67,6 +116,22 @@ def feature_shares(sq_err: np.ndarray) -> list[float]:
     if not kept.any():
         return np.full(parts.shape[1], 1.0 / parts.shape[1]).tolist()
     return (parts[kept] / totals[kept]).mean(axis=0).tolist()
+
+
+# AUROC from fewer rows of either class is mostly noise (from one anomaly it is 0, 1, or a rank of it).
+MIN_AUROC_ROWS = 10
+
+
+def auroc_if_enough(scores: np.ndarray, is_anomaly: np.ndarray, rows: str) -> tuple[float | None, str]:
+    """AUROC when `rows` (in words) hold at least MIN_AUROC_ROWS of each class, and a note of what it was
+    measured on, or why it was not."""
+    anomalous = int(np.count_nonzero(is_anomaly))
+    normal = len(is_anomaly) - anomalous
+    counts = f"{anomalous} anomalous and {normal} normal {rows}"
+    if min(anomalous, normal) < MIN_AUROC_ROWS:
+        few = "anomalies" if anomalous < MIN_AUROC_ROWS else "normal rows"
+        return None, f"too few {few} to estimate ({counts}; it needs {MIN_AUROC_ROWS} of each)"
+    return auroc(scores, is_anomaly), f"on {counts}"
 
 
 def auroc(scores: np.ndarray, is_anomaly: np.ndarray) -> float | None:

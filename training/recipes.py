@@ -139,6 +139,7 @@ TABULAR_MEMBERS = 10
 TABULAR_FEATURE_SHARE = 0.5
 TABULAR_LOSS: Loss = "huber"
 TABULAR_EPOCHS = 60
+TABULAR_TRIM = 0.0
 # Images: enough optimiser steps however few the rows (a one-class MNIST digit has 720 training images:
 # 30 epochs are 180 steps), with early stopping on validation loss deciding the end. Below
 # SMALL_IMAGE_SET training images (one class of a few hundred, as in one-class anomaly detection) a
@@ -164,6 +165,7 @@ def resolve_training(config: FitConfig, data: Dataset, train_rows: int) -> FitCo
                 "scaling": config.scaling or "box",
                 "noise": _given(config.noise, TABULAR_NOISE),
                 "weight_decay": _given(config.weight_decay, TABULAR_WEIGHT_DECAY),
+                "trim": _given(config.trim, TABULAR_TRIM),
                 "epochs": epochs,
                 "patience": config.patience or _patience(epochs),
                 "members": members,
@@ -182,6 +184,7 @@ def resolve_training(config: FitConfig, data: Dataset, train_rows: int) -> FitCo
             "hidden": SMALL_IMAGE_HIDDEN if small and config.hidden is None else config.hidden,
             "noise": _given(config.noise, SMALL_IMAGE_NOISE if small else 0.0),
             "weight_decay": _given(config.weight_decay, 0.0),
+            "trim": _given(config.trim, 0.0),
             "epochs": epochs,
             "patience": config.patience or _patience(epochs),
         }

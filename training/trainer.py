@@ -31,6 +31,11 @@ class TrainerConfig:
     seed: int
     device: str
     progress: bool
+    trim: float = 0.0  # the share of each batch's highest losses left out of the step (see FitConfig.trim)
+
+
+# A relative fall of validation loss over the last `patience` epochs that counts as "still falling".
+STILL_FALLING = 0.01
 
 
 @dataclass
@@ -43,6 +48,14 @@ class History:
     @property
     def epochs_run(self) -> int:
         return len(self.train_loss)
+
+    def still_falling(self, epochs: int, window: int) -> bool:
+        """Whether the run used every one of `epochs` and its validation loss fell by more than
+        STILL_FALLING over the last `window` of them: more epochs would likely have made a better model."""
+        if self.epochs_run < epochs or len(self.val_loss) <= window:
+            return False
+        before, last = min(self.val_loss[:-window]), min(self.val_loss[-window:])
+        return before > 0 and (before - last) / before > STILL_FALLING
 
 
 class Rows:
@@ -85,6 +98,23 @@ class _Loss(nn.Module):
 
     def forward(self, noisy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.model.loss(noisy, target)
+
+
+# Trimming starts once the model has seen the data: before then every row's loss is high, and the rows it
+# would leave out are not yet the ones the model cannot explain.
+TRIM_AFTER_EPOCHS = 2
+
+
+def _kept(row_losses: torch.Tensor, trim: float) -> torch.Tensor:
+    """The row losses without the `trim` share of the largest (each rank trims its own rows)."""
+    drop = int(trim * len(row_losses))
+    if drop == 0:
+        return row_losses
+    return torch.topk(row_losses, len(row_losses) - drop, largest=False, sorted=False).values
+
+
+def _trimmed_mean(row_losses: torch.Tensor, trim: float) -> torch.Tensor:
+    return _kept(row_losses, trim).mean()
 
 
 class Trainer:
@@ -157,7 +187,7 @@ class Trainer:
             if cfg.noise > 0:
                 noise = torch.randn(target.shape, generator=generator).to(cfg.device)
                 noisy = target + cfg.noise * noise
-            loss = self.loss(noisy, target).mean()
+            loss = _trimmed_mean(self.loss(noisy, target), cfg.trim if epoch > TRIM_AFTER_EPOCHS else 0.0)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -177,7 +207,7 @@ class Trainer:
             self.model.loss(batch, batch)
             for batch in torch.from_numpy(share).to(self.config.device).split(self.config.batch_size * 4)
         ]
-        local = torch.cat(losses) if losses else torch.zeros(0)
+        local = _kept(torch.cat(losses), self.config.trim) if losses else torch.zeros(0)
         if not self.world.distributed:
             return float(local.mean())
         total, count = self.world.sum(float(local.double().sum()), float(len(local)))

@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from service.manifest import Manifest
+from tests.training.conftest import gaussian_with_outliers
 from training.cli import main
 from training.data import file_sha256
 from training.models import load_checkpoint
+from training.pipeline import MIN_CALIBRATION_ROWS
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "docs" / "manifest.schema.json").read_text())
@@ -51,20 +53,29 @@ def test_tabular_package_is_complete_and_consistent(tabular_npz: Path, tmp_path:
 
 
 @pytest.mark.slow  # seconds of training
-def test_threshold_is_the_quantile_of_served_scores(tabular_npz: Path, tmp_path: Path) -> None:
+def test_threshold_is_the_quantile_of_served_scores(tmp_path: Path) -> None:
+    # Enough rows that the validation split holds MIN_CALIBRATION_ROWS normal ones: calibrated on them.
+    x, y = gaussian_with_outliers(rows=2400, outliers=100)
+    data = tmp_path / "big.npz"
+    np.savez(data, X=x, y=y)
     models = tmp_path / "models"
-    _fit("--data", str(tabular_npz), "--name", "tab", "--models-dir", str(models), "--threshold-quantile", "0.9")
+    args = ["--data", str(data), "--name", "tab", "--models-dir", str(models), "--threshold-quantile", "0.9"]
+    _fit(*args, "--epochs", "3")
     folder = models / "tab" / "1"
     manifest = json.loads((folder / "manifest.json").read_text())
-    x = np.load(tabular_npz)["X"].astype(np.float32)
-    y = np.load(tabular_npz)["y"]
+    x = x.astype(np.float32)
     order = np.random.default_rng(0).permutation(len(x))
     val = np.sort(order[: round(len(x) * 0.1)])
     normal_val = val[y[val] == 0]  # 0/1 labels: calibrated on the normal rows
+    assert len(normal_val) >= MIN_CALIBRATION_ROWS
     scorer = ort.InferenceSession(str(folder / "scorer.onnx"), providers=["CPUExecutionProvider"])
     scores = scorer.run(["score"], {"x": x[normal_val]})[0]
+    calibration = manifest["score"]["calibration"]
     assert manifest["score"]["threshold"] == pytest.approx(float(np.quantile(scores, 0.9)), rel=1e-6)
-    assert manifest["score"]["calibration"]["rows"] == len(normal_val)
+    assert calibration["rows"] == len(normal_val) and calibration["split"] == "validation"
+    above = int((scores > manifest["score"]["threshold"]).sum())
+    fpr = calibration["false_positive_rate"]
+    assert fpr["low"] < above / len(scores) < fpr["high"] and fpr["confidence"] == 0.95
 
 
 @pytest.mark.slow  # seconds of training
