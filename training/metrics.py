@@ -80,18 +80,24 @@ FPR_CONFIDENCE = 0.95
 def false_positive_rate(
     normal_scores: np.ndarray, threshold: float, confidence: float = FPR_CONFIDENCE
 ) -> FalsePositiveRate:
-    """The chance that a new normal row scores above `threshold`, from the threshold's rank among `n`
-    normal scores. If it is the j-th smallest, F(threshold) is the j-th order statistic of n uniforms,
+    """The chance that a new normal row scores above `threshold`, from the threshold's place among `n`
+    normal scores. At the j-th smallest score, F(threshold) is the j-th order statistic of n uniforms,
     Beta(j, n - j + 1), so the false-positive rate 1 - F is Beta(n - j + 1, j) whatever the scores'
-    distribution. A threshold interpolated between two scores is taken at the lower: the conservative side."""
+    distribution. A threshold interpolated between the j-th and the next score has a rate between theirs:
+    the interval runs from the next one's low end to the j-th one's high end."""
     from scipy.stats import beta
 
     n = len(normal_scores)
-    rank = max(1, int(np.count_nonzero(normal_scores <= threshold)))
-    a, b = n - rank + 1, rank
+    below = int(np.count_nonzero(normal_scores <= threshold))  # j
     tail = (1.0 - confidence) / 2
-    low, high = beta.ppf([tail, 1.0 - tail], a, b)
-    return FalsePositiveRate(expected=a / (a + b), low=float(low), high=float(high), confidence=confidence)
+    high = float(beta.ppf(1.0 - tail, n - below + 1, max(below, 1)))
+    low = float(beta.ppf(tail, n - below, below + 1)) if below < n else 0.0
+    # Where between its neighbours the threshold lies, for the expected rate.
+    ordered = np.sort(normal_scores)
+    lower, upper = ordered[max(below, 1) - 1], ordered[min(below, n - 1)]
+    weight = 0.0 if upper <= lower else float((threshold - lower) / (upper - lower))
+    expected = ((1 - weight) * (n - below + 1) + weight * (n - below)) / (n + 1)
+    return FalsePositiveRate(expected=expected, low=low, high=high, confidence=confidence)
 
 
 # Enough points for a percentile to a tenth of a percent, few enough to keep a manifest small.
