@@ -6,11 +6,15 @@ from) is decided here, so the REST routes and any other protocol give the same n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
+from anyio import to_thread
 
-from service import codecs
+from service import codecs, labels
 from service.codecs import non_finite_rows
 from service.errors import ServiceError
 from service.manifest import Manifest
@@ -75,6 +79,19 @@ def scored(manifest: Manifest, scores: Scores) -> Scored:
 
 
 reconstruct = score
+
+
+# Rows whose AUROC is computed off the event loop: a sort of more takes longer than a turn of the loop should.
+SEPARATION_ON_LOOP_ROWS = 4096
+
+
+async def separation(runtime: ModelRuntime, scores: np.ndarray, values: Sequence[Any]) -> labels.Separation:
+    """How well the scores separate the classes of the model's label column, from its values for the same
+    rows (service.labels)."""
+    data = runtime.manifest.training.data
+    assert data.label_column is not None
+    work = partial(labels.separation, scores, values, data.label_column, data.normal_label)
+    return await to_thread.run_sync(work) if len(values) > SEPARATION_ON_LOOP_ROWS else work()
 
 
 async def generate(runtime: ModelRuntime, n: object, seed: object, max_rows: int) -> Generated:

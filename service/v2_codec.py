@@ -36,6 +36,10 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 NUMERIC_INPUTS = {name for name in DATATYPES if name != "BOOL"}
+# Rows and latents are numbers; BYTES are taken for other inputs (a table's label column: service.v2_infer).
+NUMBERS_ONLY = ("x", "z")
+# BYTES elements are read one by one in Python: a tensor holds at most this many (labels of as many rows).
+MAX_BYTES_ELEMENTS = 65536
 OUTPUT_DATATYPES = {np.dtype("float32"): "FP32", np.dtype("bool"): "BOOL", np.dtype("O"): "BYTES"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Where the numbers of a JSON request are: each input's data.
@@ -194,6 +198,11 @@ def _input(tensor: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, in
     if size_in_bytes is not None:
         if type(size_in_bytes) is not int or size_in_bytes < 0:
             raise bad(f"{where}: binary_data_size must be a non-negative integer")
+        if datatype == "BYTES":
+            if offset + size_in_bytes > len(binary):
+                raise bad(f"{where}: {size_in_bytes} bytes of binary data were promised, {len(binary) - offset} remain")
+            texts = texts_from_bytes(binary[offset : offset + size_in_bytes], size, where)
+            return name, texts.reshape(shape), offset + size_in_bytes
         if size_in_bytes != size * dtype.itemsize:
             raise bad(
                 f"{where}: binary_data_size is {size_in_bytes} bytes, but shape {shape} of {datatype} "
@@ -205,6 +214,8 @@ def _input(tensor: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, in
         return name, array, offset + size_in_bytes
     if "data" not in tensor:
         raise bad(f"{where}: give its values in data, or as binary data with parameters.binary_data_size")
+    if datatype == "BYTES":
+        return name, _json_texts(tensor["data"], shape, where), offset
     return name, _json_data(tensor["data"], shape, datatype, where), offset
 
 
@@ -216,7 +227,11 @@ def check_tensor(name: str, shape: Any, datatype: Any) -> tuple[str, np.dtype[An
     if any(dim > MAX_AXIS for dim in shape):  # numpy fails on such axes even when another is 0
         raise bad(f"{where}: shape {shape[:MAX_DIMS]} has an axis over {MAX_AXIS}")
     if datatype == "BYTES":
-        raise bad(f"{where}: BYTES tensors are not taken here; send numbers ({sorted(NUMERIC_INPUTS)})")
+        if name in NUMBERS_ONLY:
+            raise bad(f"{where}: BYTES tensors are not taken here; send numbers ({sorted(NUMERIC_INPUTS)})")
+        if math.prod(shape) > MAX_BYTES_ELEMENTS:
+            raise bad(f"{where}: a BYTES tensor holds at most {MAX_BYTES_ELEMENTS} elements")
+        return where, np.dtype(object), math.prod(shape)
     if not isinstance(datatype, str) or datatype not in NUMERIC_INPUTS:
         raise bad(f"{where}: datatype {str(datatype)[:20]!r} is not one of {sorted(NUMERIC_INPUTS)}")
     return where, DATATYPES[datatype], math.prod(shape)
@@ -240,6 +255,46 @@ def _json_data(data: Any, shape: list[int], datatype: str, where: str) -> np.nda
     # Floats beyond the datatype's range become inf, refused with the other non-finite values downstream.
     with np.errstate(over="ignore", invalid="ignore"):
         return array.astype(dtype).reshape(shape)
+
+
+def _json_texts(data: Any, shape: list[int], where: str) -> np.ndarray:
+    """A BYTES tensor's JSON data: strings, flat in row-major order (or nested as the shape)."""
+    flat = _flattened(data, where)
+    if len(flat) != math.prod(shape):
+        raise bad(f"{where}: data has {len(flat)} values, shape {shape} needs {math.prod(shape)}")
+    return np.array(flat, dtype=object).reshape(shape)
+
+
+def _flattened(data: Any, where: str) -> list[str]:
+    items = data if isinstance(data, list) else [data]
+    if items and all(isinstance(item, list) for item in items):
+        items = [value for item in items for value in (item if isinstance(item, list) else [item])]
+    if not all(isinstance(item, str) for item in items):
+        raise bad(f"{where}: a BYTES tensor's data must hold strings")
+    return items
+
+
+def texts_from_bytes(blob: bytes, count: int, where: str) -> np.ndarray:
+    """`count` BYTES elements in the binary layout (each its 4-byte little-endian length, then its bytes), as
+    text: the inverse of `bytes_tensor`."""
+    items: list[str] = []
+    position = 0
+    while position < len(blob) and len(items) < count:
+        end = position + 4 + int.from_bytes(blob[position : position + 4], "little")
+        if position + 4 > len(blob) or end > len(blob):
+            break
+        items.append(text(blob[position + 4 : end], where))
+        position = end
+    if len(items) != count or position != len(blob):
+        raise bad(f"{where}: its {len(blob)} bytes do not hold {count} BYTES elements (a 4-byte length, then bytes)")
+    return np.array(items, dtype=object)
+
+
+def text(value: bytes, where: str) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise bad(f"{where}: a BYTES element is not UTF-8 text") from None
 
 
 def check_integers(array: np.ndarray, data: Any, datatype: str, where: str) -> np.ndarray:

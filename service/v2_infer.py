@@ -6,6 +6,11 @@ the data plane and batchers the REST routes use, so every protocol gives the sam
     outputs  from x: z, z_logvar (a VAE), x_hat, score [-1], is_anomaly BOOL [-1], percentile [-1], sq_err,
              top_features BYTES [-1, k] and top_features_share [-1, k];  from z: x_hat
 
+A table trained with a label column also takes that column as a second input beside x (BYTES or numbers,
+[-1] or [-1, 1]: one label per row), never scored; the answer's parameters then say how well the scores
+separate its classes (label_column, label_normal, label_anomalous, label_unlabelled, and auroc or
+auroc_note; service.labels).
+
 percentile is each score's percentile among the normal validation scores (packages that store the curve);
 top_features names the k features (or pixel regions "top,left,bottom,right") with the largest squared
 error, and top_features_share their share of the row's; k is the request's parameters.top_features
@@ -20,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from service import codecs, dataplane
+from service import codecs, dataplane, labels
 from service.runtime import ModelRuntime
-from service.v2_codec import InferRequest, bad
+from service.v2_codec import NUMBERS_ONLY, InferRequest, bad
 
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
@@ -56,12 +61,18 @@ def outputs_from_x(runtime: ModelRuntime) -> list[str]:
 async def run(
     runtime: ModelRuntime, request: InferRequest, max_rows: int
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    unknown = sorted(set(request.inputs) - {"x", "z"})
-    if unknown or len(request.inputs) != 1:
-        raise bad(f"give exactly one input, x (rows) or z (latents); got {sorted(request.inputs)}")
-    [(name, array)] = request.inputs.items()
+    inputs = dict(request.inputs)
+    label = runtime.manifest.training.data.label_column
+    named = label is not None and label not in NUMBERS_ONLY and label in inputs and "x" in inputs
+    values = inputs.pop(str(label)) if named else None
+    unknown = sorted(set(inputs) - {"x", "z"})
+    if unknown or len(inputs) != 1:
+        beside = f", and beside x the label column {label!r} if you like" if label is not None else ""
+        raise bad(f"give exactly one input, x (rows) or z (latents){beside}; got {sorted(request.inputs)}")
+    [(name, array)] = inputs.items()
     shape = runtime.manifest.row_shape if name == "x" else (runtime.manifest.latent.dim,)
     rows = codecs.shaped(array.astype(np.float32, copy=False), shape, name, max_rows)
+    labelled = None if values is None else _labels(values, len(rows), str(label))
     offered = outputs_from_x(runtime) if name == "x" else ["x_hat"]
     wanted = list(request.outputs) or [output for output in offered if output not in ON_REQUEST]
     refused = [output for output in wanted if output not in offered]
@@ -69,16 +80,23 @@ async def run(
         raise bad(f"outputs {refused} cannot be computed from {name}; it gives {offered}")
     if name == "z":
         return {"x_hat": await dataplane.decode(runtime, rows)}, {}
-    return await _from_rows(runtime, rows, wanted, request.parameters.get("top_features", TOP_FEATURES))
+    return await _from_rows(runtime, rows, wanted, request.parameters.get("top_features", TOP_FEATURES), labelled)
+
+
+def _labels(values: np.ndarray, rows: int, label: str) -> list[Any]:
+    """The label column's values, one per row of x: shape [n] or [n, 1]."""
+    if values.shape not in ((rows,), (rows, 1)):
+        raise bad(f"input {label!r}: shape {list(values.shape)}; the label column takes one value per row, [{rows}]")
+    return values.ravel().tolist()
 
 
 async def _from_rows(
-    runtime: ModelRuntime, x: np.ndarray, wanted: list[str], k: object
+    runtime: ModelRuntime, x: np.ndarray, wanted: list[str], k: object, labelled: list[Any] | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     jobs: dict[str, Awaitable[Any]] = {}
     if ENCODER_OUTPUTS & set(wanted):
         jobs["encoded"] = dataplane.encode(runtime, x, return_logvar="z_logvar" in wanted)
-    if SCORER_OUTPUTS & set(wanted):
+    if SCORER_OUTPUTS & set(wanted) or labelled is not None:  # labels are read against the scores
         jobs["scored"] = dataplane.score(runtime, x)
     # Both graphs at once when both are needed; one awaited alone skips gather's task overhead.
     results = await asyncio.gather(*jobs.values()) if len(jobs) > 1 else [await next(iter(jobs.values()))]
@@ -98,7 +116,18 @@ async def _from_rows(
         if set(ON_REQUEST) & set(wanted):
             computed |= _top_features(runtime, scored.sq_err, k)
     outputs = {name: array for name in wanted if (array := computed[name]) is not None}
-    return outputs, {"threshold": runtime.manifest.score.threshold}
+    parameters: dict[str, Any] = {"threshold": runtime.manifest.score.threshold}
+    if labelled is not None:
+        parameters |= _separation(await dataplane.separation(runtime, done["scored"].scores, labelled))
+    return outputs, parameters
+
+
+def _separation(found: labels.Separation) -> dict[str, Any]:
+    """The separation as the protocol's parameters, which are scalars: `auroc`, or `auroc_note` saying why
+    there is none."""
+    counts = {"label_normal": found.normal, "label_anomalous": found.anomalous, "label_unlabelled": found.unlabelled}
+    answer = {"label_column": found.column, **counts}
+    return answer | ({"auroc": found.auroc} if found.auroc is not None else {"auroc_note": found.note})
 
 
 def _top_features(runtime: ModelRuntime, sq_err: np.ndarray, k: object) -> dict[str, np.ndarray]:

@@ -23,6 +23,8 @@ from service.v2_codec import (
     bytes_tensor,
     check_integers,
     check_tensor,
+    text,
+    texts_from_bytes,
 )
 
 # The typed contents field of each numeric datatype (FP16 has none: it travels raw only).
@@ -89,6 +91,8 @@ def _raw_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes) -> np.
     where, dtype, size = check_tensor(tensor.name, list(tensor.shape), tensor.datatype)
     if tensor.HasField("contents"):
         raise bad(f"{where}: give its values in contents or in raw_input_contents, not both")
+    if tensor.datatype == "BYTES":
+        return texts_from_bytes(raw, size, where).reshape(tensor.shape)
     if len(raw) != size * dtype.itemsize:
         raise bad(
             f"{where}: raw_input_contents holds {len(raw)} bytes, but shape {list(tensor.shape)} of "
@@ -100,6 +104,8 @@ def _raw_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes) -> np.
 def _typed_input(tensor: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:
     shape, datatype = list(tensor.shape), tensor.datatype
     where, dtype, size = check_tensor(tensor.name, shape, datatype)
+    if datatype == "BYTES":
+        return _typed_texts(tensor, shape, size, where)
     field = CONTENTS.get(datatype)
     if field is None:
         raise bad(f"{where}: {datatype} has no typed contents; send it in raw_input_contents")
@@ -113,6 +119,16 @@ def _typed_input(tensor: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:
     if dtype.kind in "iu" and array.size and array.dtype != dtype:
         array = check_integers(array, values, datatype, where)  # 300 in uint_contents is no UINT8
     return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _typed_texts(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[int], size: int, where: str) -> np.ndarray:
+    others = [name.name for name, _ in tensor.contents.ListFields() if name.name != "bytes_contents"]
+    if others:
+        raise bad(f"{where}: a BYTES tensor's values go in contents.bytes_contents, not {others[0]}")
+    values = tensor.contents.bytes_contents
+    if len(values) != size:
+        raise bad(f"{where}: contents.bytes_contents has {len(values)} values, shape {shape} needs {size}")
+    return np.array([text(value, where) for value in values], dtype=object).reshape(shape)
 
 
 def _numbers(contents: pb.InferTensorContents, field: str, size: int) -> np.ndarray:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from service import admission, dataplane, labels, schemas
-from service.payloads import Pixels, Result, Rows, RowsRequest, off_the_loop, read_json, read_rows, respond
+from service import admission, dataplane, schemas
+from service.payloads import Pixels, Result, RowsRequest, read_json, read_rows, respond
 from service.routes import deadline, route_class
 from service.runtime import ModelRuntime
 from service.settings import Settings
@@ -92,25 +91,13 @@ async def score(request: Request, runtime: ModelRuntime, settings: Settings) -> 
     scored = await dataplane.score(runtime, rows.x)
     extra: dict[str, Any] = {} if scored.percentiles is None else {"percentiles": scored.percentiles}
     if rows.labels is not None:
-        extra["labels"] = await _separation(runtime, rows, scored.scores)
+        extra["labels"] = (await dataplane.separation(runtime, scored.scores, rows.labels)).as_dict()
     if options["return_sq_err"]:
         extra["sq_err"] = scored.sq_err
     if options["top_features"]:
         extra["top_features"] = _top_features(dataplane.top_features(runtime, scored.sq_err, options["top_features"]))
     body = _answer(runtime, scores=scored.scores, threshold=scored.threshold, is_anomaly=scored.is_anomaly, **extra)
     return respond(request, Result(body, "scores"))
-
-
-# Rows whose AUROC is computed off the event loop: a sort of more takes longer than a turn of the loop should.
-SEPARATION_ON_LOOP_ROWS = 4096
-
-
-async def _separation(runtime: ModelRuntime, rows: Rows, scores: Any) -> dict[str, Any]:
-    data = runtime.manifest.training.data
-    assert rows.labels is not None and data.label_column is not None
-    work = partial(labels.separation, scores, rows.labels, data.label_column, data.normal_label)
-    found = await off_the_loop(work) if len(rows.labels) > SEPARATION_ON_LOOP_ROWS else work()
-    return found.as_dict()
 
 
 def _top_features(top: dataplane.TopFeatures) -> list[list[dict[str, Any]]]:

@@ -10,21 +10,27 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from service import labels
+from service import labels, v2_codec
 from service.batch.config import BatchConfig
 from service.batch.jobs import run_job
+from service.errors import ServiceError
+from service.grpc import open_inference_pb2 as pb
+from service.grpc import open_inference_pb2_grpc as pb_grpc
+from tests.poll import wait_until
 from tests.service.labelled import ANOMALOUS, FEATURES, LABEL, MODEL, NORMAL, table, train, write_csv
-from tests.service.servers import running_server
+from tests.service.servers import free_port, running_server
 from training.data import load_dataset, normal_mask
 
 CSV = {"content-type": "text/csv"}
@@ -37,8 +43,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    """The labelled package, and beside it a copy whose manifest records no label column (`nolabel`)."""
+def served(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, str]]:
+    """The labelled package, and beside it a copy whose manifest records no label column (`nolabel`): the
+    HTTP client, and the gRPC address."""
     models, _ = trained
     served = tmp_path_factory.mktemp("served")
     shutil.copytree(models / MODEL, served / MODEL)
@@ -47,8 +54,29 @@ def server(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory)
     manifest["name"] = "nolabel"
     manifest["training"]["data"]["label_column"] = manifest["training"]["config"]["label_column"] = None
     (served / "nolabel" / "1" / "manifest.json").write_text(json.dumps(manifest))
-    with running_server(served, served.parent / "server.log") as client:
-        yield client
+    port = free_port()
+    with running_server(served, served.parent / "server.log", "--grpc-port", str(port)) as client:
+        yield client, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def server(served: tuple[httpx.Client, str]) -> httpx.Client:
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def stub(served: tuple[httpx.Client, str]) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(served[1]) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        wait_until(lambda: _grpc_ready(stub), timeout=30, message="gRPC serving")
+        yield stub
+
+
+def _grpc_ready(stub: pb_grpc.GRPCInferenceServiceStub) -> bool:
+    try:
+        return bool(stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready)
+    except grpc.RpcError:
+        return False
 
 
 def post(server: httpx.Client, path: str, status: int = 200, **request: Any) -> dict[str, Any]:
@@ -168,6 +196,127 @@ def test_a_model_without_a_label_column_refuses_one(server: httpx.Client, traine
     )
 
 
+def length_prefixed(texts: list[str]) -> bytes:
+    """BYTES elements as the binary tensor extension lays them out: a 4-byte little-endian length, the bytes."""
+    return b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in texts)
+
+
+def expected_parameters(y: list[str], scores: list[float]) -> dict[str, Any]:
+    is_anomaly = np.array(y) == ANOMALOUS
+    return {
+        "label_column": LABEL,
+        "label_normal": int((~is_anomaly).sum()),
+        "label_anomalous": int(is_anomaly.sum()),
+        "label_unlabelled": 0,
+        "auroc": pytest.approx(roc_auc_score(is_anomaly, scores), abs=1e-9),
+    }
+
+
+@pytest.mark.e2e
+def test_v2_over_http_takes_the_label_column_beside_x(server: httpx.Client, trained: tuple[Path, Path]) -> None:
+    _, data = trained
+    _, x, y = training_rows(data)
+    rest = post(server, SCORE, json={"inputs": x.tolist()})
+    route = f"/v2/models/{MODEL}/infer"
+    rows = {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
+    label = {"name": LABEL, "datatype": "BYTES", "shape": [len(y)], "data": y}
+    asked = {"outputs": [{"name": "score"}]}
+
+    json_answer = post(server, route, json={"inputs": [rows, label], **asked})
+
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": list(x.shape), "parameters": {"binary_data_size": x.nbytes}},
+                {
+                    "name": LABEL,
+                    "datatype": "BYTES",
+                    "shape": [len(y), 1],
+                    "parameters": {"binary_data_size": len(length_prefixed(y))},
+                },
+            ],
+            **asked,
+        }
+    ).encode()
+    body = header + x.tobytes() + length_prefixed(y)
+    headers = {"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"}
+    binary_answer = post(server, route, content=body, headers=headers)
+    for answer in (json_answer, binary_answer):
+        [score] = answer["outputs"]
+        assert score["data"] == pytest.approx(rest["scores"], rel=1e-6)
+        assert answer["parameters"] == {"threshold": rest["threshold"], **expected_parameters(y, rest["scores"])}
+    without = post(server, route, json={"inputs": [rows], **asked})
+    assert without["outputs"] == json_answer["outputs"] and without["parameters"] == {"threshold": rest["threshold"]}
+
+
+@pytest.mark.e2e
+def test_v2_over_grpc_takes_the_label_column_beside_x(
+    server: httpx.Client, stub: pb_grpc.GRPCInferenceServiceStub, trained: tuple[Path, Path]
+) -> None:
+    _, data = trained
+    _, x, y = training_rows(data)
+    rest = post(server, SCORE, json={"inputs": x.tolist()})
+    asked = [pb.ModelInferRequest.InferRequestedOutputTensor(name="score")]
+    typed = pb.ModelInferRequest(
+        model_name=MODEL,
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name="x", datatype="FP32", shape=list(x.shape), contents=pb.InferTensorContents(fp32_contents=x.ravel())
+            ),
+            pb.ModelInferRequest.InferInputTensor(
+                name=LABEL,
+                datatype="BYTES",
+                shape=[len(y)],
+                contents=pb.InferTensorContents(bytes_contents=[label.encode() for label in y]),
+            ),
+        ],
+        outputs=asked,
+    )
+    raw = pb.ModelInferRequest(
+        model_name=MODEL,
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=list(x.shape)),
+            pb.ModelInferRequest.InferInputTensor(name=LABEL, datatype="BYTES", shape=[len(y), 1]),
+        ],
+        outputs=asked,
+        raw_input_contents=[x.tobytes(), length_prefixed(y)],
+    )
+    for request in (typed, raw):
+        answer = stub.ModelInfer(request, timeout=30)
+        [scores] = answer.outputs
+        got = scores.contents.fp32_contents or np.frombuffer(answer.raw_output_contents[0], "<f4").tolist()
+        assert list(got) == pytest.approx(rest["scores"], rel=1e-6)
+        parameters = {
+            key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in answer.parameters.items()
+        }
+        assert parameters == {"threshold": pytest.approx(rest["threshold"]), **expected_parameters(y, rest["scores"])}
+
+
+# id, model, inputs beside x, message (HTTP V2's; gRPC's is the same)
+# fmt: off
+V2_REFUSED: list[tuple[str, str, list[dict[str, Any]], str]] = [
+    ("a label per value, not per row", MODEL, [{"name": LABEL, "datatype": "BYTES", "shape": [2, 4],
+     "data": ["B"] * 8}],
+     f"input '{LABEL}': shape [2, 4]; the label column takes one value per row, [1]"),
+    ("a BYTES label that is a number", MODEL, [{"name": LABEL, "datatype": "BYTES", "shape": [1], "data": [1]}],
+     f"input '{LABEL}': a BYTES tensor's data must hold strings"),
+    ("another input", MODEL, [{"name": "id", "datatype": "BYTES", "shape": [1], "data": ["a"]}],
+     f"give exactly one input, x (rows) or z (latents), and beside x the label column '{LABEL}' if you like; "
+     "got ['id', 'x']"),
+    ("a label for a model without one", "nolabel", [{"name": LABEL, "datatype": "BYTES", "shape": [1], "data": ["B"]}],
+     f"give exactly one input, x (rows) or z (latents); got ['{LABEL}', 'x']"),
+]
+# fmt: on
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("model", "beside", "message"), [c[1:] for c in V2_REFUSED], ids=[c[0] for c in V2_REFUSED])
+def test_v2_refuses_other_inputs(server: httpx.Client, model: str, beside: list[dict[str, Any]], message: str) -> None:
+    x = {"name": "x", "datatype": "FP32", "shape": [1, len(FEATURES)], "data": [3.0] * len(FEATURES)}
+    answer = post(server, f"/v2/models/{model}/infer", status=400, json={"inputs": [x, *beside]})
+    assert answer == {"error": message}
+
+
 def test_a_batch_job_on_the_training_csv_gives_the_service_scores(trained: tuple[Path, Path], tmp_path: Path) -> None:
     models, data = trained
     config = BatchConfig(model=str(models / MODEL), input=str(data), output=str(tmp_path / "out"), progress=False)
@@ -223,3 +372,36 @@ def test_too_few_of_a_class_gives_a_note_not_a_number() -> None:
     assert found.note == f"no AUROC: too few anomalous rows to estimate it (at least {labels.MIN_PER_CLASS} of each)"
     unknown = labels.separation(scores, y, LABEL, None)  # B/M without a normal label: no rule says which is which
     assert unknown.auroc is None and unknown.note is not None and "not 0/1 anomaly flags" in unknown.note
+
+
+def _v2_body(label: dict[str, Any], blob: bytes = b"") -> tuple[bytes, str]:
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}
+    header = json.dumps({"inputs": [x, label]}).encode()
+    return header + blob, str(len(header))
+
+
+# id, the label input (binary data after the header where it says so), message
+# fmt: off
+BAD_BYTES: list[tuple[str, dict[str, Any], bytes, str]] = [
+    ("a length past the end", {"name": LABEL, "datatype": "BYTES", "shape": [1],
+     "parameters": {"binary_data_size": 6}}, struct.pack("<I", 9) + b"ab", "its 6 bytes do not hold 1 BYTES elements"),
+    ("bytes left over", {"name": LABEL, "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 7}},
+     struct.pack("<I", 1) + b"abc", "its 7 bytes do not hold 1 BYTES elements"),
+    ("fewer elements than the shape", {"name": LABEL, "datatype": "BYTES", "shape": [2],
+     "parameters": {"binary_data_size": 5}}, struct.pack("<I", 1) + b"a", "its 5 bytes do not hold 2 BYTES elements"),
+    ("not UTF-8", {"name": LABEL, "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 5}},
+     struct.pack("<I", 1) + b"\xff", "a BYTES element is not UTF-8 text"),
+    ("more elements than any label column", {"name": LABEL, "datatype": "BYTES", "shape": [10**9], "data": []}, b"",
+     f"a BYTES tensor holds at most {v2_codec.MAX_BYTES_ELEMENTS} elements"),
+    ("rows as BYTES", {"name": "z", "datatype": "BYTES", "shape": [1], "data": ["1"]}, b"",
+     "BYTES tensors are not taken here"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("label", "blob", "message"), [c[1:] for c in BAD_BYTES], ids=[c[0] for c in BAD_BYTES])
+def test_malformed_bytes_inputs_are_a_400_that_says_why(label: dict[str, Any], blob: bytes, message: str) -> None:
+    body, length = _v2_body(label, blob)
+    with pytest.raises(ServiceError) as refused:
+        v2_codec.parse_request(body, length)
+    assert refused.value.status == 400 and message in refused.value.message
