@@ -42,7 +42,7 @@ from training.export import (
 )
 from training.metrics import LatentMoments, auroc, calibrate_threshold, feature_shares, pca_scores, score_quantiles
 from training.models import Autoencoder, ModelSpec, build_model, save_checkpoint
-from training.package import check_name, choose_version, file_hashes, staging_folder, write_json
+from training.package import check_name, choose_version, file_hashes, write_json
 from training.recipes import Normalisation, fit_normalisation, model_spec, resolve_training
 from training.trainer import History, Rows, Trainer, TrainerConfig, pick_device, set_seed
 
@@ -65,8 +65,11 @@ class Split:
 
 
 def fit(config: FitConfig) -> Path:
-    """Trains one model and writes its package; returns the package folder. Under torchrun every rank
-    trains (training.distributed) and rank 0 alone exports and writes."""
+    """Trains one model and writes its package; returns the package folder. The training goes through
+    training.estimator.AutoencoderDetector, as `fit(X)` in Python does. Under torchrun every rank trains
+    (training.distributed) and rank 0 alone exports and writes."""
+    from training.estimator import AutoencoderDetector  # it builds on train() and write_package() below
+
     world = join()
     try:
         if not world.is_main:
@@ -76,11 +79,12 @@ def fit(config: FitConfig) -> Path:
         if world.is_main:
             _warn_of_label_like_features(data, config)
         version = choose_version(config.models_dir, config.name, config.version, config.replace)
-        trained = train(config, data, world)
         destination = config.models_dir / config.name / str(version)
-        if world.is_main:
-            with staging_folder(config.models_dir, config.name, version) as folder:
-                manifest = write_package(folder, trained, version, world)
+        detector = AutoencoderDetector._from_config(config)
+        manifest = detector._fit_dataset(data, config, version, world)
+        if manifest is not None:
+            # choose_version has settled whether an existing version may be replaced.
+            detector.save(destination, replace=True)
             print(summary(manifest, destination), flush=True)
         world.barrier()
         return destination
