@@ -126,11 +126,13 @@ def separation(scores: np.ndarray, labels: Sequence[Any], column: str, normal_la
     held = known(labels)
     unlabelled = int((~held).sum())
     if flags is None:
-        what = "no normal label was recorded, and the labels are not 0/1 anomaly flags"
-        return Separation(column, 0, 0, unlabelled, None, f"no AUROC: {what}")
+        note = "no normal label was recorded, and the labels are not 0/1 anomaly flags"
+        return Separation(column, 0, 0, unlabelled, None, note)
     anomalies, normal = int((flags & held).sum()), int((~flags & held).sum())
-    few = [name for name, count in (("normal", normal), ("anomalous", anomalies)) if count < MIN_PER_CLASS]
-    if few:
-        note = f"no AUROC: too few {' and '.join(few)} rows to estimate it (at least {MIN_PER_CLASS} of each)"
+    if min(anomalies, normal) < MIN_PER_CLASS:
+        # In the words training uses for its validation rows (training.metrics).
+        few = "anomalies" if anomalies < MIN_PER_CLASS else "normal rows"
+        counts = f"{anomalies} anomalous and {normal} normal rows"
+        note = f"too few {few} to estimate ({counts}; it needs {MIN_PER_CLASS} of each)"
         return Separation(column, normal, anomalies, unlabelled, None, note)
     return Separation(column, normal, anomalies, unlabelled, auroc(scores[held], flags[held]), None)

@@ -612,7 +612,7 @@ function showSeparation(found) {
     const note = document.createElement("span");
     note.dataset.testid = "auroc-note";
     note.textContent = found.note;
-    box.append(note);
+    box.append("No AUROC: ", note, ".");
     return;
   }
   const value = document.createElement("strong");

@@ -88,7 +88,8 @@ def test_a_few_labelled_rows_say_so_instead_of_a_number(page: Page, served: tupl
     page.click("#score-rows")
     page.wait_for_selector("[data-testid=auroc-note]")
     note = page.locator("[data-testid=auroc-note]").text_content() or ""
-    assert note.startswith("no AUROC: too few") and f"at least {labels.MIN_PER_CLASS} of each" in note
+    assert note.startswith("too few") and f"it needs {labels.MIN_PER_CLASS} of each" in note
+    assert (page.locator("#label-result").text_content() or "").endswith(f"No AUROC: {note}.")
     assert page.locator("#rows-table tr").count() == 6
     # Rows without the label column leave no label line from the rows before.
     page.fill("#csv", "\n".join([",".join(FEATURES), ",".join(["3"] * len(FEATURES))]))
