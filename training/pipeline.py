@@ -39,12 +39,21 @@ from training.export import (
     export_graphs,
     graph_specs,
     score_definition,
+    served_scores,
 )
-from training.metrics import LatentMoments, auroc, calibrate_threshold, feature_shares, pca_scores, score_quantiles
+from training.metrics import (
+    LatentMoments,
+    auroc_if_enough,
+    calibrate_threshold,
+    describe_calibration,
+    feature_shares,
+    pca_scores,
+    score_quantiles,
+)
 from training.models import Autoencoder, ModelSpec, build_model, save_checkpoint
 from training.package import check_name, choose_version, file_hashes, write_json
 from training.recipes import Normalisation, fit_normalisation, model_spec, resolve_training
-from training.trainer import History, Rows, Trainer, TrainerConfig, pick_device, set_seed
+from training.trainer import STILL_FALLING, History, Rows, Trainer, TrainerConfig, pick_device, set_seed
 
 
 @dataclass
@@ -57,6 +66,12 @@ class Split:
     val_is_anomaly: np.ndarray | None  # per validation row, when labels say so
     left_out: int = 0  # training-part rows not trained on, and why
     left_out_because: str | None = None
+    anomalous: np.ndarray | None = None  # every row labelled anomalous, when labels say so
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Every normal row: the training rows and the normal validation rows."""
+        return np.union1d(self.train, self.val_normal)
 
     @property
     def val_is_normal(self) -> np.ndarray:
@@ -151,7 +166,8 @@ def split_rows(data: Dataset, config: FitConfig) -> Split:
     val_normal = val if normal is None else val[normal[val]]
     if len(val_normal) == 0:
         raise DataError(f"{data.source}: no normal rows in the validation split; raise --val-fraction")
-    return Split(train, val, val_normal, None if normal is None else ~normal[val], left_out, because)
+    val_is_anomaly, anomalous = (None, None) if normal is None else (~normal[val], np.flatnonzero(~normal))
+    return Split(train, val, val_normal, val_is_anomaly, left_out, because, anomalous)
 
 
 def _trainer_config(config: FitConfig, device: str) -> TrainerConfig:
@@ -163,6 +179,7 @@ def _trainer_config(config: FitConfig, device: str) -> TrainerConfig:
         noise=config.noise or 0.0,
         weight_decay=config.weight_decay or 0.0,
         seed=config.seed,
+        trim=config.trim or 0.0,
         device=device,
         progress=config.progress,
     )
@@ -186,7 +203,9 @@ def write_package(folder: Path, trained: Trained, version: int, world: World | N
     # Calibrate on the exported scorer, so the threshold fits exactly the score the service computes.
     scores = run_graph(folder, "scorer.onnx", "score", x_val)
     is_normal = split.val_is_normal
-    threshold = calibrate_threshold(scores[is_normal], config.threshold_quantile)
+    calibration = _calibration_scores(trained, scores[is_normal])
+    threshold = calibrate_threshold(calibration.scores, config.threshold_quantile, calibration.split, calibration.folds)
+    auroc_value, auroc_note = _auroc(trained, folder, scores, calibration)
     metrics = Metrics(
         train_loss=history.train_loss[history.best_epoch - 1] if history.best_epoch else None,
         val_loss=min(history.val_loss) if history.val_loss else None,
@@ -198,7 +217,8 @@ def write_package(folder: Path, trained: Trained, version: int, world: World | N
                 spec.widest_code,
             ).mean()
         ),
-        auroc=None if split.val_is_anomaly is None else auroc(scores, split.val_is_anomaly),
+        auroc=auroc_value,
+        auroc_note=auroc_note,
     )
     # A chunk of codes at a time: the codes of every training row can be most of the size of the data.
     moments = LatentMoments()
@@ -237,7 +257,7 @@ def write_package(folder: Path, trained: Trained, version: int, world: World | N
             threshold=threshold.value,
             calibration=threshold.calibration(config.normal_label),
             # A score's percentile among the normal validation scores (the service interpolates).
-            quantiles=score_quantiles(scores[is_normal]),
+            quantiles=score_quantiles(calibration.scores),
             # Where the error of normal rows lies, feature by feature: what monitoring compares live rows with.
             feature_shares=(
                 feature_shares(run_graph(folder, "scorer.onnx", "sq_err", x_val[is_normal]))
@@ -254,6 +274,7 @@ def write_package(folder: Path, trained: Trained, version: int, world: World | N
             epochs_run=history.epochs_run,
             best_epoch=history.best_epoch,
             seconds=round(history.seconds, 2),
+            warnings=_warnings(trained),
         ),
         metrics=metrics,
         libraries=Libraries(**_library_versions()),
@@ -261,6 +282,69 @@ def write_package(folder: Path, trained: Trained, version: int, world: World | N
     )
     write_json(folder / MANIFEST, manifest.model_dump(mode="json"))
     return manifest
+
+
+# Below this many normal validation rows a quantile of their scores says little (the 0.99 quantile of 20
+# rows is their largest), so the threshold and the percentile curve come from out-of-fold scores of every
+# normal row instead: each scored by a refit of the recipe that never saw it.
+MIN_CALIBRATION_ROWS = 200
+CALIBRATION_FOLDS = 5
+
+
+@dataclass
+class CalibrationScores:
+    scores: np.ndarray  # normal scores the threshold and percentile curve are read from
+    split: str  # "validation" or "out_of_fold"
+    folds: int | None = None
+
+
+def _calibration_scores(trained: Trained, val_normal_scores: np.ndarray) -> CalibrationScores:
+    if len(val_normal_scores) >= MIN_CALIBRATION_ROWS:
+        return CalibrationScores(val_normal_scores, "validation")
+    rows = trained.split.normal
+    folds = min(CALIBRATION_FOLDS, len(rows) // 2)
+    if folds < 2:
+        return CalibrationScores(val_normal_scores, "validation")
+    _say(
+        trained.config,
+        f"calibrating out of fold: {len(val_normal_scores)} normal validation rows are fewer than "
+        f"{MIN_CALIBRATION_ROWS}; {folds} refits score all {len(rows)} normal rows",
+    )
+    return CalibrationScores(out_of_fold_scores(trained, rows, folds), "out_of_fold", folds)
+
+
+def out_of_fold_scores(trained: Trained, rows: np.ndarray, folds: int) -> np.ndarray:
+    """The served score of each of `rows`, from a refit of the recipe on the other folds. A refit runs the
+    epochs the model itself chose (its best epoch) and keeps its last weights: choosing them by the held-out
+    fold's loss would let that fold shape the model that scores it."""
+    config = trained.config
+    epochs = max(1, trained.history.best_epoch or trained.history.epochs_run)
+    refit = config.model_copy(update={"epochs": epochs, "patience": epochs + 1, "progress": False})
+    parts = np.array_split(np.random.default_rng(config.seed).permutation(rows), folds)
+    scores = np.empty(len(trained.data.x))
+    for held in parts:
+        fit_rows = np.sort(np.setdiff1d(rows, held))
+        # Early stopping's loss is taken on the refit's own rows, never on the held-out fold.
+        split = Split(fit_rows, fit_rows, fit_rows, None)
+        norm, model, _ = train_model(refit, trained.data, split)
+        scores[held] = served_scores(model, norm, trained.data.x[held])
+    return scores[rows]
+
+
+def _auroc(
+    trained: Trained, folder: Path, val_scores: np.ndarray, calibration: CalibrationScores
+) -> tuple[float | None, str | None]:
+    """AUROC when labels say which rows are anomalies and there are enough of each. Out of fold, every row
+    counts: normal rows by their out-of-fold scores, the anomalies (never trained on) by the model's own."""
+    split = trained.split
+    if split.val_is_anomaly is None or split.anomalous is None:
+        return None, None
+    if calibration.split == "validation":
+        return auroc_if_enough(val_scores, split.val_is_anomaly, "validation rows")
+    anomalous = run_graph(folder, "scorer.onnx", "score", trained.data.x[split.anomalous])
+    scores = np.concatenate([calibration.scores, anomalous])
+    is_anomaly = np.concatenate([np.zeros(len(calibration.scores), bool), np.ones(len(anomalous), bool)])
+    return auroc_if_enough(scores, is_anomaly, "rows (normal ones scored out of fold)")
 
 
 # PCA, the baseline the summary compares with, is fitted on at most this many training rows (a seeded
@@ -287,6 +371,17 @@ def _warn_of_label_like_features(data: Dataset, config: FitConfig) -> None:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def _warnings(trained: Trained) -> list[str]:
+    config, history = trained.config, trained.history
+    epochs, window = config.epochs or 0, config.patience or 1
+    if not history.still_falling(epochs, window):
+        return []
+    return [
+        f"validation loss was still falling at the last epoch ({epochs}; down more than "
+        f"{100 * STILL_FALLING:g}% over the last {window}): the model may be undertrained; try --epochs {2 * epochs}"
+    ]
 
 
 def _data_used(data: Dataset, split: Split, config: FitConfig) -> TrainingData:
@@ -362,7 +457,9 @@ def _library_versions() -> dict[str, str]:
 
 def summary(manifest: Manifest, destination: Path) -> str:
     metrics, training = manifest.metrics, manifest.training
-    auroc_text = "n/a" if metrics.auroc is None else f"{metrics.auroc:.4f}"
+    auroc_text = (
+        (metrics.auroc_note or "n/a") if metrics.auroc is None else f"{metrics.auroc:.4f} ({metrics.auroc_note})"
+    )
     # Box-scaled reconstructions never leave the box, so their MSE is above PCA's by design.
     bounded = "; reconstructions are bounded to each feature's box" if manifest.preprocessing.kind == "box" else ""
     parity = max(manifest.parity.max_abs_diff.values())
@@ -376,10 +473,10 @@ def summary(manifest: Manifest, destination: Path) -> str:
             f"latent {manifest.latent.dim}, loss {manifest.loss}",
             f"  epochs         {training.epochs_run} (best {training.best_epoch}), {training.seconds} s",
             f"  val MSE        {metrics.val_mse:.6f}  (PCA, same components: {metrics.pca_val_mse:.6f})" + bounded,
-            f"  threshold      {manifest.score.threshold:.6f} "
-            f"(quantile {calibration.quantile} of {calibration.rows} normal validation rows)",
+            f"  threshold      {manifest.score.threshold:.6f} ({describe_calibration(calibration)})",
             f"  AUROC          {auroc_text}",
             f"  parity         max |onnxruntime - torch| = {parity:.2e}",
+            *(f"  warning        {warning}" for warning in training.warnings),
         ]
     )
 
