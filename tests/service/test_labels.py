@@ -11,6 +11,7 @@ import csv
 import json
 import shutil
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from service import labels, v2_codec
+from service import dataplane, labels, v2_codec
 from service.batch.config import BatchConfig
 from service.batch.jobs import run_job
 from service.errors import ServiceError
@@ -30,6 +31,7 @@ from service.grpc import open_inference_pb2 as pb
 from service.grpc import open_inference_pb2_grpc as pb_grpc
 from tests.poll import wait_until
 from tests.service.labelled import ANOMALOUS, FEATURES, LABEL, MODEL, NORMAL, table, train, write_csv
+from tests.service.registries import serving
 from tests.service.servers import free_port, running_server
 from training.data import load_dataset, normal_mask
 
@@ -408,3 +410,29 @@ def test_malformed_bytes_inputs_are_a_400_that_says_why(label: dict[str, Any], b
     with pytest.raises(ServiceError) as refused:
         v2_codec.parse_request(body, length)
     assert refused.value.status == 400 and message in refused.value.message
+
+
+@pytest.mark.anyio
+async def test_many_labels_are_read_off_the_event_loop_to_the_same_answer(
+    trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models, data = trained
+    _, x, y = training_rows(data)
+    runtime = serving(models).runtime(MODEL, None)
+    scores = x.sum(axis=1)
+    on_loop = await dataplane.separation(runtime, scores, y)
+    threads: list[str] = []
+    monkeypatch.setattr(dataplane, "SEPARATION_ON_LOOP_ROWS", 0)
+    monkeypatch.setattr(labels, "known", _noting_thread(labels.known, threads))
+
+    assert await dataplane.separation(runtime, scores, y) == on_loop
+    assert threads and threads[0] != threading.main_thread().name
+    assert on_loop.auroc == pytest.approx(roc_auc_score(np.array(y) == ANOMALOUS, scores))
+
+
+def _noting_thread(function: Any, threads: list[str]) -> Any:
+    def noted(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return function(*args)
+
+    return noted
