@@ -27,15 +27,15 @@ def anomalous(labels: Sequence[Any] | np.ndarray, normal_label: str | None) -> n
     """Per label, whether it marks an anomaly; None when the labels cannot say (no normal label, and labels
     other than 0 and 1). Empty labels (None, NaN, "") are False here: see `known`."""
     numbers = _as_numbers(labels)
-    known = _known(labels, numbers)
+    held = _known(labels, numbers)
     if normal_label is not None:
         wanted = _number(normal_label)
         if numbers is not None and wanted is not None:
-            return known & (numbers != wanted)
-        return known & np.array([str(label) != normal_label for label in _texts(labels)], dtype=bool)
-    if numbers is None or not set(np.unique(numbers[known])) <= {0.0, 1.0}:
+            return held & (numbers != wanted)
+        return held & np.array([str(label) != normal_label for label in _values(labels)], dtype=bool)
+    if numbers is None or not set(np.unique(numbers[held])) <= {0.0, 1.0}:
         return None
-    return known & (numbers == 1.0)
+    return held & (numbers == 1.0)
 
 
 def known(labels: Sequence[Any] | np.ndarray) -> np.ndarray:
@@ -46,10 +46,10 @@ def known(labels: Sequence[Any] | np.ndarray) -> np.ndarray:
 def _known(labels: Sequence[Any] | np.ndarray, numbers: np.ndarray | None) -> np.ndarray:
     if numbers is not None:
         return ~np.isnan(numbers)
-    return np.array([label is not None and str(label).strip() != "" for label in _texts(labels)], dtype=bool)
+    return np.array([label is not None and str(label).strip() != "" for label in _values(labels)], dtype=bool)
 
 
-def _texts(labels: Sequence[Any] | np.ndarray) -> list[Any]:
+def _values(labels: Sequence[Any] | np.ndarray) -> list[Any]:
     return labels.tolist() if isinstance(labels, np.ndarray) else list(labels)
 
 
@@ -58,7 +58,7 @@ def _as_numbers(labels: Sequence[Any] | np.ndarray) -> np.ndarray | None:
     if isinstance(labels, np.ndarray) and labels.dtype.kind in "biuf":
         return labels.astype(np.float64)
     values = []
-    for label in _texts(labels):
+    for label in _values(labels):
         value = math.nan if label is None or (isinstance(label, str) and not label.strip()) else _number(label)
         if value is None:
             return None
