@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.labels import MIN_PER_CLASS
+from service.labels import auroc as rank_auroc
 from service.manifest import Calibration, FalsePositiveRate
 
 
@@ -124,8 +126,8 @@ def feature_shares(sq_err: np.ndarray) -> list[float]:
     return (parts[kept] / totals[kept]).mean(axis=0).tolist()
 
 
-# AUROC from fewer rows of either class is mostly noise (from one anomaly it is 0, 1, or a rank of it).
-MIN_AUROC_ROWS = 10
+# AUROC from fewer rows of either class is mostly noise; the service says the same of scored rows.
+MIN_AUROC_ROWS = MIN_PER_CLASS
 
 
 def auroc_if_enough(scores: np.ndarray, is_anomaly: np.ndarray, rows: str) -> tuple[float | None, str]:
@@ -142,11 +144,9 @@ def auroc_if_enough(scores: np.ndarray, is_anomaly: np.ndarray, rows: str) -> tu
 
 def auroc(scores: np.ndarray, is_anomaly: np.ndarray) -> float | None:
     """AUROC of the score; None when the rows hold only one class (it is undefined then)."""
-    from sklearn.metrics import roc_auc_score
-
     if len(np.unique(is_anomaly)) < 2:
         return None
-    return float(roc_auc_score(is_anomaly, scores))
+    return rank_auroc(scores, is_anomaly)
 
 
 def pca_scores(x_train: np.ndarray, x_eval: np.ndarray, components: int) -> np.ndarray:
