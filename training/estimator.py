@@ -104,7 +104,7 @@ class AutoencoderDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         return self
 
     def _config(self) -> FitConfig:
-        """The estimator's parameters as the pipeline's one config (the only place they are translated)."""
+        """The estimator's parameters as the pipeline's one config (`_from_config` is the way back)."""
         if not 0.0 < self.contamination <= 0.5:
             raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination}")
         if isinstance(self.random_state, np.random.RandomState):
@@ -185,8 +185,8 @@ class AutoencoderDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         return (self.decision_function(X) > self.threshold_).astype(np.int64)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Per row [1 - p, p], p the score's percentile among the normal validation rows' scores over 100 (the
-        service's `percentile`, read off the package's quantile curve): an anomaly outranks most of them."""
+        """Per row [1 - p, p], p the score's percentile over 100 among the normal scores the threshold was
+        calibrated on (the service's `percentile`, read off the package's quantile curve)."""
         scores = self.decision_function(X)
         percent = self.manifest_.score.percentiles(scores.astype(np.float32))
         if percent is None:
