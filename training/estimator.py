@@ -62,6 +62,7 @@ class AutoencoderDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         scaling: Scaling | None = None,
         noise: float | None = None,
         weight_decay: float | None = None,
+        trim: float | None = None,
         epochs: int | None = None,
         lr: float = _default("lr"),
         batch_size: int = _default("batch_size"),
@@ -78,6 +79,7 @@ class AutoencoderDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.scaling = scaling
         self.noise = noise
         self.weight_decay = weight_decay
+        self.trim = trim
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
@@ -121,6 +123,7 @@ class AutoencoderDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             scaling=self.scaling,
             noise=self.noise,
             weight_decay=self.weight_decay,
+            trim=self.trim,
             epochs=self.epochs,
             lr=self.lr,
             batch_size=self.batch_size,
@@ -142,6 +145,7 @@ class AutoencoderDetector(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             scaling=config.scaling,
             noise=config.noise,
             weight_decay=config.weight_decay,
+            trim=config.trim,
             epochs=config.epochs,
             lr=config.lr,
             batch_size=config.batch_size,
