@@ -16,6 +16,7 @@ import codecs as text_codecs
 import csv
 import io
 import math
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -261,11 +262,13 @@ def _csv_columns(header: list[str], names: Sequence[str] | None, label: str | No
         raise ServiceError(422, "invalid_request", "this model has no feature names: send CSV rows without a header")
     allowed = {*names, label} if label is not None else set(names)
     missing, unknown = sorted(set(names) - set(header)), sorted(set(header) - allowed)
-    if missing or unknown or len(header) != len(set(header)):
+    repeated = sorted(name for name, count in Counter(header).items() if count > 1)
+    if missing or unknown or repeated:
         raise ServiceError(
             422,
             "invalid_request",
-            f"the CSV header must name each feature once: missing {few(missing)}, unknown {few(unknown)}",
+            f"the CSV header must name each feature once: missing {few(missing)}, unknown {few(unknown)}"
+            + (f", repeated {few(repeated)}" if repeated else ""),
         )
     return [header.index(name) for name in names]
 

@@ -68,7 +68,10 @@ def _as_numbers(labels: Sequence[Any] | np.ndarray) -> np.ndarray | None:
 
 def _number(label: Any) -> float | None:
     if isinstance(label, bool | int | float | np.number):
-        return float(label)
+        try:
+            return float(label)
+        except OverflowError:  # an integer past float64's range is no label anyone means as a number
+            return None
     if not isinstance(label, str):
         return None
     text = label.strip()

@@ -170,7 +170,7 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("csv: an unknown column beside the label", {"content": f"{LABEL},{','.join(FEATURES)},id\nB,{'1,' * 8}7",
      "headers": CSV}, "the CSV header must name each feature once: missing [], unknown ['id']"),
     ("csv: the label twice", {"content": f"{LABEL},{','.join(FEATURES)},{LABEL}\nB,{'1,' * 8}B", "headers": CSV},
-     "the CSV header must name each feature once: missing [], unknown []"),
+     f"the CSV header must name each feature once: missing [], unknown [], repeated [{LABEL!r}]"),
     ("csv: a line without its label", {"content": f"{LABEL},{','.join(FEATURES)}\n{'1,' * 7}1", "headers": CSV},
      "CSV line 2 has 8 values; the header has 9 columns"),
     ("json: an unknown field beside the label", {"json": {"inputs": [dict.fromkeys(FEATURES, 1.0) | {LABEL: "B",
@@ -364,6 +364,13 @@ def test_the_service_reads_labels_as_training_does(
     mask = normal_mask(dataset, normal)
     served = labels.anomalous(cells, normal)
     assert (None if mask is None else (~mask).tolist()) == (None if served is None else served.tolist()) == expected
+
+
+def test_an_integer_past_floats_range_is_a_label_not_a_crash() -> None:
+    huge = 10**400  # JSON may carry it; float() of it raises OverflowError
+    flags = labels.anomalous([huge, NORMAL, ANOMALOUS], NORMAL)
+    assert flags is not None and flags.tolist() == [True, False, True]
+    assert labels.anomalous([huge, 0, 1], None) is None  # not a 0/1 flag
 
 
 def test_too_few_of_a_class_gives_a_note_not_a_number() -> None:
