@@ -10,7 +10,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from training.config import EvalConfig, FitConfig, Flag, sizes
 from training.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, TrainingError
@@ -130,6 +130,14 @@ def _kind(annotation: Any) -> tuple[Any, list[Any] | None]:
     return get_origin(kind) or kind, None
 
 
+def flag_errors(err: ValidationError) -> str:
+    """A config's validation errors in the command line's words: `--flag: what is wrong`."""
+    return "; ".join(
+        f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}" if error["loc"] else error["msg"]
+        for error in err.errors()
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> FitConfig:
     return FitConfig(**{name: getattr(args, name) for name in FitConfig.model_fields})
 
@@ -171,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingError as err:
         print(f"error: {err.explain()}", file=sys.stderr)
         return err.exit_code
+    except ValidationError as err:
+        print(f"error: {flag_errors(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: no package written", file=sys.stderr)
         return EXIT_INTERRUPTED

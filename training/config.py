@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 Arch = Literal["dense", "conv", "vae"]
 Loss = Literal["mse", "bce", "huber"]
@@ -116,29 +116,29 @@ class FitConfig(BaseModel):
     members: Annotated[int | None, MODEL] = None
     """Tables: dense autoencoders in one ensemble model, codes of 1 to --latent units, each reading a random
     half of the features (default 10 without --arch, else 1: a single autoencoder)."""
-    noise: Annotated[float | None, MODEL] = None
+    noise: Annotated[float | None, MODEL, Field(ge=0)] = None
     """Denoising: std of input noise, normalised (0.02 tables; images 0, 0.5 under 2,000 training images)."""
-    beta: Annotated[float, MODEL] = 1.0
+    beta: Annotated[float, MODEL, Field(ge=0)] = 1.0
     """VAE: weight of the KL term."""
-    epochs: Annotated[int | None, TRAINING] = None
+    epochs: Annotated[int | None, TRAINING, Field(ge=1)] = None
     """60 for tables; images: at least 1500 steps, 30 to 200."""
-    batch_size: Annotated[int, TRAINING] = 128
+    batch_size: Annotated[int, TRAINING, Field(ge=1)] = 128
     """Rows per optimiser step (per process under torchrun)."""
-    lr: Annotated[float, TRAINING] = 1e-3
+    lr: Annotated[float, TRAINING, Field(gt=0)] = 1e-3
     """Adam's learning rate."""
-    weight_decay: Annotated[float | None, TRAINING] = None
+    weight_decay: Annotated[float | None, TRAINING, Field(ge=0)] = None
     """Adam's L2 penalty (1e-4 for tables, 0 for images)."""
-    trim: Annotated[float | None, TRAINING] = None
+    trim: Annotated[float | None, TRAINING, Field(ge=0, lt=0.5)] = None
     """Robust training: the fraction of each batch's rows with the largest loss left out of the step, and of
     the validation rows left out of early stopping's loss (tables 0.1: the anomalies hidden among unlabelled
     rows stop pulling the model towards them; images 0)."""
-    patience: Annotated[int | None, TRAINING] = None
+    patience: Annotated[int | None, TRAINING, Field(ge=1)] = None
     """Early stopping: epochs without improvement (5, or 10 past 30 epochs)."""
     seed: Annotated[int, TRAINING] = 0
     """Seeds the validation split, the initial weights, the input noise and the batch order."""
-    device: Annotated[str | None, TRAINING] = None
+    device: Annotated[str | None, TRAINING, Field(pattern=r"^(cpu|cuda(:[0-9]+)?)$")] = None
     """cpu or cuda (default: cuda when available)."""
-    threshold_quantile: Annotated[float, TRAINING] = 0.99
+    threshold_quantile: Annotated[float, TRAINING, Field(gt=0, lt=1)] = 0.99
     """The anomaly threshold: this quantile of the normal validation rows' scores."""
     progress: Annotated[bool, Flag(TRAINING.group, name="--quiet")] = True
     """Progress output while training; --quiet turns it off, leaving only the summary."""

@@ -43,6 +43,7 @@ from training.export import (
 )
 from training.metrics import (
     LatentMoments,
+    Threshold,
     auroc_if_enough,
     calibrate_threshold,
     describe_calibration,
@@ -274,7 +275,7 @@ def write_package(folder: Path, trained: Trained, version: int, world: World | N
             epochs_run=history.epochs_run,
             best_epoch=history.best_epoch,
             seconds=round(history.seconds, 2),
-            warnings=_warnings(trained),
+            warnings=_warnings(trained, threshold),
         ),
         metrics=metrics,
         libraries=Libraries(**_library_versions()),
@@ -314,16 +315,23 @@ def _calibration_scores(trained: Trained, val_normal_scores: np.ndarray) -> Cali
 
 
 def out_of_fold_scores(trained: Trained, rows: np.ndarray, folds: int) -> np.ndarray:
-    """The served score of each of `rows`, from a refit of the recipe on the other folds. A refit runs the
+    """The served score of each of `rows`, from a refit of the recipe on the other folds (at most as many
+    rows as the model trained on). A refit runs the
     epochs the model itself chose (its best epoch) and keeps its last weights: choosing them by the held-out
     fold's loss would let that fold shape the model that scores it."""
     config = trained.config
     epochs = max(1, trained.history.best_epoch or trained.history.epochs_run)
     refit = config.model_copy(update={"epochs": epochs, "patience": epochs + 1, "progress": False})
-    parts = np.array_split(np.random.default_rng(config.seed).permutation(rows), folds)
+    rng = np.random.default_rng(config.seed)
+    parts = np.array_split(rng.permutation(rows), folds)
     scores = np.empty(len(trained.data.x))
     for held in parts:
-        fit_rows = np.sort(np.setdiff1d(rows, held))
+        fit_rows = np.setdiff1d(rows, held)
+        # No more rows than the model itself trained on (a large --val-fraction leaves it few): a refit
+        # on more would score the held-out rows better than the model scores new ones.
+        if len(fit_rows) > len(trained.split.train):
+            fit_rows = rng.choice(fit_rows, len(trained.split.train), replace=False)
+        fit_rows = np.sort(fit_rows)
         # Early stopping's loss is taken on the refit's own rows, never on the held-out fold.
         split = Split(fit_rows, fit_rows, fit_rows, None)
         norm, model, _ = train_model(refit, trained.data, split)
@@ -373,7 +381,22 @@ def _warn_of_label_like_features(data: Dataset, config: FitConfig) -> None:
             )
 
 
-def _warnings(trained: Trained) -> list[str]:
+def _warnings(trained: Trained, threshold: Threshold) -> list[str]:
+    return [*_few_rows_warning(threshold), *_still_falling_warning(trained)]
+
+
+def _few_rows_warning(threshold: Threshold) -> list[str]:
+    promised, fpr = 1.0 - threshold.quantile, threshold.false_positive_rate
+    if fpr is None or fpr.expected <= 2 * promised:
+        return []
+    return [
+        f"the threshold is the {threshold.quantile} quantile of only {threshold.rows} normal rows: it lets "
+        f"through about {100 * fpr.expected:.2g}% of new normal rows, not {100 * promised:.2g}%; train on more "
+        "normal rows for the promised rate"
+    ]
+
+
+def _still_falling_warning(trained: Trained) -> list[str]:
     config, history = trained.config, trained.history
     epochs, window = config.epochs or 0, config.patience or 1
     if not history.still_falling(epochs, window):

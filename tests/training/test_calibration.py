@@ -78,14 +78,17 @@ def test_auroc_needs_enough_rows_of_each_class() -> None:
 
 
 @pytest.mark.slow  # six small trainings
-def test_a_small_table_gets_an_honest_threshold(tmp_path: Path) -> None:
+# A large validation fraction leaves the model few training rows: the refits get no more than it did.
+@pytest.mark.parametrize("val_fraction", [0.1, 0.7])
+def test_a_small_table_gets_an_honest_threshold(tmp_path: Path, val_fraction: float) -> None:
     # 150 rows of a correlated Gaussian, no labels: 15 validation rows, far too few for a 0.99 quantile.
     rng = np.random.default_rng(0)
     mixing = rng.normal(size=(5, 8))
     draw = lambda n: (rng.normal(size=(n, 5)) @ mixing).astype(np.float32)  # noqa: E731
     data = tmp_path / "small.npz"
     np.savez(data, X=draw(150))
-    package = fit(FitConfig(data=data, name="small", models_dir=tmp_path / "models", progress=False))
+    config = FitConfig(data=data, name="small", models_dir=tmp_path / "models", val_fraction=val_fraction)
+    package = fit(config.model_copy(update={"progress": False}))
     manifest = Manifest.model_validate_json((package / "manifest.json").read_bytes())
     calibration = manifest.score.calibration
     assert calibration.split == "out_of_fold" and calibration.folds == 5 and calibration.rows == 150
@@ -96,4 +99,4 @@ def test_a_small_table_gets_an_honest_threshold(tmp_path: Path) -> None:
     scorer = ort.InferenceSession(str(package / "scorer.onnx"), providers=["CPUExecutionProvider"])
     fresh = scorer.run(["score"], {"x": draw(20_000)})[0]
     flagged = float((fresh > manifest.score.threshold).mean())
-    assert fpr.low <= flagged <= fpr.high and flagged < 0.04
+    assert fpr.low <= flagged <= fpr.high and flagged < 0.05

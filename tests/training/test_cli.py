@@ -130,6 +130,11 @@ def test_versions_increase_and_existing_ones_are_protected(tabular_npz: Path, tm
         (["--loss", "bce"], "--loss bce needs inputs in [0, 1]"),
         (["--name", "Bad Name"], "model name 'Bad Name' must match"),
         (["--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
+        (["--trim", "0.7"], "--trim: Input should be less than 0.5"),
+        (["--batch-size", "0"], "--batch-size: Input should be greater than or equal to 1"),
+        (["--lr", "0"], "--lr: Input should be greater than 0"),
+        (["--device", "tpu"], "--device: String should match pattern"),
+        (["--threshold-quantile", "1"], "--threshold-quantile: Input should be less than 1"),
     ],
 )
 def test_bad_requests_exit_2_and_write_nothing(
