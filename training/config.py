@@ -129,9 +129,9 @@ class FitConfig(BaseModel):
     weight_decay: Annotated[float | None, TRAINING, Field(ge=0)] = None
     """Adam's L2 penalty (1e-4 for tables, 0 for images)."""
     trim: Annotated[float | None, TRAINING, Field(ge=0, lt=0.5)] = None
-    """Robust training: the fraction of each batch's rows with the largest loss left out of the step, and of
-    the validation rows left out of early stopping's loss (tables 0.1: the anomalies hidden among unlabelled
-    rows stop pulling the model towards them; images 0)."""
+    """Robust training: from the 10th epoch, the fraction of each batch's rows with the largest loss left out
+    of the step, and of the validation rows left out of early stopping's loss (tables 0.2: the anomalies
+    hidden among unlabelled rows stop pulling the model towards them; images 0)."""
     patience: Annotated[int | None, TRAINING, Field(ge=1)] = None
     """Early stopping: epochs without improvement (5, or 10 past 30 epochs)."""
     seed: Annotated[int, TRAINING] = 0

@@ -141,7 +141,19 @@ def evaluate_tabular(paths: list[Path], config: EvalConfig) -> dict[str, Any]:
         "auroc": rows,
         "mean_auroc": _means(rows, ["autoencoder", "pca", "isolation_forest"]),
         "autoencoder_over_seeds": _seed_spread(rows, config.seeds),
+        "against_isolation_forest": _against_forest(rows),
     }
+
+
+def _against_forest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The autoencoder's mean over seeds less IsolationForest's, on the mean over the sets and on the worst
+    set: the two figures the default tabular recipe is held to (at least +0.01, and no set below -0.10)."""
+    known = [row for row in rows if row["autoencoder_spread"] and row["isolation_forest"] is not None]
+    if not known:
+        return None
+    gaps = {row["dataset"]: row["autoencoder_spread"]["mean"] - row["isolation_forest"] for row in known}
+    worst = min(gaps, key=gaps.__getitem__)
+    return {"mean_difference": float(np.mean(list(gaps.values()))), "worst_set": worst, "worst_difference": gaps[worst]}
 
 
 def _tabular_row(path: Path, config: EvalConfig) -> dict[str, Any]:
@@ -270,6 +282,12 @@ def _tabular_table(results: dict[str, Any]) -> str:
         f"{_spread_text(results['autoencoder_over_seeds']):<27}  {_fmt(mean['pca']):>7}  "
         f"{_fmt(mean['isolation_forest']):>7}"
     )
+    against = results.get("against_isolation_forest")
+    if against:
+        lines.append(
+            f"\nautoencoder (mean over seeds) less IsolationForest: {against['mean_difference']:+.4f} on the mean, "
+            f"{against['worst_difference']:+.4f} on the worst set ({against['worst_set']})"
+        )
     return "\n".join(lines)
 
 

@@ -100,9 +100,9 @@ class _Loss(nn.Module):
         return self.model.loss(noisy, target)
 
 
-# Trimming starts once the model has seen the data: before then every row's loss is high, and the rows it
-# would leave out are not yet the ones the model cannot explain.
-TRIM_AFTER_EPOCHS = 2
+# Trimming starts once the model has learnt the bulk of the rows: before then every row's loss is high, and
+# the rows it would leave out are not yet the ones the model cannot explain (training.recipes.TABULAR_TRIM).
+TRIM_AFTER_EPOCHS = 10
 
 
 def _kept(row_losses: torch.Tensor, trim: float) -> torch.Tensor:

@@ -26,7 +26,7 @@ from training.recipes import (
     model_spec,
     resolve_training,
 )
-from training.trainer import Rows
+from training.trainer import Rows, _kept, _trimmed_mean
 
 
 def _dataset(x: np.ndarray, kind: InputKind = "tabular") -> Dataset:
@@ -107,6 +107,23 @@ def test_tables_default_to_an_ensemble_of_feature_bagged_members_of_growing_code
     assert other_seed.member_features != spec.member_features
     single = model_spec(_resolved(table, members=1), table)
     assert (single.member_latents, single.member_features, single.latent_dim) == ([], [], 4)
+
+
+def test_tables_train_trimmed_and_images_do_not() -> None:
+    table = _dataset(np.random.default_rng(0).standard_normal((500, 6)))
+    assert _resolved(table).trim == recipes.TABULAR_TRIM == 0.2
+    assert _resolved(table, trim=0.0).trim == 0.0
+    assert _resolved(_images(200)).trim == 0.0
+
+
+def test_trimming_leaves_the_worst_rows_out_of_the_step() -> None:
+    losses = torch.tensor([5.0, 1.0, 9.0, 2.0, 3.0, 4.0, 8.0, 6.0, 7.0, 0.0])
+    assert sorted(_kept(losses, 0.2).tolist()) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert torch.equal(_kept(losses, 0.0), losses) and torch.equal(_kept(losses, 0.05), losses)  # none to drop
+    # The trimmed mean is what the step differentiates: the two worst rows get no gradient.
+    rows = losses.clone().requires_grad_(True)
+    _trimmed_mean(rows, 0.2).backward()
+    assert rows.grad is not None and rows.grad[[2, 6]].tolist() == [0.0, 0.0] and rows.grad.sum() == 1.0
 
 
 def test_ensembles_are_for_tables_only() -> None:
