@@ -104,7 +104,7 @@ class FitConfig(BaseModel):
     """conv for images (dense under 2,000 training images), dense otherwise."""
     vae_body: Annotated[Literal["dense", "conv"] | None, MODEL] = None
     """The layers inside a VAE."""
-    latent: Annotated[int | None, MODEL] = None
+    latent: Annotated[int | None, MODEL, Field(ge=1)] = None
     """Latent size (16 for images; features/3 for tables)."""
     hidden: Annotated[list[int] | None, MODEL] = None
     """Dense hidden sizes, e.g. 256,128 (128 under 2,000 training images)."""
