@@ -167,6 +167,24 @@ def test_box_scaling_maps_the_central_75_percent_onto_the_unit_interval() -> Non
     assert norm.scale[2] == 1.0 and np.all(scaled[:, 2] == 0.0)
 
 
+@pytest.mark.parametrize("scaling", ["box", "minmax", "standardise"])
+def test_a_table_of_constant_columns_is_refused(scaling: str) -> None:
+    x = np.tile([[1.0, 2.0, 3.0]], (300, 1))
+    with pytest.raises(DataError, match="every feature is constant over the 300 training rows"):
+        fit_normalisation(_dataset(x), np.arange(len(x)), scaling)
+
+
+def test_the_command_line_refuses_a_constant_table_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "constant.npz"
+    np.savez(data, X=np.ones((300, 4)))
+    models = tmp_path / "models"
+    assert main(["fit", "--data", str(data), "--name", "constant", "--models-dir", str(models), "--quiet"]) == 2
+    assert "every feature is constant" in capsys.readouterr().err
+    assert not any(models.rglob("manifest.json"))
+
+
 @pytest.mark.parametrize(("scaling", "low", "high"), [("minmax", 0.0, 1.0), ("standardise", None, None)])
 def test_other_scalings(scaling: str, low: float | None, high: float | None) -> None:
     x = np.random.default_rng(1).standard_normal((300, 4)) * 5 + 2
