@@ -68,6 +68,7 @@ def running_process(
         port = reported_port(process, log, ready_within)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             _wait_until_ready(client, process, log, ready_within)
+            _wait_until_listening(_workers(flags), port, process, log, ready_within)
             yield process, client
     finally:
         process.terminate()
@@ -76,6 +77,26 @@ def running_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def listening(port: int) -> int:
+    """Sockets listening on the port (the kernel's table): one per worker that accepts connections."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A")
+
+
+def _workers(flags: tuple[str, ...]) -> int:
+    return int(flags[flags.index("--workers") + 1]) if "--workers" in flags else 1
+
+
+def _wait_until_listening(workers: int, port: int, process: subprocess.Popen[bytes], log: Path, within: float) -> None:
+    # /readyz answers from whichever worker is up; each worker binds its own socket (SO_REUSEPORT) only once
+    # its models have loaded, and until then the kernel hands every connection to the others.
+    deadline = time.monotonic() + within
+    while listening(port) < workers:
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{listening(port)} of {workers} workers listen after {within} s:\n{log.read_text()}")
+        time.sleep(0.05)
 
 
 def _wait_until_ready(client: httpx.Client, process: subprocess.Popen[bytes], log: Path, within: float) -> None:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.service.scrape import sample
-from tests.service.servers import ROOT, running_process
+from tests.service.servers import ROOT, listening, running_process
 
 pytestmark = pytest.mark.e2e
 
@@ -34,12 +34,6 @@ def children(pid: int) -> list[int]:
 def sockets(pid: int) -> int:
     fds = Path(f"/proc/{pid}/fd")
     return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
-
-
-def listening(port: int) -> int:
-    """Sockets listening on the port (the kernel's table): one per worker that accepts connections."""
-    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A")
 
 
 def eventually(check: Callable[[], bool], within: float = 20) -> bool:
