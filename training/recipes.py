@@ -82,13 +82,14 @@ def fit_normalisation(data: Dataset, rows: np.ndarray, scaling: Scaling | None) 
         )
     else:
         raise ValueError(f"tabular data needs a scaling (box, minmax or standardise), got {scaling!r}")
-    if not (span > 1e-8).any():
+    varies = span > 1e-8
+    if not varies.any():
         # Every reconstruction would score alike: the package would flag nothing, whatever it is sent.
         raise DataError(
             f"{data.source}: every feature is constant over the {len(rows)} training rows; nothing to learn"
         )
     # A constant column carries no information; scale 1 keeps it finite instead of dividing by zero.
-    span = np.where(span > 1e-8, span, 1.0)
+    span = np.where(varies, span, 1.0)
     return Normalisation(scaling, low.astype(np.float32), span.astype(np.float32), description)
 
 
